@@ -1,0 +1,253 @@
+"""Datasets, the paper's train/validation splits, noisy-label files, and on-device batches.
+
+MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 are read through torchvision's dataset classes and held in
+memory as uint8 tensors; normalisation and CIFAR's crop + flip run on whole batches on the device.
+Clothing1M streams from disk (see ``limit.clothing1m``).
+
+Splits and label noise use one ``numpy.random.default_rng(seed)`` stream per data setting, in the
+authors' order (permutation -> n-subset -> train labels -> validation labels). The authors seeded
+numpy's legacy global RNG instead, so the drawn indices differ from theirs; the procedure is the same.
+"""
+import gzip
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from limit import noise as noise_models
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+# ImageNet statistics everywhere, as the authors' code (spec 2.2).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    num_train: int  # official training set, before the train/validation split
+    channels: int
+    size: int
+    torchvision_class: str
+    augment: bool  # random crop + flip in training (CIFAR only, spec 2.3)
+
+
+DATASETS = {
+    "mnist": DatasetInfo(10, 60000, 1, 28, "MNIST", False),
+    "fashion_mnist": DatasetInfo(10, 60000, 1, 28, "FashionMNIST", False),
+    "cifar10": DatasetInfo(10, 50000, 3, 32, "CIFAR10", True),
+    "cifar100": DatasetInfo(100, 50000, 3, 32, "CIFAR100", True),
+    "clothing1m": DatasetInfo(14, 0, 3, 224, "", True),
+}
+
+_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+_REQUIRED_FILES = {
+    "mnist": [f"MNIST/raw/{f}" for f in _MNIST_FILES],
+    "fashion_mnist": [f"FashionMNIST/raw/{f}" for f in _MNIST_FILES],
+    "cifar10": [f"cifar-10-batches-py/{f}" for f in
+                ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]],
+    "cifar100": [f"cifar-100-python/{f}" for f in ["train", "test", "meta"]],
+}
+
+
+class DataError(ValueError):
+    """Bad dataset name or an incomplete data directory."""
+
+
+def dataset_info(name):
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+def normalisation(name):
+    """(mean, std) per channel, as tensors shaped (C, 1, 1)."""
+    channels = dataset_info(name).channels
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (IMAGENET_MEAN[1:2], IMAGENET_STD[1:2])
+    return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
+
+
+def _install_debian_fashion_mnist(data_dir):
+    """Decompress Debian's dataset-fashion-mnist files into torchvision's raw layout, if present."""
+    raw = Path(data_dir) / "FashionMNIST" / "raw"
+    for name in _MNIST_FILES:
+        src = DEBIAN_FASHION_MNIST / f"{name}.gz"
+        if (raw / name).exists() or not src.exists():
+            continue
+        raw.mkdir(parents=True, exist_ok=True)
+        tmp = raw / f".{name}.tmp"
+        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, raw / name)
+
+
+def prepare_dataset(name, data_dir, download=False):
+    """Make sure the dataset's files are in ``data_dir``; download them if allowed.
+
+    Raises DataError naming the missing files and how to get them.
+    """
+    dataset_info(name)
+    if name == "clothing1m":
+        from limit.clothing1m import check_clothing1m_dir
+        check_clothing1m_dir(data_dir)
+        return
+    if name == "fashion_mnist":
+        _install_debian_fashion_mnist(data_dir)
+    missing = [f for f in _REQUIRED_FILES[name] if not (Path(data_dir) / f).exists()]
+    if missing and download:
+        import torchvision
+        cls = getattr(torchvision.datasets, DATASETS[name].torchvision_class)
+        for train in (True, False):
+            cls(str(data_dir), train=train, download=True)
+        missing = [f for f in _REQUIRED_FILES[name] if not (Path(data_dir) / f).exists()]
+    if missing:
+        hint = ("install Debian's package dataset-fashion-mnist (offline), or " if name == "fashion_mnist" else "")
+        raise DataError(
+            f"data directory {str(data_dir)!r} lacks {name} files: {', '.join(missing)}. To get them, {hint}run "
+            f"`python -m limit prepare --dataset {name} --data-dir {data_dir} --download` on a machine with internet.")
+
+
+@dataclass
+class ImageArrays:
+    """A whole in-memory dataset: uint8 images (N, C, H, W) and int64 labels."""
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+
+
+def load_arrays(name, data_dir):
+    """Read MNIST / Fashion-MNIST / CIFAR through torchvision into uint8 tensors (N, C, H, W)."""
+    import torchvision
+    prepare_dataset(name, data_dir)
+    cls = getattr(torchvision.datasets, DATASETS[name].torchvision_class)
+    out = []
+    for train in (True, False):
+        ds = cls(str(data_dir), train=train, download=False)
+        x = torch.as_tensor(np.asarray(ds.data))
+        x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+        out += [x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)]
+    return ImageArrays(*out)
+
+
+def split_indices(num_train, rng, n=None, val_size=None, val_ratio=0.2):
+    """The paper's split (spec 2.1): seeded permutation, first 80% train, rest validation,
+    then an n-subset of train drawn without replacement from the same stream.
+
+    ``val_size`` optionally keeps only the first ``val_size`` validation indices (laptop configs).
+    """
+    perm = rng.permutation(num_train)
+    cut = int((1.0 - val_ratio) * num_train)
+    train_idx, val_idx = perm[:cut], perm[cut:]
+    if n is not None:
+        if n > len(train_idx):
+            raise DataError(f"n = {n} is larger than the training split ({len(train_idx)} examples)")
+        train_idx = rng.choice(train_idx, n, replace=False)
+    if val_size is not None:
+        if val_size > len(val_idx):
+            raise DataError(f"val_size = {val_size} is larger than the validation split ({len(val_idx)} examples)")
+        val_idx = val_idx[:val_size]
+    return train_idx, val_idx
+
+
+def make_noisy_labels(train_labels, num_classes, dataset, noise, rate, seed, n=None, val_size=None):
+    """Split and corrupt one data setting. Returns a dict of numpy arrays (the labels file's content)."""
+    noise_models.check_noise(noise, rate, dataset, num_classes)
+    matrix = noise_models.transition_matrix(noise, rate, num_classes)
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = split_indices(len(train_labels), rng, n=n, val_size=val_size)
+    true_train, true_val = train_labels[train_idx], train_labels[val_idx]
+    noisy_train, is_corrupted = noise_models.corrupt_labels(true_train, matrix, rng)
+    noisy_val, val_corrupted = noise_models.corrupt_labels(true_val, matrix, rng)
+    return {
+        "train_idx": train_idx, "val_idx": val_idx,
+        "train_true": true_train, "train_noisy": noisy_train, "is_corrupted": is_corrupted,
+        "val_true": true_val, "val_noisy": noisy_val, "val_corrupted": val_corrupted,
+        "transition_matrix": matrix,
+    }
+
+
+def labels_hash(arrays):
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        h.update(key.encode())
+        h.update(np.ascontiguousarray(arrays[key]).tobytes())
+    return h.hexdigest()
+
+
+def write_labels_file(path, arrays, meta):
+    """Write the labels of one data setting atomically, with a content hash in its metadata."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(meta, sha256=labels_hash(arrays))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
+    os.replace(tmp, path)
+    return meta
+
+
+def read_labels_file(path):
+    """Read a labels file, verifying its hash. Returns (arrays, meta)."""
+    with np.load(path, allow_pickle=False) as f:
+        meta = json.loads(str(f["meta"]))
+        arrays = {k: f[k] for k in f.files if k != "meta"}
+    if labels_hash(arrays) != meta.get("sha256"):
+        raise DataError(f"labels file {path} is corrupt: its content does not match its sha256")
+    return arrays, meta
+
+
+def to_float(x_uint8, mean, std):
+    """uint8 (B, C, H, W) on the device -> normalised float32."""
+    return (x_uint8.float().div_(255.0) - mean) / std
+
+
+def random_crop_flip(x, generator, padding=4):
+    """CIFAR augmentation on a whole uint8 batch: zero-pad by 4, random crop back, random horizontal flip.
+
+    Offsets and flips are drawn on the CPU from ``generator`` so a run is reproducible and resumable
+    on any device.
+    """
+    b, _, h, w = x.shape
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(x.device)
+    flips = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = (offsets[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (offsets[1][:, None] + torch.arange(w, device=x.device))
+    cols = torch.where(flips[:, None], cols.flip(1), cols)[:, None, None, :]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chans, rows, cols]
+
+
+class InMemorySplit:
+    """Images of one split held on the device as uint8; yields normalised float batches.
+
+    ``limit.clothing1m.Clothing1MSplit`` has the same interface for data streamed from disk.
+    """
+
+    def __init__(self, x_uint8, dataset, device, augment=False):
+        self.x = x_uint8.to(device)
+        self.mean, self.std = (t.to(device) for t in normalisation(dataset))
+        self.augment = augment
+        self.device = device
+
+    def __len__(self):
+        return len(self.x)
+
+    def batches(self, batch_size, generator=None, shuffle=False, augment=False):
+        """Yield (indices on the device, normalised float images); shuffle/augment draw from ``generator``."""
+        order = torch.randperm(len(self.x), generator=generator) if shuffle else torch.arange(len(self.x))
+        order = order.to(self.device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            x = self.x[idx]
+            if augment and self.augment:
+                x = random_crop_flip(x, generator)
+            yield idx, to_float(x, self.mean, self.std)

@@ -1,0 +1,74 @@
+"""Label-noise models as K x K transition matrices, and label corruption.
+
+Rows are true classes, columns observed classes: ``T[i, j] = P(noisy = j | true = i)``.
+"""
+import numpy as np
+
+# CIFAR-10 pair noise (spec 3): truck->automobile, bird->airplane, deer->horse, cat->dog.
+CIFAR10_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5}
+# Patrini et al. (2017) MNIST flips: 2->7, 3->8, 5<->6, 7->1.
+MNIST_PAIRS = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+
+
+def _uniform(k, p):
+    t = np.full((k, k), p / (k - 1))
+    np.fill_diagonal(t, 1.0 - p)
+    return t
+
+
+def _symmetric(k, p):
+    return (1.0 - p) * np.eye(k) + p / k
+
+
+def _flips(pairs):
+    def build(k, p):
+        t = np.eye(k)
+        for src, dst in pairs.items():
+            t[src, src], t[src, dst] = 1.0 - p, p
+        return t
+    return build
+
+
+# name -> (matrix builder, datasets it applies to (None = all), rate limit (exclusive), why)
+NOISE_MODELS = {
+    "uniform": (_uniform, None, lambda k: (k - 1) / k, "a wrong class must stay less likely than the true one: p < (K-1)/K"),
+    "symmetric": (_symmetric, None, lambda k: 1.0, "p < 1"),
+    "pair": (_flips(CIFAR10_PAIRS), ("cifar10",), lambda k: 0.5, "a flipped class must stay less likely than the true one: p < 0.5"),
+    "asymmetric-mnist": (_flips(MNIST_PAIRS), ("mnist",), lambda k: 0.5, "p < 0.5"),
+}
+
+
+def check_noise(noise, rate, dataset, num_classes):
+    """Raise ValueError with a clear message unless (noise, rate) is valid for the dataset."""
+    if noise not in NOISE_MODELS:
+        raise ValueError(f"unknown noise model {noise!r}; choose one of {sorted(NOISE_MODELS)}")
+    _, datasets, limit, why = NOISE_MODELS[noise]
+    if datasets is not None and dataset not in datasets:
+        raise ValueError(f"noise model {noise!r} is defined only for {', '.join(datasets)}, not {dataset!r}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"noise rate {rate} is outside [0, 1)")
+    if rate >= limit(num_classes):
+        raise ValueError(f"noise rate {rate} is at or above the degenerate limit of {noise!r} noise ({why})")
+
+
+def transition_matrix(noise, rate, num_classes, dataset=None):
+    """The K x K transition matrix of a noise model (validated when ``dataset`` is given)."""
+    if dataset is not None:
+        check_noise(noise, rate, dataset, num_classes)
+    elif noise not in NOISE_MODELS:
+        raise ValueError(f"unknown noise model {noise!r}; choose one of {sorted(NOISE_MODELS)}")
+    return NOISE_MODELS[noise][0](num_classes, rate)
+
+
+def corrupt_labels(labels, matrix, rng):
+    """Draw each label from its row of ``matrix``; return (noisy labels, is_corrupted mask).
+
+    One uniform draw per example, in index order, inverted through the row's cumulative distribution
+    (the same scheme as numpy's ``choice(K, p=row)``, vectorised).
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    cumulative = np.cumsum(matrix, axis=1)
+    u = rng.random(len(labels))
+    noisy = (u[:, None] >= cumulative[labels]).sum(axis=1)
+    noisy = np.minimum(noisy, matrix.shape[0] - 1)  # guards a row sum of 1 - 1e-16
+    return noisy, noisy != labels

@@ -1,0 +1,396 @@
+"""The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
+
+A run directory holds the resolved config, ``state.pt`` (the full training state, rewritten atomically
+after every epoch), and when the run is complete ``history.csv``, ``test_outputs.npz``, ``best.pt``,
+``train_scores.npz`` (LIMIT runs) and, last, ``metrics.json``.
+"""
+import copy
+import csv
+import hashlib
+import json
+import math
+import os
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from limit import data as D
+from limit.methods import Context, forward_correction_matrix, get_method, is_limit
+from limit.models import build_model
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
+                   "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
+# Keys that do not change what a run computes; everything else must match to resume.
+NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "tracking", "num_workers"}
+
+DEFAULTS = {
+    "arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42,
+    "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
+    "eval_test_each_epoch": True, "imagenet_weights": None, "num_workers": 4, "tracking": {},
+}
+HPARAM_DEFAULTS = {"lr": 1e-3, "dropout": 0.0, "weight_decay": 0.0, "beta": 0.0, "lamb": 1.0, "sigma": 0.0}
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""
+
+
+def resolve_config(config):
+    """Fill defaults and validate the method and its hyperparameters."""
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg.update(copy.deepcopy(config))
+    method = get_method(cfg["method"])
+    D.dataset_info(cfg["dataset"])
+    unknown = set(cfg["hparams"]) - set(HPARAM_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {sorted(HPARAM_DEFAULTS)}")
+    cfg["hparams"] = {**HPARAM_DEFAULTS, **cfg["hparams"]}
+    if method.init_from_ce and not cfg["init_from"]:
+        raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
+    return cfg
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclass
+class RunData:
+    train: object          # InMemorySplit or Clothing1MSplit
+    val: object
+    test: object
+    train_noisy: torch.Tensor
+    train_true: torch.Tensor
+    is_corrupted: torch.Tensor
+    val_labels: torch.Tensor
+    test_labels: torch.Tensor
+    train_idx: np.ndarray
+    num_classes: int
+    labels_sha256: str
+
+
+def load_run_data(cfg, device):
+    """The data of one run: images on the device (or streamed), noisy labels from the labels file."""
+    info = D.dataset_info(cfg["dataset"])
+    arrays, meta = D.read_labels_file(cfg["labels"])
+    if meta["dataset"] != cfg["dataset"]:
+        raise ValueError(f"labels file {cfg['labels']} is for {meta['dataset']!r}, not {cfg['dataset']!r}")
+    val_key = "val_true" if cfg["clean_validation"] else "val_noisy"
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
+    if cfg["dataset"] == "clothing1m":
+        from limit.clothing1m import Clothing1MSplit
+        splits = [Clothing1MSplit(cfg["data_dir"], s, device, num_workers=cfg["num_workers"])
+                  for s in ("train", "val", "test")]
+        test_labels = splits[2].labels
+    else:
+        images = D.load_arrays(cfg["dataset"], cfg["data_dir"])
+        splits = [D.InMemorySplit(images.train_x[arrays["train_idx"]], cfg["dataset"], device, info.augment),
+                  D.InMemorySplit(images.train_x[arrays["val_idx"]], cfg["dataset"], device),
+                  D.InMemorySplit(images.test_x, cfg["dataset"], device)]
+        test_labels = images.test_y
+    return RunData(*splits, t(arrays["train_noisy"]), t(arrays["train_true"]),
+                   torch.as_tensor(arrays["is_corrupted"], device=device), t(arrays[val_key]), t(test_labels),
+                   arrays["train_idx"], info.num_classes, meta["sha256"])
+
+
+def build_networks(cfg, num_classes):
+    info = D.dataset_info(cfg["dataset"])
+    method = get_method(cfg["method"])
+    kw = dict(in_channels=info.channels, image_size=info.size, imagenet_weights=cfg["imagenet_weights"])
+    classifier = build_model(cfg["arch"], num_classes, dropout=cfg["hparams"]["dropout"],
+                             head_bias=method.head_bias, **kw)
+    q = build_model(cfg["arch"], num_classes, q_network=True, **kw) if method.q_network else None
+    return classifier, q
+
+
+def make_optimizer(models, hp):
+    """One Adam over all networks; weight decay (coupled L2) only on weights of 2 or more dimensions."""
+    params = [p for m in models if m is not None for p in m.parameters()]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.Adam([{"params": decay, "weight_decay": hp["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"])
+
+
+def load_checkpoint(path):
+    """torch.load a checkpoint as data only (never code); a clear error if it is unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
+
+
+def copy_parameters(src_state, dst, what):
+    """Copy parameters (not BatchNorm running statistics) of a CE model into ``dst`` by name."""
+    own = dict(dst.named_parameters())
+    for name, value in src_state.items():
+        if name in own:
+            if own[name].shape != value.shape:
+                raise TrainingError(f"cannot initialise {what} from the CE model: {name} has shape "
+                                    f"{tuple(value.shape)}, expected {tuple(own[name].shape)}")
+            with torch.no_grad():
+                own[name].copy_(value)
+    missing = [n for n, b in src_state.items() if n not in own and not _is_buffer_name(n)]
+    if missing:
+        raise TrainingError(f"cannot initialise {what} from the CE model: no parameter named {missing[0]}")
+
+
+def _is_buffer_name(name):
+    return name.rsplit(".", 1)[-1] in {"running_mean", "running_var", "num_batches_tracked"}
+
+
+@torch.no_grad()
+def predict(model, split, batch_size, augment=False, generator=None):
+    """Softmax-free logits of a model (eval mode) over a split, in index order."""
+    model.eval()
+    return torch.cat([model(x).float() for _, x in split.batches(batch_size, generator=generator, augment=augment)])
+
+
+def prepare_method(cfg, ctx, run_data, device):
+    """Initialisation from the best CE model (FW, DMI, +init) and FW's transition matrix."""
+    method = get_method(cfg["method"])
+    if not method.init_from_ce:
+        return
+    ce_path = Path(cfg["init_from"]) / "best.pt"
+    if not ce_path.exists():
+        raise TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
+    ce_state = load_checkpoint(ce_path)["classifier"]
+    if cfg["method"] == "fw":
+        # The full CE model (BatchNorm statistics included) estimates T on the noisy training set.
+        ce_model = copy.deepcopy(ctx.classifier)
+        ce_model.load_state_dict(ce_state)
+        gen = torch.Generator().manual_seed(cfg["seed"])
+        # CIFAR: the authors' train dataset still applied train-time augmentation here (spec 13.19).
+        probs = predict(ce_model, run_data.train, cfg["batch_size"], augment=True, generator=gen).softmax(1)
+        matrix = forward_correction_matrix(probs.cpu().numpy())
+        ctx.extra["transition_matrix"] = torch.tensor(matrix, dtype=torch.float32, device=device)
+    target = ctx.q if method.init_from_ce == "q" else ctx.classifier
+    copy_parameters(ce_state, target, "the q-network" if method.init_from_ce == "q" else "the classifier")
+
+
+def fingerprint(cfg, labels_sha256):
+    semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
+    blob = json.dumps({"config": semantic, "labels": labels_sha256}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def atomic_save(obj, path):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path, text):
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state(generator):
+    state = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["batches"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _models(ctx):
+    return {"classifier": ctx.classifier, **({"q": ctx.q} if ctx.q is not None else {})}
+
+
+def run_epoch(ctx, method, run_data, cfg, optimizer, generator):
+    """One pass over the noisy training set. Sums stay on the device: one host sync per epoch."""
+    for m in _models(ctx).values():
+        m.train()
+    hp = cfg["hparams"]
+    device = run_data.train_noisy.device
+    sums = {"train_acc": torch.zeros((), device=device), "true_correct": torch.zeros((), device=device),
+            "corrupted_memorised": torch.zeros((), device=device)}
+    batches = 0
+    for idx, x in run_data.train.batches(cfg["batch_size"], generator=generator, shuffle=True, augment=True):
+        y = run_data.train_noisy[idx]
+        objective, logits, terms = method.loss(ctx, x, y, hp)
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        optimizer.step()
+        with torch.no_grad():
+            pred = logits.argmax(1)
+            hit = pred == y
+            sums["train_acc"] += hit.float().mean()  # unweighted mean of batch accuracies, as the authors
+            sums["true_correct"] += (pred == run_data.train_true[idx]).sum()
+            sums["corrupted_memorised"] += (hit & run_data.is_corrupted[idx]).sum()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0) + value.detach()
+        batches += 1
+    values = {k: float(v) for k, v in sums.items()}
+    n_corrupted = int(run_data.is_corrupted.sum())
+    return {
+        "train_loss": values["loss"] / batches,
+        "train_acc": values["train_acc"] / batches,
+        "train_acc_true": values["true_correct"] / len(run_data.train),
+        "train_acc_corrupted": values["corrupted_memorised"] / n_corrupted if n_corrupted else float("nan"),
+        "q_loss": values["q_loss"] / batches if "q_loss" in values else None,  # None: not a term of this method
+        "mu_sq_norm": values["mu_sq_norm"] / batches if "mu_sq_norm" in values else None,
+    }
+
+
+@torch.no_grad()
+def validation_accuracy(model, split, labels, batch_size):
+    """Unweighted mean of per-batch accuracies, as the authors' selection statistic (spec 13.21)."""
+    model.eval()
+    accs = [(model(x).argmax(1) == labels[idx]).float().mean() for idx, x in split.batches(batch_size)]
+    return float(torch.stack(accs).mean())
+
+
+@torch.no_grad()
+def test_accuracy(model, split, labels, batch_size):
+    logits = predict(model, split, batch_size)
+    return float((logits.argmax(1) == labels).float().mean()), logits
+
+
+@torch.no_grad()
+def limit_train_scores(ctx, run_data, batch_size):
+    """Per training example: ||mu|| and ||mu - g_CE|| = ||y - s(q(x))|| (the mislabel detector)."""
+    ctx.classifier.eval()
+    ctx.q.eval()
+    mu_norm, distance, predicted = [], [], []
+    for idx, x in run_data.train.batches(batch_size):
+        probs, q_probs = ctx.classifier(x).softmax(1), ctx.q(x).softmax(1)
+        onehot = F.one_hot(run_data.train_noisy[idx], run_data.num_classes).float()
+        mu_norm.append((probs - q_probs).norm(dim=1))
+        distance.append((onehot - q_probs).norm(dim=1))
+        predicted.append(probs.argmax(1))
+    cat = lambda xs: torch.cat(xs).cpu().numpy()
+    return {"mu_norm": cat(mu_norm), "grad_distance": cat(distance),
+            "is_corrupted": run_data.is_corrupted.cpu().numpy(), "noisy_label": run_data.train_noisy.cpu().numpy(),
+            "true_label": run_data.train_true.cpu().numpy(), "predicted": cat(predicted),
+            "train_idx": run_data.train_idx}
+
+
+def _epoch_reporter(total, name):
+    """tqdm on a terminal; one plain line per epoch otherwise (cluster logs)."""
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+        bar = tqdm(total=total, desc=name, unit="epoch")
+        return lambda row, n: (bar.update(n), bar.set_postfix(val=f"{row['val_acc']:.4f}", test=f"{row['test_acc']:.4f}")), bar.close
+
+    def line(row, n):
+        print(f"{name} epoch {row['epoch']}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
+              f"val {row['val_acc']:.4f} test {row['test_acc']:.4f} ({row['epoch_seconds']:.1f}s)", flush=True)
+    return line, lambda: None
+
+
+def train(config, out_dir, tracker=None):
+    """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics."""
+    cfg = resolve_config(config)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = pick_device(cfg["device"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+    method = get_method(cfg["method"])
+    atomic_write_text(out / "job.json", json.dumps({
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device)}))
+
+    torch.manual_seed(cfg["seed"])
+    generator = torch.Generator().manual_seed(cfg["seed"])
+    run_data = load_run_data(cfg, device)
+    classifier, q = build_networks(cfg, run_data.num_classes)
+    ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
+    fp = fingerprint(cfg, run_data.labels_sha256)
+    state_path = out / "state.pt"
+
+    if state_path.exists():
+        state = load_checkpoint(state_path)
+        if state.get("fingerprint") != fp:
+            raise TrainingError(f"{state_path} belongs to a different config or labels file; "
+                                f"remove the run directory {out} to start over")
+        for name, model in _models(ctx).items():
+            model.load_state_dict(state["models"][name])
+        ctx.extra = {k: v.to(device) for k, v in state["extra"].items()}
+        optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"], generator)
+        history, best = state["history"], state["best"]
+    else:
+        prepare_method(cfg, ctx, run_data, device)
+        optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
+        history, best = [], {"val_acc": -1.0, "epoch": 0, "models": None}
+        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
+
+    if tracker is not None:
+        tracker.start(cfg, history)
+    report, close = _epoch_reporter(cfg["epochs"], out.name)
+    start_epoch = len(history)
+    stopped = start_epoch > 0 and start_epoch - 1 - best["epoch"] >= cfg["patience"]
+    for epoch in range(start_epoch, cfg["epochs"]):
+        if stopped:
+            break
+        t0 = time.perf_counter()
+        row = {"epoch": epoch, **run_epoch(ctx, method, run_data, cfg, optimizer, generator)}
+        for term in ("train_loss", "q_loss", "mu_sq_norm"):
+            if row[term] is not None and not math.isfinite(row[term]):
+                raise TrainingError(f"epoch {epoch}: {term} became {row[term]}; the run stopped "
+                                    f"(state.pt keeps the last complete epoch, {epoch - 1})")
+        row["val_acc"] = validation_accuracy(ctx.classifier, run_data.val, run_data.val_labels, cfg["batch_size"])
+        row["test_acc"] = (test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])[0]
+                           if cfg["eval_test_each_epoch"] else float("nan"))
+        row["epoch_seconds"] = time.perf_counter() - t0
+        row["images_per_second"] = len(run_data.train) / row["epoch_seconds"]
+        history.append(row)
+        if row["val_acc"] > best["val_acc"]:
+            best = {"val_acc": row["val_acc"], "epoch": epoch,
+                    "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
+                               for k, m in _models(ctx).items()}}
+        atomic_save({"fingerprint": fp, "models": {k: m.state_dict() for k, m in _models(ctx).items()},
+                     "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
+                     "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}}, state_path)
+        if tracker is not None:
+            tracker.log_epoch(row)
+        report(row, 1)
+        stopped = epoch - best["epoch"] >= cfg["patience"]
+    close()
+    return finish(cfg, out, ctx, run_data, history, best, tracker)
+
+
+def finish(cfg, out, ctx, run_data, history, best, tracker):
+    """Evaluate the best-validation checkpoint on the clean test set and write the run's outputs."""
+    for name, model in _models(ctx).items():
+        model.load_state_dict(best["models"][name])
+    atomic_save({"classifier": best["models"]["classifier"], **({"q": best["models"]["q"]} if ctx.q else {}),
+                 "epoch": best["epoch"]}, out / "best.pt")
+    acc, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
+    tmp = out / ".test_outputs.tmp.npz"
+    np.savez(tmp, logits=logits.cpu().numpy().astype(np.float32), labels=run_data.test_labels.cpu().numpy())
+    os.replace(tmp, out / "test_outputs.npz")
+    if is_limit(cfg["method"]):
+        tmp = out / ".train_scores.tmp.npz"
+        np.savez(tmp, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
+        os.replace(tmp, out / "train_scores.npz")
+    tmp = out / ".history.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, out / "history.csv")
+    metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
+               "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
+    if tracker is not None:
+        tracker.finish(out, metrics)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    return metrics
