@@ -26,8 +26,8 @@ from limit.models import build_model
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
-# Keys that do not change what a run computes; everything else must match to resume.
-NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "tracking", "num_workers"}
+# Keys that do not change what a run computes (more epochs extend it); everything else must match to resume.
+NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "tracking", "num_workers", "epochs"}
 
 DEFAULTS = {
     "arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42,
@@ -390,7 +390,7 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     os.replace(tmp, out / "history.csv")
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     if tracker is not None:
         tracker.finish(out, metrics)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     return metrics

@@ -1,0 +1,5 @@
+import sys
+
+from limit.cli import main
+
+sys.exit(main())

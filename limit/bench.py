@@ -1,0 +1,131 @@
+"""``python -m limit bench``: images/s of training steps for the MNIST CNN at batch 256.
+
+Compares the package's own training code (``limit.train.run_epoch``) for CE and LIMIT with a bare
+PyTorch loop over the same preloaded tensors (the floor) and with a per-item torchvision DataLoader
+pipeline (PIL -> ToTensor -> Normalize, what the authors' code does). Random images: speed only.
+"""
+import time
+
+import torch
+import torch.nn.functional as F
+
+from limit import data as D
+from limit.methods import Context, get_method
+from limit.models import mnist_cnn
+from limit.train import RunData, make_optimizer, pick_device, run_epoch
+
+
+def images_per_second(epoch, n_images, device, repeats=3):
+    """Best of ``repeats`` timed epochs after one warm-up epoch (the machine's other load only slows)."""
+    epoch()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        epoch()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return n_images / best
+
+
+def package_rate(method_name, images, labels, device, batch_size):
+    """Whole epochs of the package's training loop over preloaded tensors."""
+    torch.manual_seed(0)
+    method = get_method(method_name)
+    ctx = Context(mnist_cnn().to(device), mnist_cnn(fc_batchnorm=True).to(device) if method.q_network else None)
+    optimizer = make_optimizer([ctx.classifier, ctx.q], {"lr": 1e-3, "weight_decay": 0.0})
+    y = labels.to(device)
+    split = D.InMemorySplit(images, "mnist", device)
+    run_data = RunData(split, None, None, y, y, torch.zeros_like(y, dtype=torch.bool), None, None, None, 10, "")
+    cfg = {"batch_size": batch_size, "hparams": {"beta": 1.0, "lamb": 1.0, "sigma": 0.0}}
+    gen = torch.Generator().manual_seed(0)
+    return images_per_second(lambda: run_epoch(ctx, method, run_data, cfg, optimizer, gen), len(split), device)
+
+
+def bare_rate(two_networks, images, labels, device, batch_size):
+    """The floor: a plain loop, no accounting, over the same uint8 tensors on the device."""
+    torch.manual_seed(0)
+    f = mnist_cnn().to(device)
+    q = mnist_cnn(fc_batchnorm=True).to(device) if two_networks else None
+    opt = torch.optim.Adam(list(f.parameters()) + (list(q.parameters()) if q else []), lr=1e-3)
+    x_all, y_all = images.to(device), labels.to(device)
+    mean, std = 0.456, 0.224
+
+    def epoch():
+        order = torch.randperm(len(x_all), device=device)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            x = (x_all[idx].float() / 255 - mean) / std
+            y = y_all[idx]
+            logits = f(x)
+            if q is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                probs = logits.detach().softmax(1)
+                mu = probs - q(x).softmax(1)
+                target = probs - F.one_hot(y, 10).float()
+                loss = (logits * mu.detach()).sum() + ((mu - target) ** 2).sum(1).mean() + (mu ** 2).sum(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return images_per_second(epoch, len(x_all), device)
+
+
+def dataloader_rate(two_networks, images, labels, device, batch_size):
+    """Per-item torchvision pipeline: uint8 -> PIL -> ToTensor -> Normalize, then the bare step."""
+    from PIL import Image
+    from torchvision import transforms
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.456,), (0.224,))])
+    arr = images[:, 0].numpy()
+
+    class Items(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(arr)
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(arr[i], mode="L")), int(labels[i])
+
+    loader = torch.utils.data.DataLoader(Items(), batch_size=batch_size, shuffle=True, num_workers=0)
+    torch.manual_seed(0)
+    f = mnist_cnn().to(device)
+    q = mnist_cnn(fc_batchnorm=True).to(device) if two_networks else None
+    opt = torch.optim.Adam(list(f.parameters()) + (list(q.parameters()) if q else []), lr=1e-3)
+
+    def epoch():
+        for x, y in loader:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = f(x)
+            loss = F.cross_entropy(logits, y)
+            if q is not None:
+                loss = loss + F.cross_entropy(q(x), y)  # same cost shape as LIMIT's second network
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return images_per_second(epoch, len(arr), device)
+
+
+def main(args):
+    device = pick_device(args.device)
+    n = args.steps * args.batch_size
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{args.steps} steps of batch {args.batch_size} per measurement")
+    rows = {
+        "bare loop, CE": bare_rate(False, images, labels, device, args.batch_size),
+        "package, CE": package_rate("ce", images, labels, device, args.batch_size),
+        "bare loop, LIMIT": bare_rate(True, images, labels, device, args.batch_size),
+        "package, LIMIT": package_rate("limit_g", images, labels, device, args.batch_size),
+        "per-item DataLoader, CE": dataloader_rate(False, images, labels, device, args.batch_size),
+        "per-item DataLoader, two networks": dataloader_rate(True, images, labels, device, args.batch_size),
+    }
+    for name, rate in rows.items():
+        print(f"{name:36s} {rate:10.0f} images/s")
+    print(f"package LIMIT / bare LIMIT: {rows['package, LIMIT'] / rows['bare loop, LIMIT']:.3f} "
+          f"(target >= 0.90)")
+    print(f"package CE / package LIMIT (LIMIT's cost in CE steps): "
+          f"{rows['package, CE'] / rows['package, LIMIT']:.2f}x (target <= 2.2x)")
+    print(f"package CE / per-item DataLoader CE: {rows['package, CE'] / rows['per-item DataLoader, CE']:.2f}x")

@@ -1,0 +1,178 @@
+"""Command line: ``python -m limit COMMAND ...``; every workflow rule calls one of these."""
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+
+from limit import data as D
+
+
+def _atomic_json(path, obj):
+    from limit.train import atomic_write_text
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2))
+
+
+def cmd_prepare(args):
+    D.prepare_dataset(args.dataset, args.data_dir, download=args.download)
+    print(f"{args.dataset}: files present in {args.data_dir}")
+
+
+def _n_arg(value):
+    return None if value in (None, "all") else int(value)
+
+
+def cmd_corrupt(args):
+    info = D.dataset_info(args.dataset)
+    if args.dataset == "clothing1m":
+        raise SystemExit("clothing1m has real label noise: it needs no corrupted-labels file")
+    train_labels = D.load_arrays(args.dataset, args.data_dir).train_y.numpy()
+    arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
+                                 n=_n_arg(args.n), val_size=args.val_size)
+    meta = {"dataset": args.dataset, "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
+            "val_size": args.val_size}
+    meta = D.write_labels_file(args.out, arrays, meta)
+    print(f"{args.out}: {len(arrays['train_idx'])} train ({arrays['is_corrupted'].mean():.3f} corrupted), "
+          f"{len(arrays['val_idx'])} validation, sha256 {meta['sha256'][:12]}")
+
+
+def _parse_tags(pairs):
+    tags = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--tag expects KEY=VALUE, got {pair!r}")
+        tags[key] = value
+    return tags
+
+
+def cmd_train(args):
+    from limit.tracking import Tracker
+    from limit.train import train
+    hparams = {k: getattr(args, k) for k in ("lr", "dropout", "weight_decay", "beta", "lamb", "sigma")
+               if getattr(args, k) is not None}
+    config = {"dataset": args.dataset, "data_dir": args.data_dir, "labels": args.labels, "method": args.method,
+              "arch": args.arch, "hparams": hparams, "epochs": args.epochs, "patience": args.patience,
+              "batch_size": args.batch_size, "seed": args.seed, "clean_validation": args.clean_validation,
+              "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
+              "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers}
+    tracker = None
+    if not args.no_tracking:
+        tracker = Tracker(args.out, args.tracking_uri, args.experiment_id, args.experiment_name, args.run_name,
+                          _parse_tags(args.tag))
+    metrics = train(config, args.out, tracker)
+    print(json.dumps(metrics))
+
+
+def cmd_mlflow_sync(args):
+    from limit.tracking import sync_run
+    total = 0
+    for run_dir in args.run_dirs:
+        added = sync_run(run_dir, args.tracking_uri)
+        total += added
+        print(f"{run_dir}: {added} epochs added")
+    print(f"synced {len(args.run_dirs)} runs, {total} epochs added")
+
+
+def cmd_mlflow_init(args):
+    """Create the store and the experiments before any job starts (MLflow races otherwise)."""
+    from limit.tracking import _client, get_or_create_experiment, tracking_uri
+    uri = tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = _client(uri)
+    ids = {name: get_or_create_experiment(client, name, uri) for name in args.experiments}
+    _atomic_json(args.out, {"tracking_uri": uri, "experiments": ids})
+    print(json.dumps(ids))
+
+
+def cmd_bench(args):
+    from limit.bench import main
+    main(args)
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="python -m limit", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("prepare", help="check (or download) a dataset's files")
+    s.add_argument("--dataset", required=True, help=f"one of {sorted(D.DATASETS)}")
+    s.add_argument("--data-dir", default="data", help="dataset directory (default: data)")
+    s.add_argument("--download", action="store_true", help="download missing files (needs internet)")
+    s.set_defaults(func=cmd_prepare)
+
+    s = sub.add_parser("corrupt", help="split and corrupt the labels of one data setting into a labels file")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--data-dir", default="data")
+    s.add_argument("--noise", required=True, help="uniform, symmetric, pair (CIFAR-10) or asymmetric-mnist")
+    s.add_argument("--rate", type=float, required=True, help="noise rate p in [0, 1)")
+    s.add_argument("--n", default="all", help="training-set size: an integer or 'all' (default)")
+    s.add_argument("--seed", type=int, required=True, help="seed of the split and of the noise")
+    s.add_argument("--val-size", type=int, default=None, help="keep only this many validation examples")
+    s.add_argument("--out", required=True, help="labels file to write (.npz)")
+    s.set_defaults(func=cmd_corrupt)
+
+    s = sub.add_parser("train", help="train one run (exactly as the workflow does)",
+                       description="Train one run into --out; started again with the same command, a killed run "
+                                   "resumes from its last complete epoch.")
+    s.add_argument("--dataset", required=True)
+    s.add_argument("--data-dir", default="data")
+    s.add_argument("--labels", required=True, help="labels file written by `python -m limit corrupt`")
+    s.add_argument("--method", required=True, help="registry name, e.g. ce, mae, fw, dmi, limit_g, limit_l_s")
+    s.add_argument("--arch", default="cnn", help="cnn (MNIST-style), mlp (Figure 1), resnet34 (CIFAR), resnet50")
+    s.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    s.add_argument("--beta", type=float, help="LIMIT / Soft reg. gradient-norm penalty")
+    s.add_argument("--lamb", type=float, help="LIMIT +S sampling precision, Soft reg. lambda")
+    s.add_argument("--sigma", type=float, help="CE+GN / CE+LN gradient-noise std")
+    s.add_argument("--dropout", type=float, help="dropout rate (MLP)")
+    s.add_argument("--weight-decay", type=float, help="Adam L2 weight decay on weights")
+    s.add_argument("--epochs", type=int, default=400)
+    s.add_argument("--patience", type=int, default=100, help="early-stopping patience in epochs")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=42, help="seed of initialisation, shuffling and sampling")
+    s.add_argument("--clean-validation", action="store_true", help="select on clean validation labels (Figure 1)")
+    s.add_argument("--init-from", help="CE run directory (FW, DMI, +init)")
+    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    s.add_argument("--no-test-curve", action="store_true", help="skip the clean test accuracy of every epoch")
+    s.add_argument("--imagenet-weights", help="ResNet-50 only: path to a torchvision ImageNet state dict")
+    s.add_argument("--num-workers", type=int, default=4, help="Clothing1M image-decoding workers")
+    s.add_argument("--out", required=True, help="run directory")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///results/mlflow.db)")
+    s.add_argument("--experiment-id", help="MLflow experiment id (pass it: creating experiments races)")
+    s.add_argument("--experiment-name", default="limit", help="MLflow experiment, used without --experiment-id")
+    s.add_argument("--run-name", help="MLflow run name (default: the run directory's name)")
+    s.add_argument("--tag", action="append", metavar="KEY=VALUE", help="MLflow tag (repeatable)")
+    s.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("mlflow-sync", help="put run directories into MLflow (idempotent)")
+    s.add_argument("run_dirs", nargs="+")
+    s.add_argument("--tracking-uri")
+    s.set_defaults(func=cmd_mlflow_sync)
+
+    s = sub.add_parser("mlflow-init", help="create the MLflow store and experiments")
+    s.add_argument("--tracking-uri")
+    s.add_argument("--experiments", nargs="+", required=True)
+    s.add_argument("--out", required=True, help="JSON file of experiment ids")
+    s.set_defaults(func=cmd_mlflow_init)
+
+    s = sub.add_parser("bench", help="images/s of training steps on this device")
+    s.add_argument("--steps", type=int, default=30)
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    from limit.train import TrainingError
+    warnings.simplefilter("default", RuntimeWarning)
+    try:
+        args.func(args)
+    except (ValueError, TrainingError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,149 @@
+"""Clothing1M (Xiao et al. 2015) streamed from a directory in its official release layout.
+
+Train = ``noisy_train_key_list.txt`` with noisy labels; validation and test = the clean lists with clean
+labels (the authors select models on the clean validation set, spec 2.4). JPEGs are decoded and resized
+in DataLoader workers and sent to the device as uint8; normalisation runs there, as for ``InMemorySplit``.
+"""
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
+
+from limit.data import DataError, normalisation, to_float
+
+NUM_CLASSES = 14
+NOISY_LABELS = "noisy_label_kv.txt"
+CLEAN_LABELS = "clean_label_kv.txt"
+KEY_LISTS = {"train": "noisy_train_key_list.txt", "val": "clean_val_key_list.txt", "test": "clean_test_key_list.txt"}
+REQUIRED = ["images", NOISY_LABELS, CLEAN_LABELS, *KEY_LISTS.values()]
+IMAGES_CHECKED = 5  # listed images checked per key list: enough to catch a wrong root or an unpacked archive
+
+
+def check_clothing1m_dir(root):
+    """Raise DataError naming every missing file of the official layout and how to get the dataset."""
+    root = Path(root)
+    problems = [f"missing {name}" for name in REQUIRED if not (root / name).exists()]
+    for key_list in KEY_LISTS.values():
+        if not (root / key_list).exists():
+            continue
+        with open(root / key_list) as f:
+            first = [line.strip() for line in islice(f, IMAGES_CHECKED) if line.strip()]
+        absent = [p for p in first if not (root / p).is_file()]
+        if not first:
+            problems.append(f"{key_list} is empty")
+        elif absent:
+            problems.append(f"{len(absent)} of the first {len(first)} images in {key_list} are missing: {', '.join(absent)}")
+    if problems:
+        raise DataError(
+            f"data directory {str(root)!r} is not a complete Clothing1M release: {'; '.join(problems)}. "
+            "Clothing1M must be requested from its authors (https://github.com/Cysu/noisy_label); put it in one "
+            f"directory holding {', '.join(REQUIRED)} (image paths relative to it, as in the release) "
+            "and pass that directory as --data-dir.")
+
+
+def _read_key_list(path):
+    with open(path) as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def _read_label_kv(path):
+    labels = {}
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                key, label = line.split()
+                labels[key] = int(label)
+    return labels
+
+
+def read_clothing1m_split(root, split):
+    """(relative image paths, labels, true labels) of ``split`` in train / val / test, labels as int64.
+
+    For train the labels are the noisy ones and the true label is the clean one where the image has
+    one, -1 where unknown; for val / test both are the clean labels.
+    """
+    if split not in KEY_LISTS:
+        raise DataError(f"unknown Clothing1M split {split!r}; choose one of {sorted(KEY_LISTS)}")
+    root = Path(root)
+    paths = _read_key_list(root / KEY_LISTS[split])
+    clean = _read_label_kv(root / CLEAN_LABELS)
+    given = _read_label_kv(root / NOISY_LABELS) if split == "train" else clean
+    unlabelled = [p for p in paths if p not in given]
+    if unlabelled:
+        source = NOISY_LABELS if split == "train" else CLEAN_LABELS
+        raise DataError(f"{len(unlabelled)} images in {KEY_LISTS[split]} have no label in {source}, e.g. {unlabelled[0]}")
+    labels = np.array([given[p] for p in paths], dtype=np.int64)
+    true_labels = np.array([clean.get(p, -1) for p in paths], dtype=np.int64)
+    if labels.size and not (labels.min() >= 0 and labels.max() < NUM_CLASSES):
+        raise DataError(f"Clothing1M labels must lie in 0..{NUM_CLASSES - 1}")
+    return paths, labels, true_labels
+
+
+def corruption_flags(labels, true_labels):
+    """int8 per example: 1 = label differs from the clean one, 0 = agrees, -1 = no clean label known."""
+    return np.where(true_labels < 0, -1, labels != true_labels).astype(np.int8)
+
+
+class _JpegDataset(torch.utils.data.Dataset):
+    """Keyed by (index, augmentation seed); seed -1 means no augmentation. Returns uint8 (3, S, S)."""
+
+    def __init__(self, files, image_size, resize_size):
+        self.files, self.image_size, self.resize_size = files, image_size, resize_size
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with Image.open(self.files[index]) as img:
+            img = img.convert("RGB")
+        if seed < 0:
+            img = TF.resize(img, [self.image_size, self.image_size])
+        else:  # Resize((256,256)) -> RandomCrop(224) -> RandomHorizontalFlip, drawn from the example's seed
+            img = TF.resize(img, [self.resize_size, self.resize_size])
+            gen = torch.Generator().manual_seed(seed)
+            top, left = torch.randint(0, self.resize_size - self.image_size + 1, (2,), generator=gen).tolist()
+            img = TF.crop(img, top, left, self.image_size, self.image_size)
+            if torch.rand(1, generator=gen).item() < 0.5:
+                img = TF.hflip(img)
+        return index, TF.pil_to_tensor(img)
+
+
+class Clothing1MSplit:
+    """One Clothing1M split streamed from disk, with the interface of ``limit.data.InMemorySplit``.
+
+    ``labels`` / ``true_labels`` (numpy) hold the split's labels, as from ``read_clothing1m_split``.
+    """
+
+    def __init__(self, root, split, device, augment=False, num_workers=4, image_size=224):
+        self.paths, self.labels, self.true_labels = read_clothing1m_split(root, split)
+        self.device = torch.device(device)
+        self.augment = augment
+        self.num_workers = num_workers
+        self.mean, self.std = (t.to(self.device) for t in normalisation("clothing1m"))
+        resize_size = round(image_size * 256 / 224)
+        self.dataset = _JpegDataset([str(Path(root) / p) for p in self.paths], image_size, resize_size)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def batches(self, batch_size, generator=None, shuffle=False, augment=False):
+        """Yield (indices on the device, normalised float images); order and augmentation draw from ``generator``
+        in the main process, so they do not depend on the number of workers."""
+        n = len(self.paths)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        if augment and self.augment:
+            seeds = torch.randint(0, 2 ** 62, (n,), generator=generator)
+        else:
+            seeds = torch.full((n,), -1, dtype=torch.int64)
+        keys = list(zip(order.tolist(), seeds.tolist()))
+        pin = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, sampler=keys,
+                                             num_workers=self.num_workers, pin_memory=pin)
+        for idx, x in loader:
+            idx = idx.to(self.device, non_blocking=pin)
+            x = x.to(self.device, non_blocking=pin)
+            yield idx, to_float(x, self.mean, self.std)

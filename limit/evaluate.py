@@ -1,0 +1,114 @@
+"""Accuracy, bootstrap error bars, mislabeled-example detection, and model selection over a run table
+(spec 7.2, 7.3)."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+# The Figure-1 block (MLP, clean validation) shares a data setting with Table 1 but is not a table entry.
+FIGURE1_EXPERIMENT = "figure1"
+SETTING = ["experiment", "dataset", "noise", "rate", "n", "variant"]
+CONFIGURATION = SETTING + ["hparams"]
+HPARAM_COLUMNS = ["beta", "lamb", "sigma", "lr", "dropout", "weight_decay"]
+LIMIT_METHODS = ("limit_g", "limit_l", "limit_g_s", "limit_l_s", "limit_g_init", "limit_l_init")
+
+
+def accuracy(logits, labels):
+    """Fraction of examples whose arg-max logit is the label."""
+    return float(np.mean(np.argmax(np.asarray(logits), axis=1) == np.asarray(labels)))
+
+
+def bootstrap_std(logits, labels, n_boot=1000, seed=0):
+    """(mean, std) of the test accuracy over ``n_boot`` resamples of the test set with replacement.
+
+    As the authors' helper: std with ddof 0. Their draws were unseeded; ours come from
+    ``np.random.default_rng(seed)`` as one (n_boot, n) index matrix.
+    """
+    correct = np.argmax(np.asarray(logits), axis=1) == np.asarray(labels)
+    draws = np.random.default_rng(seed).integers(0, len(correct), size=(n_boot, len(correct)))
+    accuracies = correct[draws].mean(axis=1)
+    return float(accuracies.mean()), float(accuracies.std())
+
+
+def bootstrap_from_run(run_dir, n_boot=1000, seed=0):
+    """Plain test accuracy and bootstrap std from a run directory's ``test_outputs.npz``."""
+    with np.load(Path(run_dir) / "test_outputs.npz") as outputs:
+        logits, labels = outputs["logits"], outputs["labels"]
+    return accuracy(logits, labels), bootstrap_std(logits, labels, n_boot, seed)[1]
+
+
+def detection_auc(scores, is_corrupted):
+    """ROC AUC of ``scores`` (higher = more likely mislabeled) against the corruption mask; NaN without both classes."""
+    is_corrupted = np.asarray(is_corrupted, dtype=bool)
+    if is_corrupted.all() or not is_corrupted.any():
+        return float("nan")
+    return float(roc_auc_score(is_corrupted, np.asarray(scores)))
+
+
+def normalise_runs(runs):
+    """Types a run table read back from CSV may lose: ``n`` as str ("1000", "all"), ``seed`` int, ``rate`` float."""
+    return runs.assign(n=runs["n"].astype(str), seed=runs["seed"].astype(int), rate=runs["rate"].astype(float))
+
+
+def select_configurations(runs):
+    """Aggregate runs over seeds per configuration and mark, per data setting and variant, the selected one.
+
+    Returns one row per (experiment, dataset, noise, rate, n, variant, hparams) with ``method``, the
+    hyper-parameter columns, ``test_acc_mean/std``, ``best_val_acc_mean/std`` (ddof 1), ``seeds``, and
+    ``selected``: the configuration with the highest mean validation accuracy of its setting (first hparams
+    label on ties).
+    """
+    runs = normalise_runs(runs)
+    first = {c: "first" for c in ["method", "clean_validation", *HPARAM_COLUMNS] if c in runs}
+    # dropna=False keeps Clothing1M, whose noise rate is undefined (NaN).
+    configs = runs.groupby(CONFIGURATION, dropna=False, sort=True).agg(
+        **{c: (c, how) for c, how in first.items()},
+        test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+        best_val_acc_mean=("best_val_acc", "mean"), best_val_acc_std=("best_val_acc", "std"),
+        seeds=("seed", "count")).reset_index()
+    scored = configs.dropna(subset=["best_val_acc_mean"])  # a setting whose runs all lack validation has no pick
+    best = scored.groupby(SETTING, dropna=False, sort=False)["best_val_acc_mean"].idxmax()
+    configs["selected"] = configs.index.isin(best.to_numpy())
+    return configs
+
+
+def mark_selected(runs):
+    """The run table with a boolean ``selected`` column: the run belongs to its setting's selected configuration."""
+    runs = normalise_runs(runs).drop(columns="selected", errors="ignore")
+    chosen = select_configurations(runs).loc[lambda c: c["selected"], CONFIGURATION].assign(selected=True)
+    # merge matches NaN keys (Clothing1M's rate) with each other.
+    marked = runs.merge(chosen, on=CONFIGURATION, how="left")
+    marked["selected"] = marked["selected"].fillna(False).astype(bool)
+    return marked
+
+
+def selected_runs(runs, experiments=None):
+    """Runs of the selected configuration per (dataset, noise, rate, n, variant), across experiment blocks.
+
+    ``experiments``: the blocks to use; default every block except Figure 1's. When several blocks ran the
+    same setting, the one whose selected configuration has the higher mean validation accuracy wins.
+    Sorted by seed, so the first row of a group is its first seed.
+    """
+    runs = normalise_runs(runs)
+    if experiments is None:
+        runs = runs[runs["experiment"] != FIGURE1_EXPERIMENT]
+    else:
+        runs = runs[runs["experiment"].isin(experiments)]
+    configs = select_configurations(runs)
+    configs = configs[configs["selected"]].sort_values("best_val_acc_mean", ascending=False, kind="stable")
+    winners = configs.drop_duplicates(["dataset", "noise", "rate", "n", "variant"])[CONFIGURATION]
+    return runs.merge(winners, on=CONFIGURATION).sort_values(["variant", "seed"], kind="stable").reset_index(drop=True)
+
+
+def best_limit_run(runs, dataset, noise, rate, n):
+    """First-seed run of the best selected LIMIT configuration (highest mean validation accuracy) at a setting,
+    or None. This is "the best LIMIT instance" of Figures A1/A2 and the detection AUC."""
+    chosen = selected_runs(runs)
+    chosen = chosen[(chosen["dataset"] == dataset) & (chosen["noise"] == noise) & (chosen["n"] == str(n))
+                    & np.isclose(chosen["rate"], rate, equal_nan=True) & chosen["method"].isin(LIMIT_METHODS)]
+    if chosen.empty:
+        return None
+    mean_val = chosen.groupby("variant")["best_val_acc"].transform("mean")
+    best_variant = chosen.loc[mean_val.idxmax(), "variant"]
+    return chosen[chosen["variant"] == best_variant].iloc[0]

@@ -1,0 +1,190 @@
+"""MLflow tracking of training runs. The run directory is the source of truth: MLflow mirrors it.
+
+Training never fails because of tracking: the first error (server down, database locked) is warned
+about once and tracking stops for that run; ``sync_run`` (``python -m limit mlflow-sync``) later puts
+whatever is missing into MLflow, idempotently, continuing the same MLflow run.
+"""
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+from urllib.parse import urlparse
+
+DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
+RUN_FILE = "mlflow.json"
+ARTIFACTS = ("history.csv", "metrics.json", "test_outputs.npz", "config.json")
+MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
+
+# Fail fast enough that a dead server costs a job seconds, not minutes (users may override).
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+def tracking_uri(uri=None):
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def artifact_root(uri):
+    """Where a SQLite store keeps artifacts: ``mlartifacts/`` next to the database file."""
+    parsed = urlparse(uri)
+    if parsed.scheme != "sqlite":
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    return (db.parent.resolve() / "mlartifacts").as_uri()
+
+
+def get_or_create_experiment(client, name, uri):
+    """Experiment id for ``name``; creates it (with a known artifact location) if missing."""
+    from mlflow.exceptions import MlflowException
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    root = artifact_root(uri)
+    try:
+        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
+    except MlflowException:  # created meanwhile by another process
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+    return MlflowClient(tracking_uri=uri)
+
+
+def _read_run_file(run_dir):
+    path = Path(run_dir) / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_run_file(run_dir, info):
+    path = Path(run_dir) / RUN_FILE
+    tmp = path.with_name(f".{RUN_FILE}.tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)
+
+
+def _metrics_of(row, step):
+    from mlflow.entities import Metric
+    now = int(time.time() * 1000)
+    return [Metric(k, float(v), now, step) for k, v in row.items()
+            if k != "epoch" and v is not None and v != "" and not (isinstance(v, float) and math.isnan(v))]
+
+
+def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
+    """The MLflow run of a run directory: the one recorded there if it still exists, else a new one."""
+    from mlflow.exceptions import MlflowException
+    info = _read_run_file(run_dir)
+    if info.get("run_id") and info.get("tracking_uri") == uri:
+        try:
+            client.get_run(info["run_id"])
+            return info["run_id"]
+        except MlflowException:
+            pass  # a different or reset store: create the run afresh
+    experiment_id = experiment.get("id") or get_or_create_experiment(client, experiment["name"], uri)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    _write_run_file(run_dir, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": experiment_id,
+                              "run_name": run_name, "tags": tags})
+    return run.info.run_id
+
+
+def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
+    """Put a run directory into MLflow: params, every epoch of history, final metrics, artifacts.
+
+    Only what is missing is logged, so a second call adds nothing. Returns the number of epochs added.
+    """
+    import csv
+    from mlflow.entities import Param
+    run_dir = Path(run_dir)
+    info = _read_run_file(run_dir)
+    uri = tracking_uri(uri or info.get("tracking_uri"))
+    experiment = experiment or {"id": info.get("experiment_id"), "name": "limit"}
+    run_name = run_name or info.get("run_name") or run_dir.name
+    tags = tags if tags is not None else info.get("tags", {})
+    client = _client(uri)
+    run_id = _ensure_run(client, run_dir, uri, experiment, run_name, tags)
+    run = client.get_run(run_id)
+    config = json.loads((run_dir / "config.json").read_text())
+    params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items() if k not in run.data.params]
+    logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
+    history_path = run_dir / "history.csv"
+    rows = []
+    if history_path.exists():
+        with open(history_path) as f:
+            rows = list(csv.DictReader(f))
+    else:  # an unfinished run: its epochs so far live in state.pt
+        from limit.train import load_checkpoint
+        if (run_dir / "state.pt").exists():
+            rows = load_checkpoint(run_dir / "state.pt")["history"]
+    missing = [r for r in rows if int(r["epoch"]) not in logged]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100])
+    metrics = [m for r in missing for m in _metrics_of(r, int(r["epoch"]))]
+    for start in range(0, len(metrics), 900):
+        client.log_batch(run_id, metrics=metrics[start:start + 900])
+    final = run_dir / "metrics.json"
+    if final.exists():
+        done = {k: v for k, v in json.loads(final.read_text()).items()}
+        have = set(run.data.metrics)
+        client.log_batch(run_id, metrics=[m for m in _metrics_of({f"final_{k}": v for k, v in done.items()}, 0)
+                                          if m.key not in have])
+        present = {a.path for a in client.list_artifacts(run_id)}
+        for name in ARTIFACTS:
+            if (run_dir / name).exists() and name not in present:
+                client.log_artifact(run_id, str(run_dir / name))
+        if run.info.status != "FINISHED":
+            client.set_terminated(run_id, "FINISHED")
+    return len(missing)
+
+
+class Tracker:
+    """Mirrors one training run into MLflow while it trains; never raises."""
+
+    def __init__(self, run_dir, uri=None, experiment_id=None, experiment_name="limit", run_name=None, tags=None):
+        self.run_dir = Path(run_dir)
+        self.uri = tracking_uri(uri)
+        self.experiment = {"id": experiment_id, "name": experiment_name}
+        self.run_name = run_name or self.run_dir.name
+        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.client = self.run_id = None
+        self.failed = False
+
+    def _guard(self, action, *args, retry=False):
+        if self.failed and not retry:
+            return
+        try:
+            action(*args)
+        except Exception as exc:  # any tracking failure: warn once, keep training
+            if self.failed:
+                return
+            self.failed = True
+            warnings.warn(f"MLflow tracking to {self.uri} failed ({type(exc).__name__}: {exc}); training goes on "
+                          f"and {self.run_dir} stays complete. Later: python -m limit mlflow-sync {self.run_dir}",
+                          RuntimeWarning, stacklevel=2)
+
+    def start(self, config, history):
+        def begin():
+            self.client = _client(self.uri)
+            self.run_id = _ensure_run(self.client, self.run_dir, self.uri, self.experiment, self.run_name, self.tags)
+            self.client.update_run(self.run_id, status="RUNNING")
+        self._guard(begin)
+
+    def log_epoch(self, row):
+        self._guard(lambda: self.client.log_batch(self.run_id, metrics=_metrics_of(row, row["epoch"])))
+
+    def finish(self, run_dir, metrics):
+        # Params, artifacts and any epoch missed while the store was unreachable, in one idempotent pass.
+        self._guard(sync_run, run_dir, self.uri, self.experiment, self.run_name, self.tags, retry=True)

@@ -1,0 +1,258 @@
+"""Dataset readers on tiny fixtures in torchvision's on-disk formats, real Fashion-MNIST from Debian,
+Clothing1M in its release layout, and the in-memory batches with CIFAR augmentation."""
+import hashlib
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from limit import data
+from limit.clothing1m import (
+    KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, corruption_flags, read_clothing1m_split)
+from limit.data import DataError
+
+
+def write_idx(raw_dir, prefix, images, labels):
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    n = len(images)
+    (raw_dir / f"{prefix}-images-idx3-ubyte").write_bytes(struct.pack(">IIII", 0x803, n, 28, 28) + images.tobytes())
+    (raw_dir / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
+
+
+def test_mnist_reads_exact_pixels_and_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    train_x, test_x = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for n in (20, 10))
+    train_y, test_y = (rng.integers(0, 10, n, dtype=np.uint8) for n in (20, 10))
+    write_idx(tmp_path / "MNIST" / "raw", "train", train_x, train_y)
+    write_idx(tmp_path / "MNIST" / "raw", "t10k", test_x, test_y)
+    arrays = data.load_arrays("mnist", tmp_path)
+    assert arrays.train_x.dtype == torch.uint8 and arrays.train_x.shape == (20, 1, 28, 28)
+    assert arrays.test_x.shape == (10, 1, 28, 28)
+    assert np.array_equal(arrays.train_x[:, 0].numpy(), train_x)
+    assert np.array_equal(arrays.test_x[:, 0].numpy(), test_x)
+    assert arrays.train_y.dtype == torch.int64 and np.array_equal(arrays.train_y.numpy(), train_y)
+    assert np.array_equal(arrays.test_y.numpy(), test_y)
+
+
+def write_pickle(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(obj))
+    return [path.name, hashlib.md5(path.read_bytes()).hexdigest()]
+
+
+def cifar_batch(rng, n, label_key, num_classes):
+    """A batch dict with images as (n, 3, 32, 32) for checking and rows of R, G, B planes as stored."""
+    images = rng.integers(0, 256, (n, 3, 32, 32), dtype=np.uint8)
+    labels = rng.integers(0, num_classes, n).tolist()
+    return images, labels, {"data": images.reshape(n, 3072), label_key: labels,
+                            "batch_label": "fixture", "filenames": [f"{i}.png" for i in range(n)]}
+
+
+@pytest.mark.parametrize("name, folder, train_files, test_file, meta_file, label_key, num_classes", [
+    ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+     "labels", 10),
+    ("cifar100", "cifar-100-python", ["train"], "test", "meta", "fine_labels", 100),
+])
+def test_cifar_reads_exact_pixels_and_labels(tmp_path, monkeypatch, name, folder, train_files, test_file, meta_file,
+                                             label_key, num_classes):
+    rng = np.random.default_rng(1)
+    root = tmp_path / folder
+    train_list, train_x, train_y = [], [], []
+    for file_name in train_files:
+        images, labels, batch = cifar_batch(rng, 4, label_key, num_classes)
+        train_list.append(write_pickle(root / file_name, batch))
+        train_x.append(images)
+        train_y += labels
+    test_x, test_y, batch = cifar_batch(rng, 3, label_key, num_classes)
+    test_list = [write_pickle(root / test_file, batch)]
+    meta_key = "label_names" if name == "cifar10" else "fine_label_names"
+    _, meta_md5 = write_pickle(root / meta_file, {meta_key: [f"class{i}" for i in range(num_classes)]})
+    cls = getattr(torchvision.datasets, data.DATASETS[name].torchvision_class)
+    monkeypatch.setattr(cls, "train_list", train_list)
+    monkeypatch.setattr(cls, "test_list", test_list)
+    monkeypatch.setattr(cls, "meta", {"filename": meta_file, "key": meta_key, "md5": meta_md5})
+
+    arrays = data.load_arrays(name, tmp_path)
+    assert arrays.train_x.dtype == torch.uint8 and arrays.train_x.shape == (4 * len(train_files), 3, 32, 32)
+    assert np.array_equal(arrays.train_x.numpy(), np.concatenate(train_x))
+    assert arrays.train_y.tolist() == train_y
+    assert np.array_equal(arrays.test_x.numpy(), test_x)
+    assert arrays.test_y.tolist() == test_y
+
+
+def test_fashion_mnist_from_debian(tmp_path):
+    if not data.DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({data.DEBIAN_FASHION_MNIST} absent)")
+    data.prepare_dataset("fashion_mnist", tmp_path)
+    arrays = data.load_arrays("fashion_mnist", tmp_path)
+    assert arrays.train_x.shape == (60000, 1, 28, 28) and arrays.test_x.shape == (10000, 1, 28, 28)
+    assert torch.bincount(arrays.train_y).tolist() == [6000] * 10
+    assert torch.bincount(arrays.test_y).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
+def test_incomplete_dir_names_each_missing_file(tmp_path, name):
+    required = data._REQUIRED_FILES[name]
+    present, missing = required[0], required[1:]
+    (tmp_path / present).parent.mkdir(parents=True)
+    (tmp_path / present).write_bytes(b"")
+    with pytest.raises(DataError) as err:
+        data.prepare_dataset(name, tmp_path)
+    message = str(err.value)
+    assert all(f in message for f in missing)
+    assert present not in message
+
+
+def test_unknown_dataset():
+    with pytest.raises(DataError, match="unknown dataset"):
+        data.prepare_dataset("imagenet", "/nonexistent")
+
+
+CLOTHING_ENTRIES = ["images", "noisy_label_kv.txt", "clean_label_kv.txt", *KEY_LISTS.values()]
+
+
+def write_clothing1m(root):
+    """14 classes x 2 train images with noisy labels, half of them also with clean labels,
+    one of those disagreeing; plus 14 val and 14 test images. Returns what each split should read."""
+    rng = np.random.default_rng(2)
+    lists = {split: [] for split in KEY_LISTS}
+    noisy_kv, clean_kv = [], []
+    for split in KEY_LISTS:
+        for c in range(NUM_CLASSES):
+            for k in range(2 if split == "train" else 1):
+                rel = f"images/{c % 10}/{split}{c}_{k}.jpg"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                pixels = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # not square: resize must squash
+                Image.fromarray(pixels).save(root / rel)
+                lists[split].append(rel)
+                if split == "train":
+                    noisy = (c + k) % NUM_CLASSES
+                    noisy_kv.append(f"{rel} {noisy}")
+                    if k == 0:  # only k = 0 has a clean label: c, except 4 for class 3 (a corrupted label)
+                        clean_kv.append(f"{rel} {(c + 1) % NUM_CLASSES if c == 3 else c}")
+                else:
+                    clean_kv.append(f"{rel} {c}")
+    (root / "noisy_label_kv.txt").write_text("\n".join(noisy_kv) + "\n")
+    (root / "clean_label_kv.txt").write_text("\n".join(clean_kv) + "\n")
+    for split, name in KEY_LISTS.items():
+        (root / name).write_text("\n".join(lists[split]) + "\n")
+    return lists
+
+
+def test_clothing1m_splits_and_labels(tmp_path):
+    lists = write_clothing1m(tmp_path)
+    check_clothing1m_dir(tmp_path)
+    data.prepare_dataset("clothing1m", tmp_path)
+
+    paths, labels, true_labels = read_clothing1m_split(tmp_path, "train")
+    assert paths == lists["train"] and len(paths) == 2 * NUM_CLASSES
+    classes = np.repeat(np.arange(NUM_CLASSES), 2)
+    assert labels.dtype == np.int64 and labels.tolist() == ((classes + np.tile([0, 1], NUM_CLASSES)) % 14).tolist()
+    expected_true = np.where(np.tile([True, False], NUM_CLASSES), classes, -1)
+    expected_true[6] = 4  # class 3's clean label was written as 4
+    assert true_labels.tolist() == expected_true.tolist()
+    flags = corruption_flags(labels, true_labels)
+    assert flags.tolist() == np.where(expected_true < 0, -1, np.arange(28) == 6).tolist()
+
+    for split in ("val", "test"):
+        paths, labels, true_labels = read_clothing1m_split(tmp_path, split)
+        assert paths == lists[split]
+        assert labels.tolist() == true_labels.tolist() == list(range(NUM_CLASSES))
+
+
+def test_clothing1m_batches(tmp_path):
+    write_clothing1m(tmp_path)
+    size = 8
+    train = Clothing1MSplit(tmp_path, "train", "cpu", augment=True, num_workers=0, image_size=size)
+    test = Clothing1MSplit(tmp_path, "test", "cpu", num_workers=0, image_size=size)
+    assert len(train) == 28 and len(test) == 14
+
+    mean, std = data.normalisation("clothing1m")
+    lo, hi = ((0 - mean) / std).min().item(), ((1 - mean) / std).max().item()
+    for split, augment in ((train, True), (train, False), (test, False)):
+        batches = list(split.batches(10, generator=torch.Generator().manual_seed(0), shuffle=True, augment=augment))
+        assert [len(i) for i, _ in batches] == ([10, 10, 8] if split is train else [10, 4])
+        idx = torch.cat([i for i, _ in batches])
+        assert idx.dtype == torch.int64 and sorted(idx.tolist()) == list(range(len(split)))
+        for _, x in batches:
+            assert x.dtype == torch.float32 and x.shape[1:] == (3, size, size)
+            assert lo - 1e-5 <= x.min() and x.max() <= hi + 1e-5
+
+    # Unshuffled, unaugmented test images are the squashed JPEGs, normalised.
+    idx, x = next(test.batches(14))
+    assert idx.tolist() == list(range(14))
+    with Image.open(tmp_path / test.paths[5]) as img:
+        expected = torchvision.transforms.Compose([
+            torchvision.transforms.Resize((size, size)), torchvision.transforms.ToTensor(),
+            torchvision.transforms.Normalize(mean.flatten().tolist(), std.flatten().tolist())])(img.convert("RGB"))
+    assert torch.allclose(x[5], expected, atol=1e-5)
+
+    def run(split, seed, augment=True):
+        return list(split.batches(10, generator=torch.Generator().manual_seed(seed), shuffle=True, augment=augment))
+
+    # Order and crops/flips come from the generator alone, whatever the number of workers.
+    in_workers = Clothing1MSplit(tmp_path, "train", "cpu", augment=True, num_workers=2, image_size=size)
+    first, again, other = run(train, 1), run(in_workers, 1), run(train, 2)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not torch.equal(first[0][0], other[0][0])
+    assert not all(torch.equal(a[1], b[1]) for a, b in zip(first, run(train, 1, augment=False)))
+
+    # Each augmented image is a size x size window of the image resized to 9 x 9 (256/224 scale), maybe flipped.
+    resize = torchvision.transforms.Compose([torchvision.transforms.Resize((9, 9)), torchvision.transforms.ToTensor()])
+    for i, x in zip(*first[0]):
+        with Image.open(tmp_path / train.paths[i]) as img:
+            big = (resize(img.convert("RGB")) - mean) / std
+        windows = [big[:, r:r + size, c:c + size] for r in range(2) for c in range(2)]
+        assert any(torch.allclose(x, w, atol=1e-5) or torch.allclose(x, w.flip(-1), atol=1e-5) for w in windows)
+
+
+def test_clothing1m_missing_files_are_named(tmp_path):
+    lists = write_clothing1m(tmp_path)
+    (tmp_path / "clean_label_kv.txt").unlink()
+    (tmp_path / "clean_test_key_list.txt").unlink()
+    (tmp_path / lists["val"][0]).unlink()
+    with pytest.raises(DataError) as err:
+        data.prepare_dataset("clothing1m", tmp_path)
+    message = str(err.value)
+    assert "missing clean_label_kv.txt" in message and "missing clean_test_key_list.txt" in message
+    assert "missing noisy_label_kv.txt" not in message
+    assert lists["val"][0] in message and "authors" in message and "--data-dir" in message
+
+    with pytest.raises(DataError) as err:
+        check_clothing1m_dir(tmp_path / "empty")
+    assert all(f"missing {entry}" in str(err.value) for entry in CLOTHING_ENTRIES)
+
+
+def test_random_crop_flip_is_a_window_of_the_padded_image():
+    x = torch.randint(0, 256, (500, 3, 6, 5), dtype=torch.uint8)
+    out = data.random_crop_flip(x, torch.Generator().manual_seed(0), padding=4)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    flipped = 0
+    for image, crop in zip(padded, out):
+        windows = [image[:, r:r + 6, c:c + 5] for r in range(9) for c in range(9)]
+        plain = any(torch.equal(crop, w) for w in windows)
+        mirrored = any(torch.equal(crop, w.flip(-1)) for w in windows)
+        assert plain or mirrored
+        flipped += mirrored and not plain
+    assert 0.4 < flipped / len(x) < 0.6
+
+
+def test_in_memory_split_batches_are_reproducible():
+    x = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
+    split = data.InMemorySplit(x, "cifar10", "cpu", augment=True)
+    assert len(split) == 50
+
+    def run(seed, augment=True):
+        return list(split.batches(16, generator=torch.Generator().manual_seed(seed), shuffle=True, augment=augment))
+
+    first, again, other = run(3), run(3), run(4)
+    assert [len(i) for i, _ in first] == [16, 16, 16, 2]
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
+    assert not torch.equal(first[0][0], other[0][0])
+    mean, std = data.normalisation("cifar10")
+    for idx, images in run(3, augment=False):  # without augmentation: exactly the stored images, normalised
+        assert torch.allclose(images, (x[idx].float() / 255 - mean) / std)

@@ -1,0 +1,143 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from limit import methods
+from limit.train import TrainingError, train
+
+TIMING = ["epoch_seconds", "images_per_second"]
+
+
+def config(fmnist_dir, labels, **kw):
+    return {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(labels), "method": "ce",
+            "epochs": 3, "patience": 100, "batch_size": 128, "seed": 7, **kw}
+
+
+def outputs(run_dir):
+    history = pd.read_csv(run_dir / "history.csv").drop(columns=TIMING)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics.pop("wall_seconds")
+    return history, metrics, np.load(run_dir / "test_outputs.npz")["logits"]
+
+
+def assert_same_outputs(a, b):
+    pd.testing.assert_frame_equal(a[0], b[0])
+    assert a[1] == b[1]
+    assert np.array_equal(a[2], b[2])
+
+
+def train_cmd(fmnist_dir, labels, out, *extra):
+    return [sys.executable, "-m", "limit", "train", "--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir),
+            "--labels", str(labels), "--batch-size", "64", "--seed", "3", "--out", str(out), "--no-tracking", *extra]
+
+
+def test_short_real_run_learns(fmnist_dir, make_labels, tmp_path):
+    metrics = train(config(fmnist_dir, make_labels(rate=0.0, n=512), epochs=4), tmp_path / "run")
+    assert metrics["test_acc"] > 0.55  # chance is 0.10
+    history = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(history.epoch) == [0, 1, 2, 3]
+    assert history.train_acc.iloc[-1] > history.train_acc.iloc[0]
+
+
+def test_same_config_and_seed_give_the_same_numbers(fmnist_dir, make_labels, tmp_path):
+    labels = make_labels(rate=0.5)
+    cfg = config(fmnist_dir, labels, method="limit_l_s", hparams={"beta": 1.0, "lamb": 10.0}, epochs=2)
+    train(cfg, tmp_path / "a")
+    train(cfg, tmp_path / "b")
+    assert_same_outputs(outputs(tmp_path / "a"), outputs(tmp_path / "b"))
+    scores = np.load(tmp_path / "a" / "train_scores.npz")
+    assert len(scores["mu_norm"]) == 512 and scores["is_corrupted"].mean() > 0.3
+    train({**cfg, "seed": 8}, tmp_path / "c")
+    assert not np.array_equal(outputs(tmp_path / "a")[2], outputs(tmp_path / "c")[2])
+
+
+def test_kill_9_and_resume_equals_an_uninterrupted_run(fmnist_dir, make_labels, tmp_path):
+    labels = make_labels(rate=0.5)
+    extra = ["--method", "limit_g_s", "--beta", "1", "--lamb", "50", "--epochs", "6"]
+    subprocess.run(train_cmd(fmnist_dir, labels, tmp_path / "whole", *extra), check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(fmnist_dir, labels, killed, *extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        state = killed / "state.pt"
+        if state.exists() and len(torch.load(state, weights_only=True)["history"]) >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "metrics.json").exists()
+    epochs_done = len(torch.load(killed / "state.pt", weights_only=True)["history"])
+    assert 2 <= epochs_done < 6
+    result = subprocess.run(train_cmd(fmnist_dir, labels, killed, *extra), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"epoch {epochs_done}:" in result.stdout and "epoch 0:" not in result.stdout  # continued, not restarted
+    assert_same_outputs(outputs(tmp_path / "whole"), outputs(killed))
+
+
+def test_resume_after_early_stop_and_rerun_of_a_complete_run(fmnist_dir, make_labels, tmp_path):
+    cfg = config(fmnist_dir, make_labels(rate=0.8), epochs=30, patience=1)
+    first = train(cfg, tmp_path / "run")
+    assert first["epochs_run"] < 30 and first["epochs_run"] - 1 - first["best_epoch"] == 1
+    again = train(cfg, tmp_path / "run")  # nothing left to train: same outputs
+    assert {k: v for k, v in again.items() if k != "wall_seconds"} == \
+        {k: v for k, v in first.items() if k != "wall_seconds"}
+
+
+def test_mismatched_or_corrupt_checkpoint_is_refused(fmnist_dir, make_labels, tmp_path):
+    labels = make_labels(rate=0.5)
+    train(config(fmnist_dir, labels, epochs=1), tmp_path / "run")
+    with pytest.raises(TrainingError, match="different config"):
+        train(config(fmnist_dir, labels, epochs=1, hparams={"lr": 0.01}), tmp_path / "run")
+    with pytest.raises(TrainingError, match="different config"):
+        train(config(fmnist_dir, make_labels(rate=0.8), epochs=1), tmp_path / "run")
+    state = tmp_path / "run" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(TrainingError, match="corrupt"):
+        train(config(fmnist_dir, labels, epochs=1), tmp_path / "run")
+
+
+def test_checkpoints_load_as_data_only(fmnist_dir, make_labels, tmp_path):
+    train(config(fmnist_dir, make_labels(rate=0.5), epochs=1), tmp_path / "run")
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("true",))
+    torch.save({"history": Payload()}, tmp_path / "run" / "state.pt")
+    with pytest.raises(TrainingError, match="corrupt or not a checkpoint"):
+        train(config(fmnist_dir, make_labels(rate=0.5), epochs=1), tmp_path / "run")
+
+
+def test_non_finite_loss_stops_with_the_epoch_and_term(fmnist_dir, make_labels, tmp_path, monkeypatch):
+    def exploding(ctx, x, y, hp):
+        logits = ctx.classifier(x)
+        q_loss = logits.sum() * float("inf")
+        return logits.sum() * 0, logits, {"loss": logits.sum() * 0, "q_loss": q_loss}
+    monkeypatch.setitem(methods.METHODS, "exploding", methods.Method(exploding))
+    with pytest.raises(TrainingError, match=r"epoch 0: q_loss became (-)?inf"):
+        train(config(fmnist_dir, make_labels(rate=0.5), method="exploding"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("method,extra", [("fw", {}), ("dmi", {"hparams": {"lr": 1e-4}}),
+                                          ("limit_l_init", {"hparams": {"beta": 1.0}})])
+def test_methods_that_start_from_the_ce_run(fmnist_dir, make_labels, tmp_path, method, extra):
+    labels = make_labels(rate=0.5)
+    train(config(fmnist_dir, labels, epochs=2), tmp_path / "ce")
+    metrics = train(config(fmnist_dir, labels, method=method, epochs=2, init_from=str(tmp_path / "ce"), **extra),
+                    tmp_path / method)
+    assert metrics["test_acc"] > 0.3
+    if method == "fw":
+        matrix = torch.load(tmp_path / "fw" / "state.pt", weights_only=True)["extra"]["transition_matrix"]
+        assert torch.allclose(matrix.sum(1), torch.ones(10)) and (matrix.diagonal() > 0.1).all()
+    with pytest.raises(ValueError, match="init_from"):
+        train(config(fmnist_dir, labels, method=method), tmp_path / "x")
