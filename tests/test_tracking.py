@@ -4,7 +4,7 @@ import warnings
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.tracking import Tracker, sync_run
+from limit.tracking import Tracker, get_or_create_experiment, sync_run
 from limit.train import train
 
 
@@ -17,7 +17,7 @@ def small_run(fmnist_dir, labels, out, tracker, epochs=3):
 def test_run_is_logged_with_params_per_epoch_metrics_tags_and_artifacts(fmnist_dir, make_labels, tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
-    exp = client.create_experiment("main")
+    exp = get_or_create_experiment(client, "main", uri)
     out = tmp_path / "run"
     tags = {"dataset": "fashion_mnist", "method": "limit_l", "seed": "1"}
     small_run(fmnist_dir, make_labels(), out, Tracker(out, uri, exp, run_name="fm/limit_l", tags=tags))
