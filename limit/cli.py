@@ -26,10 +26,12 @@ def _n_arg(value):
 def cmd_corrupt(args):
     info = D.dataset_info(args.dataset)
     if args.dataset == "clothing1m":
-        raise SystemExit("clothing1m has real label noise: it needs no corrupted-labels file")
-    train_labels = D.load_arrays(args.dataset, args.data_dir).train_y.numpy()
-    arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
-                                 n=_n_arg(args.n), val_size=args.val_size)
+        from limit.clothing1m import clothing1m_labels
+        arrays = clothing1m_labels(args.data_dir)
+    else:
+        train_labels = D.load_arrays(args.dataset, args.data_dir).train_y.numpy()
+        arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
+                                     n=_n_arg(args.n), val_size=args.val_size)
     meta = {"dataset": args.dataset, "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
             "val_size": args.val_size}
     meta = D.write_labels_file(args.out, arrays, meta)
@@ -56,13 +58,53 @@ def cmd_train(args):
               "arch": args.arch, "hparams": hparams, "epochs": args.epochs, "patience": args.patience,
               "batch_size": args.batch_size, "seed": args.seed, "clean_validation": args.clean_validation,
               "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
-              "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers}
+              "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers,
+              "tracking": {"run_id": args.run_name or Path(args.out).name, "tags": _parse_tags(args.tag)}}
     tracker = None
     if not args.no_tracking:
-        tracker = Tracker(args.out, args.tracking_uri, args.experiment_id, args.experiment_name, args.run_name,
-                          _parse_tags(args.tag))
+        experiment_id = args.experiment_id
+        if args.experiments_file:  # written by `python -m limit mlflow-init` before any job starts
+            experiment_id = json.loads(Path(args.experiments_file).read_text())["experiments"][args.experiment_name]
+        tracker = Tracker(args.out, args.tracking_uri, experiment_id, args.experiment_name,
+                          config["tracking"]["run_id"], config["tracking"]["tags"])
     metrics = train(config, args.out, tracker)
     print(json.dumps(metrics))
+
+
+def _run_table(run_dirs):
+    import pandas as pd
+    from limit.grid import read_run
+    return pd.DataFrame([read_run(d) for d in run_dirs])
+
+
+def cmd_select(args):
+    """Pick the hyperparameters with the best mean noisy-validation accuracy over seeds (spec 7.2)."""
+    from limit.evaluate import select_configurations
+    from limit.tracking import tag_selected
+    runs = _run_table(args.run_dirs)
+    configs = select_configurations(runs)
+    chosen = configs[configs["selected"]].iloc[0]
+    result = {"selected": chosen["hparams"],
+              "configurations": json.loads(configs.to_json(orient="records")),
+              "run_dirs": sorted(runs.loc[runs["hparams"] == chosen["hparams"], "run_dir"]),
+              "all_run_dirs": sorted(runs["run_dir"])}
+    _atomic_json(args.out, result)
+    if not args.no_tracking:
+        tag_selected(runs["run_dir"], set(result["run_dirs"]), args.tracking_uri)
+    print(f"{args.out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
+          f"over {chosen['seeds']} seeds)")
+
+
+def cmd_aggregate(args):
+    """All runs in one table, with the selected configurations marked, for the report stage."""
+    from limit.evaluate import mark_selected, select_configurations
+    from limit.train import atomic_write_text
+    # The selection files list their groups' runs: the command line stays short for 5,000 runs.
+    run_dirs = [d for path in args.selections for d in json.loads(Path(path).read_text())["all_run_dirs"]]
+    runs = mark_selected(_run_table(run_dirs)).sort_values("run_id")
+    atomic_write_text(args.out_runs, runs.to_csv(index=False))
+    atomic_write_text(args.out_selected, select_configurations(runs).to_csv(index=False))
+    print(f"{args.out_runs}: {len(runs)} runs, {int(runs['selected'].sum())} in selected configurations")
 
 
 def cmd_mlflow_sync(args):
@@ -141,11 +183,25 @@ def build_parser():
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                           "sqlite:///results/mlflow.db)")
     s.add_argument("--experiment-id", help="MLflow experiment id (pass it: creating experiments races)")
-    s.add_argument("--experiment-name", default="limit", help="MLflow experiment, used without --experiment-id")
+    s.add_argument("--experiment-name", default="limit", help="MLflow experiment (default: limit)")
+    s.add_argument("--experiments-file", help="JSON of experiment ids from `python -m limit mlflow-init`")
     s.add_argument("--run-name", help="MLflow run name (default: the run directory's name)")
     s.add_argument("--tag", action="append", metavar="KEY=VALUE", help="MLflow tag (repeatable)")
     s.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("select", help="select the hyperparameters of one setting and method variant")
+    s.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the group")
+    s.add_argument("--out", required=True, help="JSON file with the selection")
+    s.add_argument("--tracking-uri")
+    s.add_argument("--no-tracking", action="store_true", help="do not tag the selected runs in MLflow")
+    s.set_defaults(func=cmd_select)
+
+    s = sub.add_parser("aggregate", help="one table of all runs, selected configurations marked")
+    s.add_argument("--selections", nargs="+", required=True, help="JSON files written by `select`")
+    s.add_argument("--out-runs", required=True, help="CSV of every run")
+    s.add_argument("--out-selected", required=True, help="CSV of every configuration, aggregated over seeds")
+    s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("mlflow-sync", help="put run directories into MLflow (idempotent)")
     s.add_argument("run_dirs", nargs="+")

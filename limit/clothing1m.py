@@ -82,9 +82,19 @@ def read_clothing1m_split(root, split):
     return paths, labels, true_labels
 
 
-def corruption_flags(labels, true_labels):
-    """int8 per example: 1 = label differs from the clean one, 0 = agrees, -1 = no clean label known."""
-    return np.where(true_labels < 0, -1, labels != true_labels).astype(np.int8)
+def clothing1m_labels(root):
+    """The labels-file arrays of Clothing1M (the same keys as ``limit.data.make_noisy_labels``).
+
+    Train keeps its real noisy labels; ``is_corrupted`` is True only where a clean label is known and
+    differs (``train_true`` is -1 where unknown). Validation is the clean validation set, as the authors'.
+    """
+    _, train_noisy, train_true = read_clothing1m_split(root, "train")
+    _, val_labels, _ = read_clothing1m_split(root, "val")
+    return {"train_idx": np.arange(len(train_noisy)), "val_idx": np.arange(len(val_labels)),
+            "train_true": train_true, "train_noisy": train_noisy,
+            "is_corrupted": (train_true >= 0) & (train_noisy != train_true),
+            "val_true": val_labels, "val_noisy": val_labels, "val_corrupted": np.zeros(len(val_labels), bool),
+            "transition_matrix": np.eye(NUM_CLASSES)}
 
 
 class _JpegDataset(torch.utils.data.Dataset):

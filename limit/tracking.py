@@ -188,3 +188,15 @@ class Tracker:
     def finish(self, run_dir, metrics):
         # Params, artifacts and any epoch missed while the store was unreachable, in one idempotent pass.
         self._guard(sync_run, run_dir, self.uri, self.experiment, self.run_name, self.tags, retry=True)
+
+
+def tag_selected(run_dirs, selected, uri=None):
+    """Tag each run of a selection group ``selected=true|false`` in MLflow; warn (never fail) if unreachable."""
+    try:
+        for run_dir in run_dirs:
+            info = _read_run_file(run_dir)
+            if info.get("run_id"):
+                client = _client(tracking_uri(uri or info.get("tracking_uri")))
+                client.set_tag(info["run_id"], "selected", str(run_dir in selected).lower())
+    except Exception as exc:
+        warnings.warn(f"could not tag the selected runs in MLflow ({type(exc).__name__}: {exc})", RuntimeWarning)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from limit import data
 from limit.clothing1m import (
-    KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, corruption_flags, read_clothing1m_split)
+    KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, clothing1m_labels, read_clothing1m_split)
 from limit.data import DataError
 
 
@@ -155,8 +155,10 @@ def test_clothing1m_splits_and_labels(tmp_path):
     expected_true = np.where(np.tile([True, False], NUM_CLASSES), classes, -1)
     expected_true[6] = 4  # class 3's clean label was written as 4
     assert true_labels.tolist() == expected_true.tolist()
-    flags = corruption_flags(labels, true_labels)
-    assert flags.tolist() == np.where(expected_true < 0, -1, np.arange(28) == 6).tolist()
+    arrays = clothing1m_labels(tmp_path)
+    assert arrays["train_noisy"].tolist() == labels.tolist() and arrays["train_true"].tolist() == expected_true.tolist()
+    assert arrays["is_corrupted"].tolist() == (np.arange(28) == 6).tolist()  # unknown clean labels count as clean
+    assert arrays["val_noisy"].tolist() == arrays["val_true"].tolist() == list(range(NUM_CLASSES))
 
     for split in ("val", "test"):
         paths, labels, true_labels = read_clothing1m_split(tmp_path, split)

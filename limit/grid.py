@@ -1,0 +1,184 @@
+"""Expand a workflow config into the table of training runs (one row per job).
+
+The config (schema: ``workflow/schemas/config.schema.yaml``) names experiment blocks; each block crosses
+datasets x noise models x rates x training-set sizes x seeds x method variants x hyperparameter grids.
+Checks that need the package (method names, noise limits) live here and name the offending key.
+"""
+import itertools
+import json
+from pathlib import Path
+
+from limit import data as D
+from limit.methods import GENERIC_HPARAMS, get_method
+from limit.noise import check_noise
+
+HPARAM_COLUMNS = ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")
+VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
+
+
+class ConfigError(ValueError):
+    """A config that is valid JSON-schema-wise but makes no sense for the package."""
+
+
+def fmt(value):
+    """Path-safe, short number formatting: 0.5, 1e-05, 10."""
+    return f"{value:g}"
+
+
+def hparam_label(hparams):
+    return "_".join(f"{k}{fmt(v)}" for k, v in sorted(hparams.items())) or "default"
+
+
+def setting_path(dataset, noise, rate, n, seed=None):
+    """Readable, path-safe name of a data setting: fashion_mnist/uniform-0.5/n1000/seed42."""
+    noise_part = noise if dataset == "clothing1m" else f"{noise}-{fmt(rate)}"
+    return f"{dataset}/{noise_part}/n{n}" + ("" if seed is None else f"/seed{seed}")
+
+
+def labels_path(results, dataset, noise, rate, n, seed):
+    return f"{results}/labels/{setting_path(dataset, noise, rate, n, seed)}.npz"
+
+
+def _check_experiment(name, exp, config):
+    where = f"experiments.{name}"
+    for dataset in exp["datasets"]:
+        try:
+            info = D.dataset_info(dataset)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.datasets: {exc}") from None
+        if dataset not in config["training"]:
+            raise ConfigError(f"{where}.datasets: {dataset!r} has no entry under training "
+                              f"(epochs, patience, resources)")
+        for noise in exp["noise"]:
+            if dataset == "clothing1m":
+                if noise != "real":
+                    raise ConfigError(f"{where}.noise: clothing1m has real label noise; use noise: [real]")
+                continue
+            for rate in exp["rates"]:
+                try:
+                    check_noise(noise, rate, dataset, info.num_classes)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}.noise/rates: {exc}") from None
+    for variant, spec in exp["methods"].items():
+        try:
+            method = get_method(spec.get("method", variant))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.methods.{variant}: {exc}") from None
+        allowed = set(method.hparams) | set(GENERIC_HPARAMS) | set(VARIANT_SETTINGS)
+        for key in spec:
+            if key not in allowed:
+                raise ConfigError(f"{where}.methods.{variant}.{key}: not a hyperparameter of "
+                                  f"{spec.get('method', variant)!r} (allowed: {sorted(allowed)})")
+        for needed in method.hparams:
+            if needed not in spec:
+                raise ConfigError(f"{where}.methods.{variant}: {spec.get('method', variant)!r} needs a "
+                                  f"grid for {needed!r}")
+
+
+def expand_runs(config):
+    """One dict per training run, with its paths, resources and the CE run it starts from."""
+    results = config["results"]
+    rows = []
+    for name, exp in config["experiments"].items():
+        _check_experiment(name, exp, config)
+        for dataset, noise, rate, n, seed in itertools.product(
+                exp["datasets"], exp["noise"], exp["rates"], exp["n"], exp["seeds"]):
+            train = {**config["training"][dataset], **{k: exp[k] for k in ("arch", "epochs", "patience") if k in exp}}
+            setting = setting_path(dataset, noise, rate, n, seed)
+            for variant, spec in exp["methods"].items():
+                method = spec.get("method", variant)
+                grid = {k: v for k, v in spec.items() if k not in VARIANT_SETTINGS}
+                for values in itertools.product(*grid.values()):
+                    hparams = dict(zip(grid, values))
+                    label = hparam_label(hparams)
+                    run_id = f"{name}/{setting}/{variant}/{label}"
+                    rows.append({
+                        "run_id": run_id, "experiment": name, "dataset": dataset, "noise": noise,
+                        "rate": float(rate), "n": str(n), "seed": int(seed), "variant": variant, "method": method,
+                        "hparams": label, **{c: hparams.get(c) for c in HPARAM_COLUMNS},
+                        "clean_validation": bool(exp.get("clean_validation", False)),
+                        "arch": train["arch"],
+                        "epochs": int(spec.get("epochs", train["epochs"])),
+                        "patience": int(spec.get("patience", train["patience"])),
+                        "batch_size": int(train["batch_size"]), "val_size": train.get("val_size"),
+                        "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
+                        "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
+                        "labels": labels_path(results, dataset, noise, rate, n, seed),
+                        "run_dir": f"{results}/runs/{run_id}", "init_from": None,
+                    })
+    _link_ce_runs(rows)
+    return rows
+
+
+def _link_ce_runs(rows):
+    """FW, DMI and "+init" start from the CE run (no hyperparameters) of the same setting, seed and arch."""
+    ce = {}
+    for r in rows:
+        if r["method"] == "ce" and r["hparams"] == "default":
+            ce.setdefault((r["dataset"], r["noise"], r["rate"], r["n"], r["seed"], r["arch"]), []).append(r)
+    for r in rows:
+        if get_method(r["method"]).init_from_ce:
+            key = (r["dataset"], r["noise"], r["rate"], r["n"], r["seed"], r["arch"])
+            candidates = ce.get(key, [])
+            same_block = [c for c in candidates if c["experiment"] == r["experiment"]]
+            if not candidates:
+                raise ConfigError(f"experiments.{r['experiment']}.methods.{r['variant']}: {r['method']!r} starts "
+                                  f"from the CE run of the same setting; add ce: {{}} to that experiment "
+                                  f"(missing for {r['run_id']})")
+            r["init_from"] = (same_block or candidates)[0]["run_dir"]
+
+
+def train_arguments(row, data_dir):
+    """The ``python -m limit train`` arguments of a run (everything but --out and tracking)."""
+    args = ["--dataset", row["dataset"], "--data-dir", data_dir, "--labels", row["labels"],
+            "--method", row["method"], "--arch", row["arch"], "--epochs", str(row["epochs"]),
+            "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]), "--seed", str(row["seed"])]
+    for column in HPARAM_COLUMNS:
+        if row[column] is not None:
+            args += [f"--{column.replace('_', '-')}", fmt(row[column])]
+    if row["clean_validation"]:
+        args.append("--clean-validation")
+    if row["init_from"]:
+        args += ["--init-from", row["init_from"]]
+    return args
+
+
+TAG_COLUMNS = ("experiment", "dataset", "noise", "rate", "n", "seed", "variant", "method", "hparams", "arch",
+               "clean_validation") + HPARAM_COLUMNS
+
+
+def run_tags(row):
+    """MLflow tags (and run-table columns) of a run: every grid dimension."""
+    return {k: (fmt(row[k]) if isinstance(row[k], float) else str(row[k]))
+            for k in TAG_COLUMNS if row[k] is not None}
+
+
+def selection_groups(rows):
+    """Run rows grouped by experiment, data setting (all seeds) and variant: the unit of selection."""
+    groups = {}
+    for r in rows:
+        key = f"{r['experiment']}/{setting_path(r['dataset'], r['noise'], r['rate'], r['n'])}/{r['variant']}"
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def read_run(run_dir):
+    """One run-table row from a finished run directory (its grid tags, config and metrics)."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    tags = config.get("tracking", {}).get("tags", {})
+    name = config.get("tracking", {}).get("run_id", run_dir.name)
+    row = {"run_id": f"{tags['experiment']}/{name}" if "experiment" in tags else name, **tags,
+           "method": config["method"], "dataset": config["dataset"], "seed": config["seed"],
+           "run_dir": str(run_dir), **metrics}
+    for column in HPARAM_COLUMNS:
+        row[column] = float(tags[column]) if column in tags else None
+    row["rate"] = float(row.get("rate", "nan"))
+    row["clean_validation"] = bool(config.get("clean_validation", False))
+    row.setdefault("hparams", run_dir.name)
+    row.setdefault("variant", config["method"])
+    row.setdefault("experiment", "manual")
+    row.setdefault("n", "all")
+    row.setdefault("noise", "unknown")
+    return row

@@ -1,0 +1,79 @@
+import os
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+REPO = Path(workflow.basedir)
+sys.path.insert(0, str(REPO))  # the package is importable without installing it
+from limit.grid import (  # noqa: E402
+    ConfigError,
+    expand_runs,
+    run_tags,
+    selection_groups,
+    setting_path,
+    train_arguments,
+)
+
+# Jobs (local, Slurm or conda) import the package from this checkout.
+shell.prefix(f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+
+RESULTS = config["results"]
+try:
+    RUN_ROWS = expand_runs(config)
+except ConfigError as exc:
+    raise WorkflowError(f"invalid config: {exc}")
+RUNS = {row["run_id"]: row for row in RUN_ROWS}
+GROUPS = selection_groups(RUN_ROWS)
+SETTINGS = {
+    setting_path(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
+}
+DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
+EXPERIMENTS = list(config["experiments"])
+# MLFLOW_TRACKING_URI, when set, reaches every job through the environment.
+TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
+TRACKING = config["mlflow"]["enabled"]
+
+
+def tracking_arguments(run):
+    if not TRACKING:
+        return "--no-tracking"
+    row = RUNS[run]
+    tags = " ".join(f"--tag {k}={v}" for k, v in run_tags(row).items())
+    uri = "" if "MLFLOW_TRACKING_URI" in os.environ else f"--tracking-uri {TRACKING_URI}"
+    run_name = run.split("/", 1)[1]  # the experiment is the MLflow experiment
+    return (f"{uri} --experiments-file {RESULTS}/mlflow/experiments.json "
+            f"--experiment-name {row['experiment']} --run-name {run_name} {tags}")
+
+
+def train_inputs(wildcards):
+    row = RUNS[wildcards.run]
+    inputs = {"labels": row["labels"]}
+    if TRACKING:
+        # ancient: recreating the store must not retrain everything
+        inputs["experiments"] = ancient(f"{RESULTS}/mlflow/experiments.json")
+    if row["init_from"]:
+        inputs["ce_model"] = f"{row['init_from']}/best.pt"
+    return inputs
+
+
+def train_command(wildcards):
+    row = RUNS[wildcards.run]
+    args = " ".join(train_arguments(row, config["data_dir"]))
+    return f"{args} --out {row['run_dir']} {tracking_arguments(wildcards.run)}"
+
+
+def run_resource(key, scale_with_attempt=False):
+    def get(wildcards, attempt):
+        value = RUNS[wildcards.run][key]
+        return value * attempt if scale_with_attempt else value
+
+    return get
+
+
+def group_run_dirs(wildcards):
+    return [RUNS[r["run_id"]]["run_dir"] for r in GROUPS[wildcards.group]]
+
+
+def all_outputs():
+    return [f"{RESULTS}/runs.csv", f"{RESULTS}/selected.csv"]

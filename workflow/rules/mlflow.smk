@@ -1,0 +1,14 @@
+rule mlflow_init:
+    output:
+        f"{RESULTS}/mlflow/experiments.json",
+    log:
+        f"{RESULTS}/logs/mlflow_init.log",
+    params:
+        uri=TRACKING_URI,
+        experiments=EXPERIMENTS,
+    localrule: True
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m limit mlflow-init --tracking-uri {params.uri} --experiments {params.experiments} "
+        "--out {output} > {log} 2>&1"
