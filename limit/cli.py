@@ -107,6 +107,12 @@ def cmd_aggregate(args):
     print(f"{args.out_runs}: {len(runs)} runs, {int(runs['selected'].sum())} in selected configurations")
 
 
+def cmd_report(args):
+    from limit.report import render_report
+    written = render_report(args.runs, args.tables, args.figures, args.data_dir)
+    print(f"{len(written)} table and figure files in {args.tables} and {args.figures}")
+
+
 def cmd_mlflow_sync(args):
     from limit.tracking import sync_run
     total = 0
@@ -202,6 +208,13 @@ def build_parser():
     s.add_argument("--out-runs", required=True, help="CSV of every run")
     s.add_argument("--out-selected", required=True, help="CSV of every configuration, aggregated over seeds")
     s.set_defaults(func=cmd_aggregate)
+
+    s = sub.add_parser("report", help="render the tables and figures from the run table")
+    s.add_argument("--runs", required=True, help="CSV written by `aggregate`")
+    s.add_argument("--tables", required=True, help="output directory of the tables")
+    s.add_argument("--figures", required=True, help="output directory of the figures")
+    s.add_argument("--data-dir", default="data", help="dataset directory (images of Figure 4)")
+    s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("mlflow-sync", help="put run directories into MLflow (idempotent)")
     s.add_argument("run_dirs", nargs="+")

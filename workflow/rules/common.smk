@@ -6,6 +6,7 @@ from snakemake.exceptions import WorkflowError
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # the package is importable without installing it
+from limit.report import README_FIGURES  # noqa: E402
 from limit.grid import (  # noqa: E402
     ConfigError,
     expand_runs,
@@ -76,4 +77,7 @@ def group_run_dirs(wildcards):
 
 
 def all_outputs():
-    return [f"{RESULTS}/runs.csv", f"{RESULTS}/selected.csv"]
+    outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/selected.csv", f"{RESULTS}/tables", f"{RESULTS}/figures"]
+    if config["readme_figures"]:
+        outputs += expand("docs/img/{name}", name=README_FIGURES)
+    return outputs

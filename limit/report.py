@@ -1,0 +1,97 @@
+"""The report stage: every table and figure the run table can fill (``python -m limit report``)."""
+import html
+from pathlib import Path
+
+import pandas as pd
+
+from limit import figures as F
+from limit import tables as T
+from limit.evaluate import FIGURE1_EXPERIMENT, best_limit_run, normalise_runs, selected_runs
+
+# Figures the README shows, copied from the figures directory by the workflow.
+README_FIGURES = ("figure1_memorisation.png", "figure2_fano.png", "figure3_curves.png")
+
+
+def setting_name(dataset, noise, rate, n):
+    return f"{dataset}_{noise}-{rate:g}_n{n}"
+
+
+def markdown_table_to_html(markdown):
+    """A pipe table (as ``limit.tables.to_markdown`` writes it) as an HTML page, for Snakemake's report."""
+    lines = [line for line in markdown.splitlines() if line.strip()]
+    out = ["<html><body>"]
+    table_lines = [line for line in lines if line.startswith("|")]
+    for line in lines:
+        if not line.startswith("|"):
+            out.append(f"<p>{html.escape(line.lstrip('# '))}</p>")
+    out.append("<table border='1' cellpadding='4' style='border-collapse:collapse'>")
+    for i, line in enumerate(table_lines):
+        if set(line) <= set("|-: "):
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        tag = "th" if i == 0 else "td"
+        row = "".join(f"<{tag}>{_bold(html.escape(c))}</{tag}>" for c in cells)
+        out.append(f"<tr>{row}</tr>")
+    out.append("</table></body></html>")
+    return "\n".join(out)
+
+
+def _bold(text):
+    return f"<b>{text[2:-2]}</b>" if text.startswith("**") and text.endswith("**") else text
+
+
+def render_tables(runs, out_dir):
+    """Paper-layout tables (Markdown, LaTeX, CSV, HTML), Table 3, the detection AUC table, all runs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for spec in T.default_table_specs(runs):
+        T.render_table(runs, spec, out / spec.name)
+        (out / f"{spec.name}.html").write_text(markdown_table_to_html((out / f"{spec.name}.md").read_text()))
+    T.render_architecture_table(out / "table3_architecture")
+    F.detection_table(runs, out / "detection_auc")
+    T.render_run_table(runs, out / "all_runs.csv")
+
+
+def _noisiest_settings(runs):
+    """Per (dataset, noise, n) outside Figure 1's block: the highest noise rate (Figures 3 and A0)."""
+    table_runs = runs[runs["experiment"] != FIGURE1_EXPERIMENT]
+    return (table_runs.groupby(["dataset", "noise", "n"], sort=True)["rate"].max().reset_index()
+            .itertuples(index=False))
+
+
+def render_figures(runs, out_dir, data_dir):
+    """Figures 1, 2, 3, A0, A1/A2 and 4/A3 for whatever the run table holds."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    F.figure_fano(out / "figure2_fano")
+    figure1 = runs[runs["experiment"] == FIGURE1_EXPERIMENT]
+    if not figure1.empty:
+        F.figure_memorisation(runs, out / "figure1_memorisation", rate=float(figure1["rate"].max()))
+    settings = list(_noisiest_settings(runs))
+    for i, (dataset, noise, n, rate) in enumerate(settings):
+        suffix = "" if i == 0 else f"_{setting_name(dataset, noise, rate, n)}"
+        F.figure_curves(runs, out / f"figure3_curves{suffix}", dataset, noise, rate, n)
+        limit_variants = tuple(v for v in ("limit_g", "limit_l") if v in set(runs["variant"]))
+        if limit_variants:
+            F.figure_beta(runs, out / f"figureA0_beta_{setting_name(dataset, noise, rate, n)}", dataset, noise,
+                          rate, n, limit_variants)
+    chosen = selected_runs(runs)
+    for setting in chosen[["dataset", "noise", "rate", "n"]].drop_duplicates().itertuples(index=False):
+        run = best_limit_run(runs, *setting)
+        if run is None or not (Path(run.run_dir) / "train_scores.npz").exists():
+            continue
+        name = setting_name(*setting)
+        if setting.rate > 0:
+            F.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}")
+        elif setting.dataset != "clothing1m":
+            # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
+            from limit.data import load_arrays
+            images = load_arrays(setting.dataset, data_dir).train_x.numpy()
+            F.figure_top_examples(run.run_dir, images, out / f"figure4_top_examples_{name}")
+
+
+def render_report(runs_csv, tables_dir, figures_dir, data_dir):
+    runs = normalise_runs(pd.read_csv(runs_csv))
+    render_tables(runs, tables_dir)
+    render_figures(runs, figures_dir, data_dir)
+    return sorted(p.name for d in (tables_dir, figures_dir) for p in Path(d).iterdir())

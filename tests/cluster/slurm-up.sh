@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Start a throw-away single-node Slurm cluster on 127.0.0.1 (Debian 12, root, no systemd needed).
+# Usage: tests/cluster/slurm-up.sh [STATE_DIR]     (default: ${TMPDIR:-/tmp}/limit-slurm)
+#   env: WITH_SLURMDBD=1 also runs MariaDB + slurmdbd (then `sacct` works and the profile could
+#        drop `slurm-status-command: squeue`).
+# Installs the Debian packages if missing, writes /etc/slurm/slurm.conf (the jobstep plugin strips
+# SLURM_CONF inside jobs, so the compiled-in default path is the only one that works), and starts
+# munged, slurmctld and slurmd by hand; their pid files, state and logs live in STATE_DIR.
+# Stop everything with tests/cluster/slurm-down.sh STATE_DIR.
+set -euo pipefail
+S=${1:-${TMPDIR:-/tmp}/limit-slurm}
+WITH_SLURMDBD=${WITH_SLURMDBD:-0}
+NODE=$(hostname -s)
+export DEBIAN_FRONTEND=noninteractive
+
+pkgs="slurmctld slurmd slurm-client munge"
+[ "$WITH_SLURMDBD" = 1 ] && pkgs="$pkgs slurmdbd mariadb-server"
+if ! dpkg -s $pkgs >/dev/null 2>&1; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+fi
+
+mkdir -p "$S"/{state,spool,log}
+rm -rf "$S"/state/* "$S"/spool/*        # fresh controller state every time
+
+# --- munge (the package's postinst normally creates /etc/munge/munge.key) ---
+[ -s /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || /usr/sbin/create-munge-key -f; chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key; }
+mkdir -p /run/munge && chown munge:munge /run/munge
+if ! munge -n >/dev/null 2>&1; then
+  runuser -u munge -- /usr/sbin/munged          # daemonizes; pid in /run/munge/munged.pid
+  for i in $(seq 50); do munge -n >/dev/null 2>&1 && break; sleep 0.1; done
+  cp /run/munge/munged.pid "$S/munged.pid"      # ours: slurm-down.sh stops it (a munged found running is left alone)
+fi
+
+if [ "$WITH_SLURMDBD" = 1 ]; then
+  ACCT="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=6819"
+else
+  ACCT="AccountingStorageType=accounting_storage/none"
+fi
+
+# CPUs=8 on a 2-core machine (allowed by SlurmdParameters=config_overrides) so that several
+# one-core jobs run at once; MinJobAge=300 keeps finished jobs visible to `squeue` (the profile's
+# status command without slurmdbd); jobcomp/filetxt records every finished job in $S/log/jobcomp.txt.
+mkdir -p /etc/slurm
+cat > /etc/slurm/slurm.conf <<CONF
+ClusterName=localcluster
+SlurmctldHost=${NODE}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+MpiDefault=none
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SwitchType=switch/none
+ReturnToService=2
+SlurmdParameters=config_overrides
+SlurmctldPort=6817
+SlurmdPort=6818
+SlurmctldPidFile=$S/slurmctld.pid
+SlurmdPidFile=$S/slurmd.pid
+StateSaveLocation=$S/state
+SlurmdSpoolDir=$S/spool
+SlurmctldLogFile=$S/log/slurmctld.log
+SlurmdLogFile=$S/log/slurmd.log
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+DefMemPerCPU=500
+$ACCT
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/filetxt
+JobCompLoc=$S/log/jobcomp.txt
+MinJobAge=300
+KillWait=5
+InactiveLimit=0
+NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=8 RealMemory=8000 State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+
+if [ "$WITH_SLURMDBD" = 1 ]; then
+  mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld
+  if ! mariadb-admin ping >/dev/null 2>&1; then
+    setsid -f /usr/sbin/mariadbd --user=mysql --pid-file=/run/mysqld/mysqld.pid \
+      --log-error="$S/log/mariadb.err" </dev/null >/dev/null 2>&1
+    for i in $(seq 100); do mariadb-admin ping >/dev/null 2>&1 && break; sleep 0.1; done
+    cp /run/mysqld/mysqld.pid "$S/mysqld.pid"
+  fi
+  mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmpw';
+              GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
+  umask 077
+  cat > /etc/slurm/slurmdbd.conf <<CONF
+AuthType=auth/munge
+DbdHost=localhost
+DbdAddr=127.0.0.1
+DbdPort=6819
+SlurmUser=root
+PidFile=$S/slurmdbd.pid
+LogFile=$S/log/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=slurmpw
+StorageLoc=slurm_acct_db
+CONF
+  umask 022
+  slurmdbd
+  for i in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
+  sacctmgr -i add cluster localcluster >/dev/null 2>&1 || true
+fi
+
+slurmctld -c      # -c: ignore any saved state
+slurmd
+for i in $(seq 150); do sinfo -h -o '%T' 2>/dev/null | grep -qx idle && break; sleep 0.2; done
+sinfo -h -o '%T' | grep -qx idle || { echo "node never became idle" >&2; tail -20 "$S"/log/*.log >&2; exit 1; }
+echo "slurm up: $(sinfo -h -o '%P %T %c CPUs %m MB')"

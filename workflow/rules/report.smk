@@ -1,0 +1,38 @@
+rule report:
+    input:
+        runs=f"{RESULTS}/runs.csv",
+    output:
+        tables=report(
+            directory(f"{RESULTS}/tables"),
+            patterns=["{name}.html"],
+            caption="../report/tables.rst",
+            category="Tables",
+        ),
+        figures=report(
+            directory(f"{RESULTS}/figures"),
+            patterns=["{name}.png"],
+            caption="../report/figures.rst",
+            category="Figures",
+        ),
+    log:
+        f"{RESULTS}/logs/report.log",
+    params:
+        data_dir=config["data_dir"],
+    localrule: True
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m limit report --runs {input.runs} --tables {output.tables} "
+        "--figures {output.figures} --data-dir {params.data_dir} > {log} 2>&1"
+
+
+rule readme_figures:
+    input:
+        f"{RESULTS}/figures",
+    output:
+        expand("docs/img/{name}", name=README_FIGURES),
+    log:
+        f"{RESULTS}/logs/readme_figures.log",
+    localrule: True
+    shell:
+        "for f in {output}; do cp {input}/$(basename $f) $f; done > {log} 2>&1"
