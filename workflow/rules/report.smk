@@ -34,5 +34,7 @@ rule readme_figures:
     log:
         f"{RESULTS}/logs/readme_figures.log",
     localrule: True
+    conda:
+        "../../envs/report.yaml"
     shell:
         "for f in {output}; do cp {input}/$(basename $f) $f; done > {log} 2>&1"
