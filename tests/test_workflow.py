@@ -1,0 +1,157 @@
+"""The Snakemake workflow: the DAG of the paper and tiny configs, bad configs, and a local end-to-end run."""
+import collections
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from limit.grid import expand_runs
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def snakemake(workdir, *args, configfile="config/test.yaml", timeout=600, env=None):
+    config = configfile if os.path.isabs(configfile) else str(REPO / configfile)
+    return subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--configfile", config,
+                           *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+                               **(env or {})})
+
+
+def job_counts(output):
+    """The 'Job stats' table of a dry run as {rule: count}."""
+    block = output.split("Job stats:")[1].split("total")[0]
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
+
+
+def load_config(path):
+    defaults = {"results": "results", "data_dir": "data"}
+    return {**defaults, **yaml.safe_load((REPO / path).read_text())}
+
+
+def test_paper_config_builds_the_full_grid(tmp_path):
+    result = snakemake(tmp_path, "-n", configfile="config/paper.yaml", timeout=300)
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 5271 and counts["mlflow_init"] == 1 and counts["aggregate"] == 1
+    runs = pd.DataFrame(expand_runs(load_config("config/paper.yaml")))
+    mnist = runs[runs.experiment.str.startswith("mnist")].groupby("method").size().to_dict()
+    # spec section 8: MNIST 4,884 runs
+    assert mnist == {"ce": 60, "mae": 60, "fw": 60, "ce_gn": 240, "ce_ln": 240, "dmi": 240, "limit_g": 480,
+                     "limit_l": 480, "limit_g_s": 1152, "limit_l_s": 1152, "soft_reg": 720}
+    per_block = runs.groupby("experiment").size().to_dict()
+    assert per_block["cifar10_uniform"] == 140 and per_block["cifar10_pair"] == 165
+    assert per_block["cifar100"] == 31 and per_block["figure1"] == 12
+    assert set(runs[runs.experiment == "mnist_3seeds"].seed) == {42, 43, 44}
+    assert set(runs[runs.experiment == "mnist"].seed) == {42, 43, 44, 45, 46}
+    # CIFAR LIMIT runs use patience 200 as the authors' commands; Figure 1 never stops early
+    assert (runs[(runs.experiment == "cifar10_uniform") & runs.method.str.startswith("limit")].patience == 200).all()
+    assert (runs[runs.experiment == "figure1"].patience == 401).all()
+    assert (runs[runs.dataset == "clothing1m"].epochs == 30).all()
+
+
+def dot_graph(workdir):
+    """Jobs (rule, wildcards) and dependency edges of the tiny config from `snakemake --dag`."""
+    result = snakemake(workdir, "--dag")
+    assert result.returncode == 0, result.stderr
+    nodes = {}
+    for m in re.finditer(r'^\s*(\d+)\[label = "([^"]*)"', result.stdout, re.M):
+        lines = m.group(2).split("\\n")
+        nodes[m.group(1)] = (lines[0], dict(line.split(": ", 1) for line in lines[1:] if ": " in line))
+    edges = {(a, b) for a, b in re.findall(r"^\s*(\d+) -> (\d+)", result.stdout, re.M)}
+    return nodes, edges
+
+
+def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
+    nodes, edges = dot_graph(tmp_path)
+    train = {k: v[1]["run"] for k, v in nodes.items() if v[0] == "train"}
+    labels = {k: v[1]["setting"] for k, v in nodes.items() if v[0] == "corrupt_labels"}
+    assert len(train) == 10 and sorted(labels.values()) == ["fashion_mnist/uniform-0.5/n256/seed1",
+                                                             "fashion_mnist/uniform-0.5/n256/seed2"]
+    parents = collections.defaultdict(set)
+    for a, b in edges:
+        parents[b].add(a)
+    for node, run in train.items():
+        seed = re.search(r"/seed(\d+)/", run).group(1)
+        # every method of a setting reads the same corrupted-labels file
+        assert {labels[p] for p in parents[node] if p in labels} == {f"fashion_mnist/uniform-0.5/n256/seed{seed}"}
+        ce_parents = [train[p] for p in parents[node] if p in train]
+        if "/fw/" in run or "/limit_l_init/" in run:
+            assert ce_parents == [f"main/fashion_mnist/uniform-0.5/n256/seed{seed}/ce/default"]
+        else:
+            assert ce_parents == []
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda c: c.update(colour="blue"), "Additional properties"),
+    (lambda c: c["experiments"]["main"]["methods"].update(sgd={}), "experiments.main.methods.sgd: unknown method"),
+    (lambda c: c["experiments"]["main"].update(datasets=["svhn"]), "svhn"),
+    (lambda c: c["experiments"]["main"].update(rates=[1.2]), "1.2"),
+    (lambda c: c["experiments"]["main"].update(rates=[0.95]), "degenerate limit"),
+    (lambda c: c["experiments"]["main"]["methods"].update(limit_g={"beta": ["ten"]}), "'ten' is not of type"),
+    (lambda c: c["experiments"]["main"]["methods"].update(limit_g={"lamb": [1.0]}), "limit_g.lamb: not a hyperparameter"),
+    (lambda c: c["experiments"]["main"].update(noise=["pair"]), "only for cifar10"),
+    (lambda c: c["experiments"]["main"]["methods"].pop("ce"), "starts from the CE run"),
+])
+def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, message):
+    config = load_config("config/test.yaml")
+    edit(config)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path / "work", "--cores", "1", configfile=str(path))
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (tmp_path / "work" / "results").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_pipeline(fmnist_dir, tmp_path_factory):
+    work = tmp_path_factory.mktemp("pipeline")
+    result = snakemake(work, "--cores", "2", "--config", f"data_dir={fmnist_dir}")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work
+
+
+def test_tiny_pipeline_runs_every_stage(tiny_pipeline):
+    runs = pd.read_csv(tiny_pipeline / "results" / "runs.csv")
+    assert len(runs) == 10 and set(runs.variant) == {"ce", "fw", "limit_g", "limit_l_init"}
+    for run in runs.itertuples():
+        run_dir = tiny_pipeline / run.run_dir
+        for name in ("metrics.json", "history.csv", "test_outputs.npz", "best.pt", "config.json"):
+            assert (run_dir / name).exists()
+    assert (tiny_pipeline / "results" / "tables" / "fashion_mnist_uniform.md").exists()
+    assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").stat().st_size > 10_000
+
+
+def test_selection_picks_the_best_mean_validation_accuracy(tiny_pipeline):
+    runs = pd.read_csv(tiny_pipeline / "results" / "runs.csv")
+    for variant, group in runs.groupby("variant"):
+        means = group.groupby("hparams")["best_val_acc"].mean()
+        selected = json.loads((tiny_pipeline / "results" / "selected" / "main" / "fashion_mnist" / "uniform-0.5" /
+                               "n256" / f"{variant}.json").read_text())["selected"]
+        assert selected == means.idxmax()
+        assert set(group[group.selected].hparams) == {selected}
+    assert len(runs[runs.variant == "limit_g"].hparams.unique()) == 2
+
+
+def test_changing_one_methods_grid_reruns_only_that_methods_jobs(tiny_pipeline, tmp_path):
+    config = load_config("config/test.yaml")
+    config["experiments"]["main"]["methods"]["limit_g"]["beta"] = [0, 10, 3]
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tiny_pipeline, "-n", "--cores", "1", configfile=str(path))
+    assert result.returncode == 0, result.stderr
+    counts = job_counts(result.stdout)
+    assert counts["train"] == 2  # beta = 3, two seeds; nothing else retrains
+    trained = re.findall(r"rule train:\n(?:.*\n)*?\s+wildcards: run=(\S+)", result.stdout)
+    assert sorted(trained) == [f"main/fashion_mnist/uniform-0.5/n256/seed{s}/limit_g/beta3" for s in (1, 2)]
+    unchanged = snakemake(tiny_pipeline, "-n", "--cores", "1")
+    assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
