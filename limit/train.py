@@ -281,17 +281,27 @@ def limit_train_scores(ctx, run_data, batch_size):
             "train_idx": run_data.train_idx}
 
 
-def _epoch_reporter(total, name):
-    """tqdm on a terminal; one plain line per epoch otherwise (cluster logs)."""
-    if sys.stderr.isatty():
-        from tqdm import tqdm
-        bar = tqdm(total=total, desc=name, unit="epoch")
-        return lambda row, n: (bar.update(n), bar.set_postfix(val=f"{row['val_acc']:.4f}", test=f"{row['test_acc']:.4f}")), bar.close
+class EpochReporter:
+    """A tqdm bar on a terminal; one plain line per epoch otherwise (cluster logs)."""
 
-    def line(row, n):
-        print(f"{name} epoch {row['epoch']}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
-              f"val {row['val_acc']:.4f} test {row['test_acc']:.4f} ({row['epoch_seconds']:.1f}s)", flush=True)
-    return line, lambda: None
+    def __init__(self, total, name, done):
+        self.name = name
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=done, desc=name, unit="epoch")
+
+    def epoch(self, row):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(val=f"{row['val_acc']:.4f}", test=f"{row['test_acc']:.4f}")
+        else:
+            print(f"{self.name} epoch {row['epoch']}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
+                  f"val {row['val_acc']:.4f} test {row['test_acc']:.4f} ({row['epoch_seconds']:.1f}s)", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def train(config, out_dir, tracker=None):
@@ -335,8 +345,8 @@ def train(config, out_dir, tracker=None):
 
     if tracker is not None:
         tracker.start(cfg, history)
-    report, close = _epoch_reporter(cfg["epochs"], out.name)
     start_epoch = len(history)
+    reporter = EpochReporter(cfg["epochs"], out.name, start_epoch)
     stopped = start_epoch > 0 and start_epoch - 1 - best["epoch"] >= cfg["patience"]
     for epoch in range(start_epoch, cfg["epochs"]):
         if stopped:
@@ -362,9 +372,9 @@ def train(config, out_dir, tracker=None):
                      "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}}, state_path)
         if tracker is not None:
             tracker.log_epoch(row)
-        report(row, 1)
+        reporter.epoch(row)
         stopped = epoch - best["epoch"] >= cfg["patience"]
-    close()
+    reporter.close()
     return finish(cfg, out, ctx, run_data, history, best, tracker)
 
 

@@ -142,8 +142,9 @@ def test_selection_picks_the_best_mean_validation_accuracy(tiny_pipeline):
     assert len(runs[runs.variant == "limit_g"].hparams.unique()) == 2
 
 
-def test_changing_one_methods_grid_reruns_only_that_methods_jobs(tiny_pipeline, tmp_path):
+def test_changing_one_methods_grid_reruns_only_that_methods_jobs(tiny_pipeline, fmnist_dir, tmp_path):
     config = load_config("config/test.yaml")
+    config["data_dir"] = str(fmnist_dir)
     config["experiments"]["main"]["methods"]["limit_g"]["beta"] = [0, 10, 3]
     path = tmp_path / "changed.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -153,5 +154,5 @@ def test_changing_one_methods_grid_reruns_only_that_methods_jobs(tiny_pipeline, 
     assert counts["train"] == 2  # beta = 3, two seeds; nothing else retrains
     trained = re.findall(r"rule train:\n(?:.*\n)*?\s+wildcards: run=(\S+)", result.stdout)
     assert sorted(trained) == [f"main/fashion_mnist/uniform-0.5/n256/seed{s}/limit_g/beta3" for s in (1, 2)]
-    unchanged = snakemake(tiny_pipeline, "-n", "--cores", "1")
+    unchanged = snakemake(tiny_pipeline, "-n", "--cores", "1", "--config", f"data_dir={fmnist_dir}")
     assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
