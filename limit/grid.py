@@ -101,6 +101,7 @@ def expand_runs(config):
                         "epochs": int(spec.get("epochs", train["epochs"])),
                         "patience": int(spec.get("patience", train["patience"])),
                         "batch_size": int(train["batch_size"]), "val_size": train.get("val_size"),
+                        "test_curve_size": train.get("test_curve_size"),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
                         "labels": labels_path(results, dataset, noise, rate, n, seed),
@@ -136,6 +137,8 @@ def train_arguments(row, data_dir):
     for column in HPARAM_COLUMNS:
         if row[column] is not None:
             args += [f"--{column.replace('_', '-')}", fmt(row[column])]
+    if row["test_curve_size"]:
+        args += ["--test-curve-size", str(row["test_curve_size"])]
     if row["clean_validation"]:
         args.append("--clean-validation")
     if row["init_from"]:

@@ -2,7 +2,9 @@
 
 Training never fails because of tracking: the first error (server down, database locked) is warned
 about once and tracking stops for that run; ``sync_run`` (``python -m limit mlflow-sync``) later puts
-whatever is missing into MLflow, idempotently, continuing the same MLflow run.
+whatever is missing into MLflow, idempotently, continuing the same MLflow run (or creating it, in its experiment,
+with its name and tags from config.json, if the job never reached MLflow). ``RUN_DIR/mlflow.json`` records the run
+id, store, experiment, name and tags, including the ``selected`` tag of the select stage.
 """
 import json
 import math
@@ -80,8 +82,9 @@ def _write_run_file(run_dir, info):
 def _metrics_of(row, step):
     from mlflow.entities import Metric
     now = int(time.time() * 1000)
-    return [Metric(k, float(v), now, step) for k, v in row.items()
-            if k != "epoch" and v is not None and v != "" and not (isinstance(v, float) and math.isnan(v))]
+    values = {k: float(v) for k, v in row.items() if k != "epoch" and v is not None and v != ""}
+    # NaN (e.g. "nan" in history.csv) means "not measured": skipped, whether live or synced later
+    return [Metric(k, v, now, step) for k, v in values.items() if not math.isnan(v)]
 
 
 def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
@@ -95,6 +98,7 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
         except MlflowException:
             pass  # a different or reset store: create the run afresh
     experiment_id = experiment.get("id") or get_or_create_experiment(client, experiment["name"], uri)
+    tags = {**info.get("tags", {}), **tags}  # keeps a ``selected`` tag recorded while MLflow was unreachable
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     _write_run_file(run_dir, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": experiment_id,
                               "run_name": run_name, "tags": tags})
@@ -107,17 +111,27 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
     Only what is missing is logged, so a second call adds nothing. Returns the number of epochs added.
     """
     import csv
-    from mlflow.entities import Param
+    from mlflow.entities import Param, RunTag
     run_dir = Path(run_dir)
     info = _read_run_file(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    # A job that never reached MLflow has no mlflow.json: its name and tags are in config.json.
+    recorded = config.get("tracking") or {}
     uri = tracking_uri(uri or info.get("tracking_uri"))
-    experiment = experiment or {"id": info.get("experiment_id"), "name": "limit"}
-    run_name = run_name or info.get("run_name") or run_dir.name
-    tags = tags if tags is not None else info.get("tags", {})
+    # Later tags (``selected``, set by the select stage) live in mlflow.json.
+    tags = {**(recorded.get("tags") or {}), **info.get("tags", {}), **(tags or {})}
+    tags = {k: str(v) for k, v in tags.items()}
+    if not experiment:  # an experiment id only means something in the store that gave it
+        same_store = info.get("tracking_uri") == uri
+        experiment = {"id": info.get("experiment_id") if same_store else None,
+                      "name": tags.get("experiment") or "limit"}
+    run_name = run_name or info.get("run_name") or recorded.get("run_id") or run_dir.name
     client = _client(uri)
     run_id = _ensure_run(client, run_dir, uri, experiment, run_name, tags)
     run = client.get_run(run_id)
-    config = json.loads((run_dir / "config.json").read_text())
+    stale = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
+    if stale:
+        client.log_batch(run_id, tags=stale)
     params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items() if k not in run.data.params]
     logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
     history_path = run_dir / "history.csv"
@@ -191,7 +205,18 @@ class Tracker:
 
 
 def tag_selected(run_dirs, selected, uri=None):
-    """Tag each run of a selection group ``selected=true|false`` in MLflow; warn (never fail) if unreachable."""
+    """Tag each run of a selection group ``selected=true|false`` in MLflow; warn (never fail) if unreachable.
+
+    The tag is first written into each run's mlflow.json, so that ``sync_run`` sets it later if MLflow
+    cannot be reached now.
+    """
+    try:
+        for run_dir in run_dirs:
+            info = _read_run_file(run_dir)
+            info.setdefault("tags", {})["selected"] = str(run_dir in selected).lower()
+            _write_run_file(run_dir, info)
+    except OSError as exc:
+        warnings.warn(f"could not record the selected runs in their run directories ({exc})", RuntimeWarning)
     try:
         for run_dir in run_dirs:
             info = _read_run_file(run_dir)

@@ -32,7 +32,7 @@ NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "tracking", "n
 DEFAULTS = {
     "arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42,
     "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
-    "eval_test_each_epoch": True, "imagenet_weights": None, "num_workers": 4, "tracking": {},
+    "eval_test_each_epoch": True, "test_curve_size": None, "imagenet_weights": None, "num_workers": 4, "tracking": {},
 }
 HPARAM_DEFAULTS = {"lr": 1e-3, "dropout": 0.0, "weight_decay": 0.0, "beta": 0.0, "lamb": 1.0, "sigma": 0.0}
 
@@ -67,6 +67,7 @@ class RunData:
     train: object          # InMemorySplit or Clothing1MSplit
     val: object
     test: object
+    test_curve: object      # the test examples whose accuracy is logged every epoch (a prefix of test)
     train_noisy: torch.Tensor
     train_true: torch.Tensor
     is_corrupted: torch.Tensor
@@ -90,11 +91,14 @@ def load_run_data(cfg, device):
         splits = [Clothing1MSplit(cfg["data_dir"], s, device, num_workers=cfg["num_workers"])
                   for s in ("train", "val", "test")]
         test_labels = splits[2].labels
+        splits.append(splits[2])
     else:
         images = D.load_arrays(cfg["dataset"], cfg["data_dir"])
+        curve_size = cfg["test_curve_size"] or len(images.test_x)
         splits = [D.InMemorySplit(images.train_x[arrays["train_idx"]], cfg["dataset"], device, info.augment),
                   D.InMemorySplit(images.train_x[arrays["val_idx"]], cfg["dataset"], device),
-                  D.InMemorySplit(images.test_x, cfg["dataset"], device)]
+                  D.InMemorySplit(images.test_x, cfg["dataset"], device),
+                  D.InMemorySplit(images.test_x[:curve_size], cfg["dataset"], device)]
         test_labels = images.test_y
     return RunData(*splits, t(arrays["train_noisy"]), t(arrays["train_true"]),
                    torch.as_tensor(arrays["is_corrupted"], device=device), t(arrays[val_key]), t(test_labels),
@@ -358,7 +362,8 @@ def train(config, out_dir, tracker=None):
                 raise TrainingError(f"epoch {epoch}: {term} became {row[term]}; the run stopped "
                                     f"(state.pt keeps the last complete epoch, {epoch - 1})")
         row["val_acc"] = validation_accuracy(ctx.classifier, run_data.val, run_data.val_labels, cfg["batch_size"])
-        row["test_acc"] = (test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])[0]
+        curve_labels = run_data.test_labels[:len(run_data.test_curve)]
+        row["test_acc"] = (test_accuracy(ctx.classifier, run_data.test_curve, curve_labels, cfg["batch_size"])[0]
                            if cfg["eval_test_each_epoch"] else float("nan"))
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_second"] = len(run_data.train) / row["epoch_seconds"]
