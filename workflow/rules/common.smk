@@ -37,12 +37,13 @@ TRACKING = config["mlflow"]["enabled"]
 
 
 def tracking_arguments(run):
-    if not TRACKING:
-        return "--no-tracking"
     row = RUNS[run]
+    # run name and tags also go into the run's config.json: the run table (read_run) is built from them
     tags = " ".join(f"--tag {k}={v}" for k, v in run_tags(row).items())
-    uri = "" if "MLFLOW_TRACKING_URI" in os.environ else f"--tracking-uri {TRACKING_URI}"
     run_name = run.split("/", 1)[1]  # the experiment is the MLflow experiment
+    if not TRACKING:
+        return f"--no-tracking --run-name {run_name} {tags}"
+    uri = "" if "MLFLOW_TRACKING_URI" in os.environ else f"--tracking-uri {TRACKING_URI}"
     return (f"{uri} --experiments-file {RESULTS}/mlflow/experiments.json "
             f"--experiment-name {row['experiment']} --run-name {run_name} {tags}")
 

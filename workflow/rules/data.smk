@@ -22,7 +22,8 @@ rule corrupt_labels:
     log:
         f"{RESULTS}/logs/labels/{{setting}}.log",
     params:
-        row=lambda wc: SETTINGS[wc.setting],
+        # the data setting only: training settings and resources must not redo the labels
+        row=lambda wc: {k: SETTINGS[wc.setting][k] for k in ("dataset", "noise", "rate", "n", "seed")},
         data_dir=config["data_dir"],
         val_size=lambda wc: (
             f"--val-size {SETTINGS[wc.setting]['val_size']}"

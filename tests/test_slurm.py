@@ -1,0 +1,223 @@
+"""The workflow on a real Slurm cluster: `snakemake --profile slurm` with the repository's own profile.
+
+A throw-away single-node cluster (munged, slurmctld, slurmd on 127.0.0.1) is started by
+tests/cluster/slurm-up.sh and stopped by PID by tests/cluster/slurm-down.sh. Snakemake is run from the
+repository root, exactly as a user types it, with --directory pointing at a temporary work directory.
+Needs root and apt-get (the Slurm and munge Debian packages are installed when missing).
+"""
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from limit.grid import expand_runs
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "tests" / "cluster"
+TEST_CONFIG = REPO / "config" / "test.yaml"
+# A hung workflow gets one SIGINT (Snakemake then scancels its jobs), SIGKILL 30 s later. --foreground: plain
+# `timeout` also signals its whole process group, and that second SIGINT can interrupt the plugin's scancel.
+WORKFLOW_TIMEOUT = 480
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("apt-get") is None,
+    reason="a local Slurm cluster needs root and apt-get (Debian packages slurmctld, slurmd, munge)")
+
+
+# config/test.yaml, shortened for a 2-core machine: one epoch and no MLflow tracking (the tracking store is
+# not what this file tests). The jobs are as many and as real; each still costs two inner Snakemake
+# processes and a Python start on the Slurm "node".
+FAST = {"training": {"fashion_mnist": {"epochs": 1, "patience": 1}}, "mlflow": {"enabled": False}}
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """The cluster's state directory; its daemons are always stopped at the end of the session."""
+    state = tmp_path_factory.mktemp("slurm")
+    try:
+        up = subprocess.run(["bash", str(CLUSTER / "slurm-up.sh"), str(state)], capture_output=True, text=True,
+                            timeout=600, stdin=subprocess.DEVNULL)
+        assert up.returncode == 0, f"slurm-up.sh failed:\n{up.stdout}\n{up.stderr}"
+        yield state
+    finally:
+        subprocess.run(["bash", str(CLUSTER / "slurm-down.sh"), str(state)], timeout=120,
+                       stdin=subprocess.DEVNULL)
+
+
+def snakemake_command(workdir, data_dir, *args, config_files=()):
+    # From the repository root, as a user types it: `snakemake --profile slurm` finds ./slurm/config.yaml and
+    # the workflow profile profiles/default/. Only the plugin's first status check is moved from 40 s to
+    # 1 s after a submission (the test cluster's MinJobAge=300 s still lets it use squeue).
+    return ["timeout", "--foreground", "-s", "INT", "-k", "30", str(WORKFLOW_TIMEOUT), "snakemake", *args,
+            "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1",
+            "--directory", str(workdir), "--replace-workflow-config",
+            "--configfile", "config/test.yaml", *map(str, config_files),
+            "--config", f"data_dir={data_dir}"]
+
+
+def snakemake_env():
+    # sbatch --export=ALL: the jobs find this venv's snakemake and python through PATH.
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("MLFLOW_TRACKING_URI", None)  # no tracking server for these runs
+    env.pop("SNAKEMAKE_PROFILE", None)
+    return env
+
+
+def run_snakemake(workdir, data_dir, *args, config_files=()):
+    proc = subprocess.run(snakemake_command(workdir, data_dir, *args, config_files=config_files), cwd=REPO,
+                          env=snakemake_env(), capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def jobcomp(state):
+    """Finished Slurm jobs from the jobcomp/filetxt log: {job id: {field: value}}."""
+    path = state / "log" / "jobcomp.txt"
+    jobs = {}
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        fields = dict(re.findall(r"(\w+)=(\S*)", line))
+        jobs[fields["JobId"]] = fields
+    return jobs
+
+
+@pytest.fixture(scope="session")
+def fast_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "fast.yaml"
+    path.write_text(yaml.safe_dump(FAST))
+    return path
+
+
+@pytest.fixture(scope="session")
+def workflow_run(slurm_cluster, fmnist_dir, fast_config, tmp_path_factory):
+    """The test config's whole pipeline through Slurm, once: (exit code, output, work directory)."""
+    workdir = tmp_path_factory.mktemp("workdir")
+    start = time.monotonic()
+    rc, output = run_snakemake(workdir, fmnist_dir, "results/runs.csv", "results/selected.csv",
+                               config_files=[fast_config])
+    print(f"workflow on Slurm: exit {rc} after {time.monotonic() - start:.0f} s")
+    return rc, output, workdir
+
+
+def expected_runs():
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    config.setdefault("results", "results")
+    return {row["run_id"]: row for row in expand_runs(config)}
+
+
+def test_training_jobs_run_as_slurm_jobs(workflow_run, slurm_cluster):
+    rc, output, workdir = workflow_run
+    assert rc == 0, output[-6000:]
+    assert "Using profiles slurm and workflow specific profile profiles/default" in output
+    runs = expected_runs()
+    assert len(runs) == 10
+
+    with open(workdir / "results" / "runs.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert sorted(r["run_dir"] for r in table) == sorted(row["run_dir"] for row in runs.values())
+    assert all(r["best_val_acc"] and r["test_acc"] for r in table)
+    assert (workdir / "results" / "selected.csv").stat().st_size > 0
+
+    finished = jobcomp(slurm_cluster)
+    job_ids = []
+    for run_id, row in runs.items():
+        run_dir = workdir / row["run_dir"]
+        assert (run_dir / "metrics.json").exists(), run_id
+        job = json.loads((run_dir / "job.json").read_text())
+        job_id = job["slurm_job_id"]
+        assert job_id is not None, f"{run_id} did not run inside a Slurm job"
+        job_ids.append(job_id)
+        record = finished.get(job_id)
+        assert record is not None, f"Slurm job {job_id} ({run_id}) is not in jobcomp.txt"
+        assert record["JobState"] == "COMPLETED", record
+        assert record["WorkDir"] == str(workdir)
+        # resources from the config's training section: 1 thread, 1000 MB, 10 min, no GPU (gpus: 0)
+        assert record["TimeLimit"] == "10" and "cpu=1," in record["Tres"] and "mem=1000M" in record["Tres"]
+        assert "gpu" not in record["Tres"]
+    assert len(set(job_ids)) == len(runs), f"Slurm job ids are not distinct: {job_ids}"
+
+
+def _ce_run(workdir, seed):
+    row = next(r for r in expected_runs().values() if r["method"] == "ce" and r["seed"] == seed)
+    return row, workdir / row["run_dir"]
+
+
+def _submitted(output, row):
+    """Slurm job ids of a run's submissions, in order, from Snakemake's "submitted with SLURM jobid" lines."""
+    wildcards = f"rule_train/{row['run_id'].replace('/', '_')}/"
+    return re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*" + re.escape(wildcards), output)
+
+
+def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_config, fmnist_dir):
+    """One run fails on both attempts, another only on its first: `--retries 1 --keep-going`.
+
+    The failure is real and deterministic: a corrupt checkpoint (state.pt) in the run directory makes the
+    trainer stop with an error (exit 2) before it writes any output. For the run that must succeed, a
+    watcher removes the checkpoint as soon as Slurm has recorded its first job as FAILED; the second
+    attempt is submitted only after Snakemake has polled that failure (seconds later, after Slurm's own
+    record), so it always starts from a clean run directory.
+    """
+    rc, output, workdir = workflow_run
+    assert rc == 0, output[-6000:]
+    bad, bad_dir = _ce_run(workdir, seed=1)
+    flaky, flaky_dir = _ce_run(workdir, seed=2)
+    for run_dir in (bad_dir, flaky_dir):
+        (run_dir / "state.pt").write_bytes(b"not a checkpoint")
+    before = set(jobcomp(slurm_cluster))
+    removed = threading.Event()
+    done = threading.Event()
+
+    def watch():
+        # job.json names the Slurm job of the current attempt; it is written before the checkpoint is read
+        while not done.is_set():
+            try:
+                job_id = json.loads((flaky_dir / "job.json").read_text())["slurm_job_id"]
+            except (OSError, ValueError):
+                job_id = None
+            if job_id not in before and jobcomp(slurm_cluster).get(job_id, {}).get("JobState") == "FAILED":
+                (flaky_dir / "state.pt").unlink()
+                removed.set()
+                return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        rc, output = run_snakemake(workdir, fmnist_dir, f"{bad['run_dir']}/metrics.json",
+                                   f"{flaky['run_dir']}/metrics.json", "--force", "--retries", "1",
+                                   "--keep-going", config_files=[fast_config])
+    finally:
+        done.set()
+        watcher.join()
+    finished = jobcomp(slurm_cluster)
+
+    # the run that fails twice: reported, non-zero exit, no outputs left behind
+    assert rc != 0, output[-6000:]
+    assert "Error in rule train" in output and "SLURM status is: 'FAILED'" in output
+    for name in ("metrics.json", "history.csv", "test_outputs.npz", "best.pt"):
+        assert not (bad_dir / name).exists(), f"a failed job left {name}"
+    log = (workdir / "results" / "logs" / "train" / f"{bad['run_id']}.log").read_text()
+    assert "is corrupt or not a checkpoint" in log
+    bad_jobs = _submitted(output, bad)
+    assert len(bad_jobs) == 2, output[-6000:]
+    assert [finished[j]["JobState"] for j in bad_jobs] == ["FAILED", "FAILED"]
+
+    # the run that fails once: resubmitted as a new Slurm job, which completes
+    assert removed.is_set(), "the first attempt did not fail as a Slurm job"
+    assert "Trying to restart job" in output
+    assert (flaky_dir / "metrics.json").exists(), output[-6000:]
+    flaky_jobs = _submitted(output, flaky)
+    assert [finished[j]["JobState"] for j in flaky_jobs] == ["FAILED", "COMPLETED"], output[-6000:]
+    assert json.loads((flaky_dir / "job.json").read_text())["slurm_job_id"] == flaky_jobs[1]
+
+    # the train rule scales the memory and the time limit with the attempt
+    for first, second in (bad_jobs, flaky_jobs):
+        assert "mem=1000M" in finished[first]["Tres"] and finished[first]["TimeLimit"] == "10"
+        assert "mem=2000M" in finished[second]["Tres"] and finished[second]["TimeLimit"] == "20"
