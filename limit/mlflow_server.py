@@ -191,6 +191,7 @@ def main(argv=None):
     store = Path(args.store)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
             s.bind((args.host, args.port))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port} ({exc}); choose another port: PORT=5001 ./project ui",

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import time
+import uuid
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
@@ -17,6 +18,7 @@ from urllib.parse import urlparse
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 RUN_FILE = "mlflow.json"
 ARTIFACTS = ("history.csv", "metrics.json", "test_outputs.npz", "config.json")
+RUN_KEY_TAG = "limit.run_key"  # see _ensure_run
 MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
 
 # Fail fast enough that a dead server costs a job seconds, not minutes (users may override).
@@ -88,21 +90,36 @@ def _metrics_of(row, step):
 
 
 def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
-    """The MLflow run of a run directory: the one recorded there if it still exists, else a new one."""
+    """The MLflow run of a run directory: the one recorded there if it still exists, else a new one.
+
+    Before creating a run, a random key is written into mlflow.json and given to the run as the tag
+    ``limit.run_key``: if the server created the run but its answer was lost (it died, the request timed out),
+    the next call finds that run instead of creating a duplicate.
+    """
     from mlflow.exceptions import MlflowException
     info = _read_run_file(run_dir)
-    if info.get("run_id") and info.get("tracking_uri") == uri:
+    same_store = info.get("tracking_uri") == uri
+    if info.get("run_id") and same_store:
         try:
             client.get_run(info["run_id"])
             return info["run_id"]
-        except MlflowException:
-            pass  # a different or reset store: create the run afresh
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise  # unreachable: never create a second run because of that
+            # a reset store: create the run afresh
     experiment_id = experiment.get("id") or get_or_create_experiment(client, experiment["name"], uri)
     tags = {**info.get("tags", {}), **tags}  # keeps a ``selected`` tag recorded while MLflow was unreachable
-    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
-    _write_run_file(run_dir, {"run_id": run.info.run_id, "tracking_uri": uri, "experiment_id": experiment_id,
-                              "run_name": run_name, "tags": tags})
-    return run.info.run_id
+    key = info.get("run_key") if same_store and not info.get("run_id") else None
+    found = key and client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
+    if found:
+        run_id = found[0].info.run_id
+    else:
+        key = key or uuid.uuid4().hex
+        _write_run_file(run_dir, {**info, "run_id": None, "tracking_uri": uri, "run_key": key, "tags": tags})
+        run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}).info.run_id
+    _write_run_file(run_dir, {"run_id": run_id, "tracking_uri": uri, "experiment_id": experiment_id,
+                              "run_name": run_name, "tags": tags, "run_key": key})
+    return run_id
 
 
 def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):

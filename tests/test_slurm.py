@@ -59,7 +59,7 @@ def snakemake_command(workdir, data_dir, *args, config_files=()):
     # 1 s after a submission (the test cluster's MinJobAge=300 s still lets it use squeue).
     return ["timeout", "--foreground", "-s", "INT", "-k", "30", str(WORKFLOW_TIMEOUT), "snakemake", *args,
             "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1",
-            "--directory", str(workdir), "--replace-workflow-config",
+            "--directory", str(workdir),
             "--configfile", "config/test.yaml", *map(str, config_files),
             "--config", f"data_dir={data_dir}"]
 
