@@ -46,10 +46,11 @@ def render_tables(runs, out_dir):
     out.mkdir(parents=True, exist_ok=True)
     for spec in T.default_table_specs(runs):
         T.render_table(runs, spec, out / spec.name)
-        (out / f"{spec.name}.html").write_text(markdown_table_to_html((out / f"{spec.name}.md").read_text()))
     T.render_architecture_table(out / "table3_architecture")
     F.detection_table(runs, out / "detection_auc")
     T.render_run_table(runs, out / "all_runs.csv")
+    for markdown in out.glob("*.md"):  # Snakemake's report shows HTML
+        markdown.with_suffix(".html").write_text(markdown_table_to_html(markdown.read_text()))
 
 
 def _noisiest_settings(runs):

@@ -1,0 +1,169 @@
+"""The cluster setup, on one machine: an MLflow server backed by PostgreSQL, 4 jobs logging to it at once.
+
+Debian's PostgreSQL runs as the postgres user from a temporary data directory, on 127.0.0.1 and a free port;
+``mlflow server --backend-store-uri postgresql://... --artifacts-destination DIR`` serves it; the tiny test
+pipeline runs with ``--cores 4`` and ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` (and the project's HTTP retry
+defaults). Every run must be in MLflow, and in the database, with its full per-epoch metric history.
+"""
+import csv
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from limit.mlflow_server import free_port, start_server, stop_server
+
+REPO = Path(__file__).resolve().parents[1]
+PER_EPOCH = ("train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc")
+
+
+def ensure_debian_packages(*packages):
+    missing = [p for p in packages if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"Debian packages {missing} are missing and cannot be installed here (not root or no apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"apt-get install {missing} failed:\n{done.stdout}\n{done.stderr}"
+
+
+def pipeline_env(**extra):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def snakemake_command(workdir, data_dir, cores, configfiles=()):
+    """The tiny pipeline up to results/runs.csv (training, selection, aggregation) in ``workdir``."""
+    return [sys.executable, "-m", "snakemake", "results/runs.csv", "-s", str(REPO / "Snakefile"), "-d",
+            str(workdir), "--cores", str(cores), "--configfile", str(REPO / "config" / "test.yaml"),
+            *map(str, configfiles), "--config", f"data_dir={data_dir}"]
+
+
+def psycopg2_driver():
+    try:
+        import psycopg2
+    except ImportError:  # not a project dependency (yet): the dev extra should list psycopg2-binary
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "psycopg2-binary"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"pip install psycopg2-binary failed: {done.stderr[-2000:]}"
+        import psycopg2
+    return psycopg2
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL cluster on 127.0.0.1:PORT with a database ``mlflow``; yields the SQLAlchemy URI."""
+    if os.geteuid() != 0:
+        pytest.skip("starting PostgreSQL as the postgres user needs root")
+    ensure_debian_packages("postgresql")
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
+    assert bins, "Debian's postgresql is installed but no /usr/lib/postgresql/*/bin/initdb"
+    bin_dir = Path(bins[-1]).parent
+    owner = pwd.getpwnam("postgres")
+    base = Path(tempfile.mkdtemp(prefix="limit-pg-"))  # pytest's tmp dirs are private to root
+    os.chown(base, owner.pw_uid, owner.pw_gid)
+    data, port = base / "data", free_port()
+
+    def as_postgres(*cmd, timeout=120):
+        done = subprocess.run([str(c) for c in cmd], user="postgres", cwd=base, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, f"{cmd}: {done.stdout}\n{done.stderr}"
+
+    pid = None
+    try:
+        as_postgres(bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
+        as_postgres(bin_dir / "pg_ctl", "start", "-D", data, "-l", base / "postgres.log", "-w", "-t", "60",
+                    "-o", f"-k {base} -h 127.0.0.1 -p {port} -c fsync=off -c max_connections=50")
+        pid = int((data / "postmaster.pid").read_text().split()[0])
+        as_postgres(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "mlflow")
+        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGINT)  # fast shutdown of the postmaster (it ends its backends)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.2)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres, fmnist_dir, tmp_path):
+    psycopg2 = psycopg2_driver()
+    shared = tmp_path / "shared-mlartifacts"
+    server, url = start_server(postgres, shared, log=tmp_path / "server.log", timeout=180)
+    try:
+        work = tmp_path / "pipeline"
+        work.mkdir()
+        env = pipeline_env(MLFLOW_TRACKING_URI=url)
+        for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            env.pop(key, None)  # the project's defaults (3 retries, backoff 1, 30 s), as on a cluster
+        t0 = time.monotonic()
+        done = subprocess.run(snakemake_command(work, fmnist_dir, 4), cwd=work, env=env, capture_output=True,
+                              text=True, timeout=500)
+        print(f"pipeline with 4 jobs against the PostgreSQL-backed server: {time.monotonic() - t0:.0f} s")
+        assert done.returncode == 0, done.stderr[-5000:]
+        results = work / "results"
+        ids = json.loads((results / "mlflow/experiments.json").read_text())
+        assert ids["tracking_uri"] == url
+
+        run_dirs = sorted(p.parent for p in (results / "runs").rglob("metrics.json"))
+        assert len(run_dirs) == 10
+        for log in (results / "logs/train").rglob("*.log"):
+            assert "MLflow tracking" not in log.read_text(), log  # no job lost its connection
+        table = {r["run_dir"]: r for r in csv.DictReader(open(results / "runs.csv"))}
+
+        client = MlflowClient(url)
+        everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+        runs = {r.info.run_name: r for r in everything}
+        assert len(everything) == len(runs) == 10  # no duplicates, nothing elsewhere
+        epochs_total = 0
+        for run_dir in run_dirs:
+            name = str(run_dir.relative_to(results / "runs/main"))
+            run = runs[name]
+            assert run.info.experiment_id == ids["experiments"]["main"] and run.info.status == "FINISHED"
+            assert run.info.run_id == json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+            tags = json.loads((run_dir / "config.json").read_text())["tracking"]["tags"]
+            assert {k: run.data.tags.get(k) for k in tags} == tags
+            assert run.data.tags["selected"] == table[str(run_dir.relative_to(work))]["selected"].lower()
+            history = list(csv.DictReader(open(run_dir / "history.csv")))
+            epochs_total += len(history)
+            for key in PER_EPOCH:
+                logged = client.get_metric_history(run.info.run_id, key)
+                assert sorted(m.step for m in logged) == [int(r["epoch"]) for r in history], (name, key)
+                assert [m.value for m in sorted(logged, key=lambda m: m.step)] == pytest.approx(
+                    [float(r[key]) for r in history])
+            metrics = json.loads((run_dir / "metrics.json").read_text())
+            assert run.data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
+            assert {"history.csv", "metrics.json", "test_outputs.npz", "config.json"} <= {
+                a.path for a in client.list_artifacts(run.info.run_id)}
+        # artifacts went through the server into the shared directory; rows really are in PostgreSQL
+        assert len(list(shared.rglob("history.csv"))) == 10
+        db = psycopg2.connect(postgres)
+        try:
+            cur = db.cursor()
+            cur.execute("SELECT COUNT(*) FROM runs")
+            assert cur.fetchone()[0] == 10
+            cur.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_acc'")
+            assert cur.fetchone()[0] == epochs_total  # each epoch once
+        finally:
+            db.close()
+    finally:
+        stop_server(server)
