@@ -3,7 +3,6 @@
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 # The Figure-1 block (MLP, clean validation) shares a data setting with Table 1 but is not a table entry.

@@ -16,31 +16,16 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from limit.mlflow_server import free_port, start_server, stop_server
+from pipeline_helpers import pipeline_env, snakemake_command
 
-REPO = Path(__file__).resolve().parents[1]
 WARNING = "MLflow tracking to"
 PER_EPOCH = ("train_loss", "train_acc", "val_acc", "test_acc")
 ARTIFACTS = {"history.csv", "metrics.json", "test_outputs.npz", "config.json"}
-
-
-def pipeline_env(**extra):
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.update(extra)
-    return env
-
-
-def snakemake_command(workdir, data_dir, cores, configfiles=()):
-    """The tiny pipeline up to results/runs.csv (training, selection, aggregation) in ``workdir``."""
-    return [sys.executable, "-m", "snakemake", "results/runs.csv", "-s", str(REPO / "Snakefile"), "-d",
-            str(workdir), "--cores", str(cores), "--configfile", str(REPO / "config" / "test.yaml"),
-            *map(str, configfiles), "--config", f"data_dir={data_dir}"]
 
 
 def store_snapshot(client):

@@ -1,0 +1,37 @@
+"""Helpers shared by the tests that run the tiny pipeline against real services."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+def ensure_debian_packages(*packages):
+    missing = [p for p in packages if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(f"Debian packages {missing} are missing and cannot be installed here (not root or no apt-get)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
+    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, f"apt-get install {missing} failed:\n{done.stdout}\n{done.stderr}"
+
+
+def pipeline_env(**extra):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.update(extra)
+    return env
+
+
+def snakemake_command(workdir, data_dir, cores, configfiles=()):
+    """The tiny pipeline up to results/runs.csv (training, selection, aggregation) in ``workdir``."""
+    return [sys.executable, "-m", "snakemake", "results/runs.csv", "-s", str(REPO / "Snakefile"), "-d",
+            str(workdir), "--cores", str(cores), "--configfile", str(REPO / "config" / "test.yaml"),
+            *map(str, configfiles), "--config", f"data_dir={data_dir}"]
