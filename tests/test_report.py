@@ -10,7 +10,8 @@ import pytest
 
 from limit import evaluate, fano, figures, paper, tables
 
-SPEC = Path("/work/shared/spec/reference.md")
+# shared/ lies beside the repository (as in CI)
+SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec" / "reference.md"
 SPEC_ROWS = {"CE": "ce", "CE + GN": "ce_gn", "CE + LN": "ce_ln", "MAE": "mae", "FW": "fw", "DMI": "dmi",
              "Soft reg. (11)": "soft_reg", "LIMIT_G + S": "limit_g_s", "LIMIT_L + S": "limit_l_s",
              "LIMIT_G − S": "limit_g", "LIMIT_L − S": "limit_l", "LIMIT_G": "limit_g", "LIMIT_L": "limit_l",
