@@ -168,7 +168,7 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
         client.log_batch(run_id, metrics=metrics[start:start + 900])
     final = run_dir / "metrics.json"
     if final.exists():
-        done = {k: v for k, v in json.loads(final.read_text()).items()}
+        done = json.loads(final.read_text())
         have = set(run.data.metrics)
         client.log_batch(run_id, metrics=[m for m in _metrics_of({f"final_{k}": v for k, v in done.items()}, 0)
                                           if m.key not in have])

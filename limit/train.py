@@ -345,7 +345,8 @@ def train(config, out_dir, tracker=None):
         prepare_method(cfg, ctx, run_data, device)
         optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
         history, best = [], {"val_acc": -1.0, "epoch": 0, "models": None}
-        atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
+    # The config of the latest invocation (a resumed run may extend its epochs).
+    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
 
     if tracker is not None:
         tracker.start(cfg, history)
