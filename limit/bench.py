@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
-from limit.methods import Context, get_method
+from limit.methods import LOSSES, Context
 from limit.models import mnist_cnn
+from limit.registry import get_method
 from limit.train import RunData, make_optimizer, pick_device, run_epoch
 
 
@@ -38,10 +39,13 @@ def package_rate(method_name, images, labels, device, batch_size):
     optimizer = make_optimizer([ctx.classifier, ctx.q], {"lr": 1e-3, "weight_decay": 0.0})
     y = labels.to(device)
     split = D.InMemorySplit(images, "mnist", device)
-    run_data = RunData(split, None, None, None, y, y, torch.zeros_like(y, dtype=torch.bool), None, None, None, 10, "")
+    run_data = RunData(split, None, None, None, y, y, torch.zeros_like(y, dtype=torch.bool), None, None, None, 10, {})
     cfg = {"batch_size": batch_size, "hparams": {"beta": 1.0, "lamb": 1.0, "sigma": 0.0}}
     gen = torch.Generator().manual_seed(0)
-    return images_per_second(lambda: run_epoch(ctx, method, run_data, cfg, optimizer, gen), len(split), device)
+
+    def epoch():
+        run_epoch(ctx, LOSSES[method_name], run_data, cfg, optimizer, gen)
+    return images_per_second(epoch, len(split), device)
 
 
 def bare_rate(two_networks, images, labels, device, batch_size):

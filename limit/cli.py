@@ -1,21 +1,24 @@
-"""Command line: ``python -m limit COMMAND ...``; every workflow rule calls one of these."""
+"""Command line: ``limit COMMAND ...`` (or ``python -m limit``); every workflow rule calls one of these.
+
+Each command imports what it needs when it runs, so that ``--help`` answers at once.
+"""
 import argparse
 import json
 import sys
 import warnings
 from pathlib import Path
 
-from limit import data as D
-
-
-def _atomic_json(path, obj):
-    from limit.train import atomic_write_text
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2))
+from limit import rundir
+from limit.registry import DATASETS, HPARAMS, METHODS, TRAINING_DEFAULTS
 
 
 def cmd_prepare(args):
-    D.prepare_dataset(args.dataset, args.data_dir, download=args.download)
+    if args.dataset == "clothing1m":
+        from limit.clothing1m import check_clothing1m_dir
+        check_clothing1m_dir(args.data_dir)
+    else:
+        from limit.data import prepare_dataset
+        prepare_dataset(args.dataset, args.data_dir, download=args.download)
     print(f"{args.dataset}: files present in {args.data_dir}")
 
 
@@ -24,6 +27,7 @@ def _n_arg(value):
 
 
 def cmd_corrupt(args):
+    from limit import data as D
     info = D.dataset_info(args.dataset)
     if args.dataset == "clothing1m":
         from limit.clothing1m import clothing1m_labels
@@ -39,47 +43,34 @@ def cmd_corrupt(args):
           f"{len(arrays['val_idx'])} validation, sha256 {meta['sha256'][:12]}")
 
 
-def _parse_tags(pairs):
-    tags = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--tag expects KEY=VALUE, got {pair!r}")
-        tags[key] = value
-    return tags
-
-
 def cmd_train(args):
     from limit.tracking import Tracker
     from limit.train import train
-    hparams = {k: getattr(args, k) for k in ("lr", "dropout", "weight_decay", "beta", "lamb", "sigma")
-               if getattr(args, k) is not None}
+    hparams = {k: getattr(args, k) for k in HPARAMS if getattr(args, k) is not None}
     config = {"dataset": args.dataset, "data_dir": args.data_dir, "labels": args.labels, "method": args.method,
               "arch": args.arch, "hparams": hparams, "epochs": args.epochs, "patience": args.patience,
               "batch_size": args.batch_size, "seed": args.seed, "clean_validation": args.clean_validation,
               "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
               "test_curve_size": args.test_curve_size,
               "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers,
-              "tracking": {"run_id": args.run_name or Path(args.out).name, "tags": _parse_tags(args.tag)}}
+              "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
     tracker = None
     if not args.no_tracking:
         experiment_id = args.experiment_id
-        if args.experiments_file:  # written by `python -m limit mlflow-init` before any job starts
-            experiment_id = json.loads(Path(args.experiments_file).read_text())["experiments"][args.experiment_name]
-        tracker = Tracker(args.out, args.tracking_uri, experiment_id, args.experiment_name,
-                          config["tracking"]["run_id"], config["tracking"]["tags"])
+        if args.experiments_file:  # written by `limit mlflow-init` before any job starts
+            experiment_id = rundir.read_json(args.experiments_file)["experiments"][args.experiment]
+        tracker = Tracker(args.out, args.tracking_uri, experiment_id)
     metrics = train(config, args.out, tracker)
     print(json.dumps(metrics))
 
 
 def _run_table(run_dirs):
     import pandas as pd
-    from limit.grid import read_run
-    return pd.DataFrame([read_run(d) for d in run_dirs])
+    return pd.DataFrame([rundir.read_run(d) for d in run_dirs])
 
 
 def cmd_select(args):
-    """Pick the hyperparameters with the best mean noisy-validation accuracy over seeds (spec 7.2)."""
+    """Pick the hyperparameters with the best mean validation accuracy over seeds."""
     from limit.evaluate import select_configurations
     from limit.tracking import tag_selected
     runs = _run_table(args.run_dirs)
@@ -89,7 +80,7 @@ def cmd_select(args):
               "configurations": json.loads(configs.to_json(orient="records")),
               "run_dirs": sorted(runs.loc[runs["hparams"] == chosen["hparams"], "run_dir"]),
               "all_run_dirs": sorted(runs["run_dir"])}
-    _atomic_json(args.out, result)
+    rundir.write_json(args.out, result)
     if not args.no_tracking:
         tag_selected(runs["run_dir"], set(result["run_dirs"]), args.tracking_uri)
     print(f"{args.out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
@@ -97,14 +88,16 @@ def cmd_select(args):
 
 
 def cmd_aggregate(args):
-    """All runs in one table, with the selected configurations marked, for the report stage."""
-    from limit.evaluate import mark_selected, select_configurations
-    from limit.train import atomic_write_text
+    """All runs in one table, with a ``selected`` column from the decisions of `select`, for the report stage."""
+    from limit.evaluate import configurations, normalise_runs
     # The selection files list their groups' runs: the command line stays short for 5,000 runs.
-    run_dirs = [d for path in args.selections for d in json.loads(Path(path).read_text())["all_run_dirs"]]
-    runs = mark_selected(_run_table(run_dirs)).sort_values("run_id")
-    atomic_write_text(args.out_runs, runs.to_csv(index=False))
-    atomic_write_text(args.out_selected, select_configurations(runs).to_csv(index=False))
+    selections = [rundir.read_json(path) for path in args.selections]
+    runs = normalise_runs(_run_table([d for s in selections for d in s["all_run_dirs"]]))
+    runs["selected"] = runs["run_dir"].isin({d for s in selections for d in s["run_dirs"]})
+    runs["figure1"] = runs["experiment"].isin(args.figure1_experiments)
+    runs = runs.sort_values("run_id")
+    rundir.write_text(args.out_runs, runs.to_csv(index=False))
+    rundir.write_text(args.out_selected, configurations(runs).to_csv(index=False))
     print(f"{args.out_runs}: {len(runs)} runs, {int(runs['selected'].sum())} in selected configurations")
 
 
@@ -132,7 +125,7 @@ def cmd_mlflow_init(args):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     ids = {name: get_or_create_experiment(client, name, uri) for name in args.experiments}
-    _atomic_json(args.out, {"tracking_uri": uri, "experiments": ids})
+    rundir.write_json(args.out, {"tracking_uri": uri, "experiments": ids})
     print(json.dumps(ids))
 
 
@@ -142,11 +135,11 @@ def cmd_bench(args):
 
 
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m limit", description=__doc__)
+    p = argparse.ArgumentParser(prog="limit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="check (or download) a dataset's files")
-    s.add_argument("--dataset", required=True, help=f"one of {sorted(D.DATASETS)}")
+    s.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
     s.add_argument("--data-dir", default="data", help="dataset directory (default: data)")
     s.add_argument("--download", action="store_true", help="download missing files (needs internet)")
     s.set_defaults(func=cmd_prepare)
@@ -167,19 +160,18 @@ def build_parser():
                                    "resumes from its last complete epoch.")
     s.add_argument("--dataset", required=True)
     s.add_argument("--data-dir", default="data")
-    s.add_argument("--labels", required=True, help="labels file written by `python -m limit corrupt`")
-    s.add_argument("--method", required=True, help="registry name, e.g. ce, mae, fw, dmi, limit_g, limit_l_s")
-    s.add_argument("--arch", default="cnn", help="cnn (MNIST-style), mlp (Figure 1), resnet34 (CIFAR), resnet50")
-    s.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
-    s.add_argument("--beta", type=float, help="LIMIT / Soft reg. gradient-norm penalty")
-    s.add_argument("--lamb", type=float, help="LIMIT +S sampling precision, Soft reg. lambda")
-    s.add_argument("--sigma", type=float, help="CE+GN / CE+LN gradient-noise std")
-    s.add_argument("--dropout", type=float, help="dropout rate (MLP)")
-    s.add_argument("--weight-decay", type=float, help="Adam L2 weight decay on weights")
-    s.add_argument("--epochs", type=int, default=400)
-    s.add_argument("--patience", type=int, default=100, help="early-stopping patience in epochs")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=42, help="seed of initialisation, shuffling and sampling")
+    s.add_argument("--labels", required=True, help="labels file written by `limit corrupt`")
+    s.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    s.add_argument("--arch", default=TRAINING_DEFAULTS["arch"],
+                   help="cnn (MNIST-style), mlp (Figure 1), resnet34 (CIFAR), resnet50")
+    for name, (default, meaning) in HPARAMS.items():
+        s.add_argument(f"--{name.replace('_', '-')}", type=float, help=f"{meaning} (default {default:g})")
+    s.add_argument("--epochs", type=int, default=TRAINING_DEFAULTS["epochs"])
+    s.add_argument("--patience", type=int, default=TRAINING_DEFAULTS["patience"],
+                   help="early-stopping patience in epochs")
+    s.add_argument("--batch-size", type=int, default=TRAINING_DEFAULTS["batch_size"])
+    s.add_argument("--seed", type=int, default=TRAINING_DEFAULTS["seed"],
+                   help="seed of initialisation, shuffling and sampling")
     s.add_argument("--clean-validation", action="store_true", help="select on clean validation labels (Figure 1)")
     s.add_argument("--init-from", help="CE run directory (FW, DMI, +init)")
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
@@ -187,15 +179,16 @@ def build_parser():
     s.add_argument("--test-curve-size", type=int, help="log every epoch's test accuracy on the first N test "
                                                        "examples only (the final test accuracy uses all)")
     s.add_argument("--imagenet-weights", help="ResNet-50 only: path to a torchvision ImageNet state dict")
-    s.add_argument("--num-workers", type=int, default=4, help="Clothing1M image-decoding workers")
+    s.add_argument("--num-workers", type=int, default=TRAINING_DEFAULTS["num_workers"],
+                   help="Clothing1M image-decoding workers")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                                           "sqlite:///results/mlflow.db)")
+    s.add_argument("--experiment", default="manual",
+                   help="the config's experiment block, also the MLflow experiment (default: manual)")
+    s.add_argument("--variant", help="the block's method variant (default: the method)")
     s.add_argument("--experiment-id", help="MLflow experiment id (pass it: creating experiments races)")
-    s.add_argument("--experiment-name", default="limit", help="MLflow experiment (default: limit)")
-    s.add_argument("--experiments-file", help="JSON of experiment ids from `python -m limit mlflow-init`")
-    s.add_argument("--run-name", help="MLflow run name (default: the run directory's name)")
-    s.add_argument("--tag", action="append", metavar="KEY=VALUE", help="MLflow tag (repeatable)")
+    s.add_argument("--experiments-file", help="JSON of experiment ids from `limit mlflow-init`")
     s.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     s.set_defaults(func=cmd_train)
 
@@ -210,6 +203,8 @@ def build_parser():
     s.add_argument("--selections", nargs="+", required=True, help="JSON files written by `select`")
     s.add_argument("--out-runs", required=True, help="CSV of every run")
     s.add_argument("--out-selected", required=True, help="CSV of every configuration, aggregated over seeds")
+    s.add_argument("--figure1-experiments", nargs="*", default=(),
+                   help="experiment blocks that draw Figure 1 (kept out of the tables and the other figures)")
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("report", help="render the tables and figures from the run table")
@@ -240,11 +235,10 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from limit.train import TrainingError
     warnings.simplefilter("default", RuntimeWarning)
     try:
         args.func(args)
-    except (ValueError, TrainingError, FileNotFoundError) as exc:
+    except (ValueError, rundir.TrainingError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

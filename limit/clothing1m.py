@@ -1,7 +1,7 @@
 """Clothing1M (Xiao et al. 2015) streamed from a directory in its official release layout.
 
 Train = ``noisy_train_key_list.txt`` with noisy labels; validation and test = the clean lists with clean
-labels (the authors select models on the clean validation set, spec 2.4). JPEGs are decoded and resized
+labels (the authors select models on the clean validation set). JPEGs are decoded and resized
 in DataLoader workers and sent to the device as uint8; normalisation runs there, as for ``InMemorySplit``.
 """
 from itertools import islice
@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from limit.data import DataError, normalisation, to_float
+from limit.data import normalisation, to_float
+from limit.registry import DataError
 
 NUM_CLASSES = 14
 NOISY_LABELS = "noisy_label_kv.txt"

@@ -2,7 +2,7 @@
 
 MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 are read through torchvision's dataset classes and held in
 memory as uint8 tensors; normalisation and CIFAR's crop + flip run on whole batches on the device.
-Clothing1M streams from disk (see ``limit.clothing1m``).
+Clothing1M streams from disk (``limit.clothing1m``, which uses this module's normalisation).
 
 Splits and label noise use one ``numpy.random.default_rng(seed)`` stream per data setting, in the
 authors' order (permutation -> n-subset -> train labels -> validation labels). The authors seeded
@@ -11,7 +11,6 @@ numpy's legacy global RNG instead, so the drawn indices differ from theirs; the 
 import gzip
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,8 @@ import numpy as np
 import torch
 
 from limit import noise as noise_models
+from limit.registry import DATASETS, DataError, dataset_info
+from limit.rundir import save_npz, write_atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -27,24 +28,6 @@ DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    num_classes: int
-    num_train: int  # official training set, before the train/validation split
-    channels: int
-    size: int
-    torchvision_class: str
-    augment: bool  # random crop + flip in training (CIFAR only, spec 2.3)
-
-
-DATASETS = {
-    "mnist": DatasetInfo(10, 60000, 1, 28, "MNIST", False),
-    "fashion_mnist": DatasetInfo(10, 60000, 1, 28, "FashionMNIST", False),
-    "cifar10": DatasetInfo(10, 50000, 3, 32, "CIFAR10", True),
-    "cifar100": DatasetInfo(100, 50000, 3, 32, "CIFAR100", True),
-    "clothing1m": DatasetInfo(14, 0, 3, 224, "", True),
-}
 
 _MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 _REQUIRED_FILES = {
@@ -54,16 +37,6 @@ _REQUIRED_FILES = {
                 ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]],
     "cifar100": [f"cifar-100-python/{f}" for f in ["train", "test", "meta"]],
 }
-
-
-class DataError(ValueError):
-    """Bad dataset name or an incomplete data directory."""
-
-
-def dataset_info(name):
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name]
 
 
 def normalisation(name):
@@ -80,23 +53,18 @@ def _install_debian_fashion_mnist(data_dir):
         src = DEBIAN_FASHION_MNIST / f"{name}.gz"
         if (raw / name).exists() or not src.exists():
             continue
-        raw.mkdir(parents=True, exist_ok=True)
-        tmp = raw / f".{name}.tmp"
-        with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-            shutil.copyfileobj(fin, fout)
-        os.replace(tmp, raw / name)
+        with gzip.open(src, "rb") as fin:
+            write_atomic(raw / name, lambda fout: shutil.copyfileobj(fin, fout))
 
 
 def prepare_dataset(name, data_dir, download=False):
-    """Make sure the dataset's files are in ``data_dir``; download them if allowed.
+    """Make sure a torchvision dataset's files are in ``data_dir``; download them if allowed.
 
-    Raises DataError naming the missing files and how to get them.
+    Raises DataError naming the missing files and how to get them. (Clothing1M: ``check_clothing1m_dir``.)
     """
     dataset_info(name)
-    if name == "clothing1m":
-        from limit.clothing1m import check_clothing1m_dir
-        check_clothing1m_dir(data_dir)
-        return
+    if name not in _REQUIRED_FILES:
+        raise DataError(f"{name} is not a torchvision dataset")
     if name == "fashion_mnist":
         _install_debian_fashion_mnist(data_dir)
     missing = [f for f in _REQUIRED_FILES[name] if not (Path(data_dir) / f).exists()]
@@ -183,13 +151,8 @@ def labels_hash(arrays):
 
 def write_labels_file(path, arrays, meta):
     """Write the labels of one data setting atomically, with a content hash in its metadata."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = dict(meta, sha256=labels_hash(arrays))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
-    os.replace(tmp, path)
+    save_npz(path, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
     return meta
 
 

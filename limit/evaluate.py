@@ -1,16 +1,19 @@
-"""Accuracy, bootstrap error bars, mislabeled-example detection, and model selection over a run table
-(spec 7.2, 7.3)."""
+"""Accuracy, bootstrap error bars, mislabeled-example detection, and model selection over a run table.
+
+The run table (``runs.csv``, written by ``limit aggregate``) has a ``selected`` column, decided once by
+``limit select``, and a ``figure1`` column: the runs of the blocks that draw Figure 1 (MLP, clean validation),
+which share data settings with Table 1 but are not table entries.
+"""
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-# The Figure-1 block (MLP, clean validation) shares a data setting with Table 1 but is not a table entry.
-FIGURE1_EXPERIMENT = "figure1"
+from limit import rundir
+from limit.registry import HPARAMS, LIMIT_METHODS
+
 SETTING = ["experiment", "dataset", "noise", "rate", "n", "variant"]
 CONFIGURATION = SETTING + ["hparams"]
-HPARAM_COLUMNS = ["beta", "lamb", "sigma", "lr", "dropout", "weight_decay"]
-LIMIT_METHODS = ("limit_g", "limit_l", "limit_g_s", "limit_l_s", "limit_g_init", "limit_l_init")
 
 
 def accuracy(logits, labels):
@@ -32,7 +35,7 @@ def bootstrap_std(logits, labels, n_boot=1000, seed=0):
 
 def bootstrap_from_run(run_dir, n_boot=1000, seed=0):
     """Plain test accuracy and bootstrap std from a run directory's ``test_outputs.npz``."""
-    with np.load(Path(run_dir) / "test_outputs.npz") as outputs:
+    with np.load(Path(run_dir) / rundir.TEST_OUTPUTS) as outputs:
         logits, labels = outputs["logits"], outputs["labels"]
     return accuracy(logits, labels), bootstrap_std(logits, labels, n_boot, seed)[1]
 
@@ -45,41 +48,39 @@ def detection_auc(scores, is_corrupted):
     return float(roc_auc_score(is_corrupted, np.asarray(scores)))
 
 
+def read_train_scores(run_dir):
+    """A LIMIT run's per-example scores (``limit.train.limit_train_scores``) as a dict of arrays."""
+    with np.load(Path(run_dir) / rundir.TRAIN_SCORES) as scores:
+        return {key: scores[key] for key in scores.files}
+
+
 def normalise_runs(runs):
     """Types a run table read back from CSV may lose: ``n`` as str ("1000", "all"), ``seed`` int, ``rate`` float."""
     return runs.assign(n=runs["n"].astype(str), seed=runs["seed"].astype(int), rate=runs["rate"].astype(float))
 
 
-def select_configurations(runs):
-    """Aggregate runs over seeds per configuration and mark, per data setting and variant, the selected one.
-
-    Returns one row per (experiment, dataset, noise, rate, n, variant, hparams) with ``method``, the
-    hyper-parameter columns, ``test_acc_mean/std``, ``best_val_acc_mean/std`` (ddof 1), ``seeds``, and
-    ``selected``: the configuration with the highest mean validation accuracy of its setting (first hparams
-    label on ties).
-    """
+def configurations(runs):
+    """Runs aggregated over seeds: one row per (experiment, dataset, noise, rate, n, variant, hparams) with
+    ``method``, the hyperparameter columns, ``test_acc_mean/std``, ``best_val_acc_mean/std`` (ddof 1), ``seeds``,
+    and ``selected`` when the run table has that column."""
     runs = normalise_runs(runs)
-    first = {c: "first" for c in ["method", "clean_validation", *HPARAM_COLUMNS] if c in runs}
+    first = {c: (c, "first") for c in ["method", "clean_validation", *HPARAMS] if c in runs}
+    selected = {"selected": ("selected", "any")} if "selected" in runs else {}
     # dropna=False keeps Clothing1M, whose noise rate is undefined (NaN).
-    configs = runs.groupby(CONFIGURATION, dropna=False, sort=True).agg(
-        **{c: (c, how) for c, how in first.items()},
-        test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
+    return runs.groupby(CONFIGURATION, dropna=False, sort=True).agg(
+        **first, test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
         best_val_acc_mean=("best_val_acc", "mean"), best_val_acc_std=("best_val_acc", "std"),
-        seeds=("seed", "count")).reset_index()
+        seeds=("seed", "count"), **selected).reset_index()
+
+
+def select_configurations(runs):
+    """The selection (``limit select``): ``configurations`` with ``selected`` marking, per data setting and
+    variant, the configuration with the highest mean validation accuracy (first hparams label on ties)."""
+    configs = configurations(runs.drop(columns="selected", errors="ignore"))
     scored = configs.dropna(subset=["best_val_acc_mean"])  # a setting whose runs all lack validation has no pick
     best = scored.groupby(SETTING, dropna=False, sort=False)["best_val_acc_mean"].idxmax()
     configs["selected"] = configs.index.isin(best.to_numpy())
     return configs
-
-
-def mark_selected(runs):
-    """The run table with a boolean ``selected`` column: the run belongs to its setting's selected configuration."""
-    runs = normalise_runs(runs).drop(columns="selected", errors="ignore")
-    chosen = select_configurations(runs).loc[lambda c: c["selected"], CONFIGURATION].assign(selected=True)
-    # merge matches NaN keys (Clothing1M's rate) with each other.
-    marked = runs.merge(chosen, on=CONFIGURATION, how="left")
-    marked["selected"] = marked["selected"].fillna(False).astype(bool)
-    return marked
 
 
 def selected_runs(runs, experiments=None):
@@ -90,12 +91,9 @@ def selected_runs(runs, experiments=None):
     Sorted by seed, so the first row of a group is its first seed.
     """
     runs = normalise_runs(runs)
-    if experiments is None:
-        runs = runs[runs["experiment"] != FIGURE1_EXPERIMENT]
-    else:
-        runs = runs[runs["experiment"].isin(experiments)]
-    configs = select_configurations(runs)
-    configs = configs[configs["selected"]].sort_values("best_val_acc_mean", ascending=False, kind="stable")
+    runs = runs[~runs["figure1"]] if experiments is None else runs[runs["experiment"].isin(experiments)]
+    configs = configurations(runs[runs["selected"]])
+    configs = configs.sort_values("best_val_acc_mean", ascending=False, kind="stable")
     winners = configs.drop_duplicates(["dataset", "noise", "rate", "n", "variant"])[CONFIGURATION]
     return runs.merge(winners, on=CONFIGURATION).sort_values(["variant", "seed"], kind="stable").reset_index(drop=True)
 

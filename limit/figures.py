@@ -14,10 +14,9 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from scipy.ndimage import gaussian_filter1d  # noqa: E402
 
-from limit.evaluate import (FIGURE1_EXPERIMENT, best_limit_run, detection_auc, normalise_runs,  # noqa: E402
-                            selected_runs)
+from limit.evaluate import detection_auc, normalise_runs, read_train_scores, selected_runs  # noqa: E402
 from limit.fano import fano_lower_bound, label_entropy  # noqa: E402
-from limit.paper import DATASET_LABELS, PAPER_DETECTION_AUC, label, math_label, variant_order  # noqa: E402
+from limit.paper import label, math_label, setting_title, variant_order  # noqa: E402
 
 SMOOTHING_SIGMA = 2  # epochs
 
@@ -57,11 +56,6 @@ def read_history(run_dir):
 def _curve_label(run):
     name = math_label(label(run.variant, run.method))
     return name if run.hparams == "default" else f"{name} ({run.hparams})"
-
-
-def _setting_title(dataset, noise, rate, n):
-    size = "all training samples" if str(n) == "all" else f"n = {n}"
-    return f"{DATASET_LABELS.get(dataset, dataset)}, {rate:.0%} {noise} noise, {size}"
 
 
 def _first_seeds(chosen):
@@ -107,20 +101,20 @@ def figure_fano(out_prefix, k=10, rates=(0.2, 0.4, 0.6, 0.8)):
 
 
 def figure_memorisation(runs, out_prefix, rate=0.8):
-    """Figure 1: noisy-label training accuracy and clean validation accuracy of the Figure-1 block's selected
+    """Figure 1: noisy-label training accuracy and clean validation accuracy of the Figure-1 blocks' selected
     configuration of each variant (first seed), with the 1 - p optimum of the training accuracy."""
     runs = normalise_runs(runs)
-    block = runs[(runs["experiment"] == FIGURE1_EXPERIMENT) & np.isclose(runs["rate"], rate)]
+    block = runs[runs["figure1"] & np.isclose(runs["rate"], rate)]
     if block.empty:
-        raise ValueError(f"no runs of the {FIGURE1_EXPERIMENT!r} block at rate {rate}")
-    first = _first_seeds(selected_runs(block, experiments=(FIGURE1_EXPERIMENT,)))
+        raise ValueError(f"no runs of a Figure-1 block at rate {rate}")
+    first = _first_seeds(selected_runs(block, experiments=tuple(block["experiment"].unique())))
     fig, axes = _subplots(1, 2, figsize=(11, 4))
     _accuracy_panels(axes[0], first, ["train_acc", "val_acc"],
                      ["training accuracy (noisy labels)", "validation accuracy (clean labels)"])
     axes[0, 0].axhline(1 - rate, color="black", linestyle="--", linewidth=1,
                        label=f"optimum (1 − p = {1 - rate:.0%})")
     row = first.iloc[0]
-    fig.suptitle(f"Memorisation vs. regularisation: {_setting_title(row.dataset, row.noise, rate, row.n)}")
+    fig.suptitle(f"Memorisation vs. regularisation: {setting_title(row.dataset, row.noise, rate, row.n)}")
     axes[0, 0].legend(fontsize=8)
     axes[0, 1].legend(fontsize=8)
     save_figure(fig, out_prefix)
@@ -133,7 +127,7 @@ def figure_curves(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, 
     fig, axes = _subplots(1, 2, figsize=(12, 4.5))
     _accuracy_panels(axes[0], first, ["train_acc", "test_acc"],
                      ["training accuracy (noisy labels)", "test accuracy (clean labels)"])
-    fig.suptitle(f"Training and test accuracy: {_setting_title(dataset, noise, rate, n)}")
+    fig.suptitle(f"Training and test accuracy: {setting_title(dataset, noise, rate, n)}")
     axes[0, 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     save_figure(fig, out_prefix)
     return first
@@ -143,7 +137,7 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
     """Figure A0: LIMIT's training and test accuracy per epoch for every beta run (first seed each);
     one row of panels per variant."""
     runs = normalise_runs(runs)
-    runs = _setting_runs(runs[runs["experiment"] != FIGURE1_EXPERIMENT], dataset, noise, rate, n)
+    runs = _setting_runs(runs[~runs["figure1"]], dataset, noise, rate, n)
     runs = runs[runs["variant"].isin(variants)]
     shown = [v for v in variants if v in set(runs["variant"])]
     if not shown:
@@ -162,14 +156,9 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
         panels[0].set(title=f"{name}: training accuracy (noisy labels)", xlabel="epoch", ylabel="accuracy")
         panels[1].set(title=f"{name}: test accuracy", xlabel="epoch", ylabel="accuracy")
         panels[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"Effect of β: {_setting_title(dataset, noise, rate, n)}")
+    fig.suptitle(f"Effect of β: {setting_title(dataset, noise, rate, n)}")
     save_figure(fig, out_prefix)
     return runs
-
-
-def read_train_scores(run_dir):
-    with np.load(Path(run_dir) / "train_scores.npz") as scores:
-        return {key: scores[key] for key in scores.files}
 
 
 def figure_histograms(run_dir, out_prefix, title=None):
@@ -192,35 +181,6 @@ def figure_histograms(run_dir, out_prefix, title=None):
     fig.suptitle(title or f"Training set, gradient predictions of {_run_name(run_dir)}")
     save_figure(fig, out_prefix)
     return auc
-
-
-def detection_table(runs, out_prefix):
-    """ROC AUC (%) of the gradient distance as a mislabeled-label detector, with the best LIMIT instance of each
-    noisy setting that saved ``train_scores.npz``, next to the paper's value. Writes .md and .csv."""
-    chosen = selected_runs(runs)
-    settings = chosen[chosen["rate"].fillna(1.0) > 0][["dataset", "noise", "rate", "n"]].drop_duplicates()
-    records = []
-    for setting in settings.itertuples(index=False):
-        run = best_limit_run(runs, *setting)
-        if run is None or not (Path(run.run_dir) / "train_scores.npz").exists():
-            continue
-        scores = read_train_scores(run.run_dir)
-        key = (setting.dataset, setting.noise, round(setting.rate, 6), setting.n)
-        records.append(dict(**setting._asdict(), variant=run.variant, hparams=run.hparams, run_id=run.run_id,
-                            run_dir=run.run_dir,
-                            auc=100 * detection_auc(scores["grad_distance"], scores["is_corrupted"]),
-                            paper_auc=PAPER_DETECTION_AUC.get(key, "—")))
-    table = pd.DataFrame.from_records(records, columns=["dataset", "noise", "rate", "n", "variant", "hparams",
-                                                        "run_id", "run_dir", "auc", "paper_auc"])
-    table.to_csv(f"{out_prefix}.csv", index=False)
-    lines = ["### Mislabeled-example detection: ROC AUC (%) of ‖μ − g_CE‖ (best LIMIT instance per setting)", "",
-             "| Setting | LIMIT run | ours | paper |", "|---|---|---|---|"]
-    for row in table.itertuples():
-        setting = _setting_title(row.dataset, row.noise, row.rate, row.n)
-        ours = "—" if np.isnan(row.auc) else f"{row.auc:.2f}"
-        lines.append(f"| {setting} | {label(row.variant)} ({row.hparams}) | {ours} | {row.paper_auc} |")
-    Path(f"{out_prefix}.md").write_text("\n".join(lines) + "\n")
-    return table
 
 
 def figure_top_examples(run_dir, images, out_prefix, per_class=8, class_names=None, title=None):

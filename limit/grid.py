@@ -5,14 +5,11 @@ datasets x noise models x rates x training-set sizes x seeds x method variants x
 Checks that need the package (method names, noise limits) live here and name the offending key.
 """
 import itertools
-import json
-from pathlib import Path
 
-from limit import data as D
-from limit.methods import GENERIC_HPARAMS, get_method
 from limit.noise import check_noise
+from limit.registry import GENERIC_HPARAMS, HPARAMS, DataError, dataset_info, get_method
+from limit.rundir import fmt, hparam_label, run_id, setting_path
 
-HPARAM_COLUMNS = ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
 
 
@@ -20,31 +17,12 @@ class ConfigError(ValueError):
     """A config that is valid JSON-schema-wise but makes no sense for the package."""
 
 
-def fmt(value):
-    """Path-safe, short number formatting: 0.5, 1e-05, 10."""
-    return f"{value:g}"
-
-
-def hparam_label(hparams):
-    return "_".join(f"{k}{fmt(v)}" for k, v in sorted(hparams.items())) or "default"
-
-
-def setting_path(dataset, noise, rate, n, seed=None):
-    """Readable, path-safe name of a data setting: fashion_mnist/uniform-0.5/n1000/seed42."""
-    noise_part = noise if dataset == "clothing1m" else f"{noise}-{fmt(rate)}"
-    return f"{dataset}/{noise_part}/n{n}" + ("" if seed is None else f"/seed{seed}")
-
-
-def labels_path(results, dataset, noise, rate, n, seed):
-    return f"{results}/labels/{setting_path(dataset, noise, rate, n, seed)}.npz"
-
-
 def _check_experiment(name, exp, config):
     where = f"experiments.{name}"
     for dataset in exp["datasets"]:
         try:
-            info = D.dataset_info(dataset)
-        except ValueError as exc:
+            info = dataset_info(dataset)
+        except DataError as exc:
             raise ConfigError(f"{where}.datasets: {exc}") from None
         if dataset not in config["training"]:
             raise ConfigError(f"{where}.datasets: {dataset!r} has no entry under training "
@@ -76,26 +54,23 @@ def _check_experiment(name, exp, config):
 
 
 def expand_runs(config):
-    """One dict per training run, with its paths, resources and the CE run it starts from."""
-    results = config["results"]
+    """One dict per training run: its grid coordinates, training settings, resources and the CE run it starts
+    from (``init_from``, a run id)."""
     rows = []
     for name, exp in config["experiments"].items():
         _check_experiment(name, exp, config)
         for dataset, noise, rate, n, seed in itertools.product(
                 exp["datasets"], exp["noise"], exp["rates"], exp["n"], exp["seeds"]):
             train = {**config["training"][dataset], **{k: exp[k] for k in ("arch", "epochs", "patience") if k in exp}}
-            setting = setting_path(dataset, noise, rate, n, seed)
             for variant, spec in exp["methods"].items():
                 method = spec.get("method", variant)
                 grid = {k: v for k, v in spec.items() if k not in VARIANT_SETTINGS}
                 for values in itertools.product(*grid.values()):
                     hparams = dict(zip(grid, values))
-                    label = hparam_label(hparams)
-                    run_id = f"{name}/{setting}/{variant}/{label}"
-                    rows.append({
-                        "run_id": run_id, "experiment": name, "dataset": dataset, "noise": noise,
+                    row = {
+                        "experiment": name, "dataset": dataset, "noise": noise,
                         "rate": float(rate), "n": str(n), "seed": int(seed), "variant": variant, "method": method,
-                        "hparams": label, **{c: hparams.get(c) for c in HPARAM_COLUMNS},
+                        "hparams": hparam_label(hparams), **{c: hparams.get(c) for c in HPARAMS},
                         "clean_validation": bool(exp.get("clean_validation", False)),
                         "arch": train["arch"],
                         "epochs": int(spec.get("epochs", train["epochs"])),
@@ -103,10 +78,9 @@ def expand_runs(config):
                         "batch_size": int(train["batch_size"]), "val_size": train.get("val_size"),
                         "test_curve_size": train.get("test_curve_size"),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
-                        "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
-                        "labels": labels_path(results, dataset, noise, rate, n, seed),
-                        "run_dir": f"{results}/runs/{run_id}", "init_from": None,
-                    })
+                        "runtime": int(train["runtime"]), "gpus": int(train["gpus"]), "init_from": None,
+                    }
+                    rows.append({"run_id": run_id(row), **row})
     _link_ce_runs(rows)
     return rows
 
@@ -126,34 +100,22 @@ def _link_ce_runs(rows):
                 raise ConfigError(f"experiments.{r['experiment']}.methods.{r['variant']}: {r['method']!r} starts "
                                   f"from the CE run of the same setting; add ce: {{}} to that experiment "
                                   f"(missing for {r['run_id']})")
-            r["init_from"] = (same_block or candidates)[0]["run_dir"]
+            r["init_from"] = (same_block or candidates)[0]["run_id"]
 
 
-def train_arguments(row, data_dir):
-    """The ``python -m limit train`` arguments of a run (everything but --out and tracking)."""
-    args = ["--dataset", row["dataset"], "--data-dir", data_dir, "--labels", row["labels"],
-            "--method", row["method"], "--arch", row["arch"], "--epochs", str(row["epochs"]),
-            "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]), "--seed", str(row["seed"])]
-    for column in HPARAM_COLUMNS:
-        if row[column] is not None:
-            args += [f"--{column.replace('_', '-')}", fmt(row[column])]
+def train_arguments(row):
+    """The training settings of a run as ``python -m limit train`` arguments (the workflow adds its files)."""
+    args = ["--dataset", row["dataset"], "--method", row["method"], "--arch", row["arch"],
+            "--epochs", str(row["epochs"]), "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]),
+            "--seed", str(row["seed"]), "--experiment", row["experiment"], "--variant", row["variant"]]
+    for name in HPARAMS:
+        if row[name] is not None:
+            args += [f"--{name.replace('_', '-')}", fmt(row[name])]
     if row["test_curve_size"]:
         args += ["--test-curve-size", str(row["test_curve_size"])]
     if row["clean_validation"]:
         args.append("--clean-validation")
-    if row["init_from"]:
-        args += ["--init-from", row["init_from"]]
     return args
-
-
-TAG_COLUMNS = ("experiment", "dataset", "noise", "rate", "n", "seed", "variant", "method", "hparams", "arch",
-               "clean_validation") + HPARAM_COLUMNS
-
-
-def run_tags(row):
-    """MLflow tags (and run-table columns) of a run: every grid dimension."""
-    return {k: (fmt(row[k]) if isinstance(row[k], float) else str(row[k]))
-            for k in TAG_COLUMNS if row[k] is not None}
 
 
 def selection_groups(rows):
@@ -163,25 +125,3 @@ def selection_groups(rows):
         key = f"{r['experiment']}/{setting_path(r['dataset'], r['noise'], r['rate'], r['n'])}/{r['variant']}"
         groups.setdefault(key, []).append(r)
     return groups
-
-
-def read_run(run_dir):
-    """One run-table row from a finished run directory (its grid tags, config and metrics)."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    tags = config.get("tracking", {}).get("tags", {})
-    name = config.get("tracking", {}).get("run_id", run_dir.name)
-    row = {"run_id": f"{tags['experiment']}/{name}" if "experiment" in tags else name, **tags,
-           "method": config["method"], "dataset": config["dataset"], "seed": config["seed"],
-           "run_dir": str(run_dir), **metrics}
-    for column in HPARAM_COLUMNS:
-        row[column] = float(tags[column]) if column in tags else None
-    row["rate"] = float(row.get("rate", "nan"))
-    row["clean_validation"] = bool(config.get("clean_validation", False))
-    row.setdefault("hparams", run_dir.name)
-    row.setdefault("variant", config["method"])
-    row.setdefault("experiment", "manual")
-    row.setdefault("n", "all")
-    row.setdefault("noise", "unknown")
-    return row

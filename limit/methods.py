@@ -7,10 +7,9 @@ scalar tensors to log (``loss`` is the classification loss shown to the user).
 Several methods need the gradient reaching the classifier's logits to be something other than the
 gradient of their logged loss. They add ``(logits * g.detach()).sum()`` to the objective: its gradient
 with respect to the logits is exactly ``g``, per example, and nothing else in the graph sees it.
-Adding a method = one function here and one ``METHODS`` entry.
+Adding a method = one function and one ``LOSSES`` entry here, and one ``limit.registry.METHODS`` entry.
 """
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,16 +22,6 @@ class Context:
     classifier: torch.nn.Module
     q: torch.nn.Module | None = None
     extra: dict = field(default_factory=dict)  # e.g. FW's transition matrix
-
-
-@dataclass(frozen=True)
-class Method:
-    loss: Callable
-    hparams: tuple = ()            # method-specific hyperparameters (lr, dropout, weight_decay are generic)
-    q_network: bool = False        # trains an auxiliary label-free network q
-    init_from_ce: str | None = None  # "classifier" (FW, DMI) or "q" (+init): parameters from the best CE model
-    head_bias: bool = True         # Soft reg.'s last layer U has no bias
-    description: str = ""
 
 
 def _one_hot(y, k):
@@ -162,37 +151,18 @@ def _laplace_from_lamb(like, lamb):
 _squared = torch.square
 _absolute = torch.abs
 
-METHODS = {
-    "ce": Method(ce_loss, description="cross-entropy"),
-    "ce_gn": Method(_ce_with_gradient_noise(_gaussian), ("sigma",),
-                    description="CE with Gaussian noise on the logit gradient"),
-    "ce_ln": Method(_ce_with_gradient_noise(lambda like, s: _laplace(like, s / 2 ** 0.5)), ("sigma",),
-                    description="CE with Laplace noise (std sigma) on the logit gradient"),
-    "mae": Method(mae_loss, description="mean absolute error"),
-    "fw": Method(fw_loss, init_from_ce="classifier", description="forward loss correction"),
-    "dmi": Method(dmi_loss, init_from_ce="classifier", description="determinant-based mutual information loss"),
-    "soft_reg": Method(soft_reg_loss, ("lamb", "beta"), q_network=True, head_bias=False,
-                       description="soft regularisation, Eq. (11)"),
-    "limit_g": Method(_limit(_squared), ("beta",), q_network=True, description="LIMIT_G without sampling"),
-    "limit_l": Method(_limit(_absolute), ("beta",), q_network=True, description="LIMIT_L without sampling"),
-    "limit_g_s": Method(_limit(_squared, _gaussian_from_lamb), ("beta", "lamb"), q_network=True,
-                        description="LIMIT_G with Gaussian sampling"),
-    "limit_l_s": Method(_limit(_absolute, _laplace_from_lamb), ("beta", "lamb"), q_network=True,
-                        description="LIMIT_L with Laplace sampling"),
-    "limit_g_init": Method(_limit(_squared), ("beta",), q_network=True, init_from_ce="q",
-                           description="LIMIT_G, q initialised from the best CE model"),
-    "limit_l_init": Method(_limit(_absolute), ("beta",), q_network=True, init_from_ce="q",
-                           description="LIMIT_L, q initialised from the best CE model"),
+LOSSES = {  # the flags and hyperparameters of each method are in limit.registry.METHODS
+    "ce": ce_loss,
+    "ce_gn": _ce_with_gradient_noise(_gaussian),
+    "ce_ln": _ce_with_gradient_noise(lambda like, s: _laplace(like, s / 2 ** 0.5)),
+    "mae": mae_loss,
+    "fw": fw_loss,
+    "dmi": dmi_loss,
+    "soft_reg": soft_reg_loss,
+    "limit_g": _limit(_squared),
+    "limit_l": _limit(_absolute),
+    "limit_g_s": _limit(_squared, _gaussian_from_lamb),
+    "limit_l_s": _limit(_absolute, _laplace_from_lamb),
+    "limit_g_init": _limit(_squared),
+    "limit_l_init": _limit(_absolute),
 }
-
-GENERIC_HPARAMS = ("lr", "dropout", "weight_decay")
-
-
-def get_method(name):
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def is_limit(name):
-    return name.startswith("limit_")

@@ -33,7 +33,7 @@ DATASET_LABELS = {
     "clothing1m": "Clothing1M",
 }
 
-# Paper ROC AUC (%) of the gradient distance as a mislabeled-example detector (spec 11), keyed by
+# Paper ROC AUC (%) of the gradient distance as a mislabeled-example detector (Section 6), keyed by
 # (dataset, noise, rate, n); strings because one is only given as a bound.
 PAPER_DETECTION_AUC = {
     ("mnist", "uniform", 0.8, "all"): "99.87",
@@ -64,6 +64,12 @@ def label(variant, method=None):
     if method in METHOD_LABELS and variant.startswith(method + "_"):
         return f"{METHOD_LABELS[method]} + {variant[len(method) + 1:].replace('_', ' ')}"
     return variant
+
+
+def setting_title(dataset, noise, rate, n):
+    """'MNIST, 80% uniform noise, n = 1000': a data setting in a figure's or table's words."""
+    size = "all training samples" if str(n) == "all" else f"n = {n}"
+    return f"{DATASET_LABELS.get(dataset, dataset)}, {rate:.0%} {noise} noise, {size}"
 
 
 def variant_order(variant_methods):

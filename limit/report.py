@@ -4,12 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from limit import figures as F
-from limit import tables as T
-from limit.evaluate import FIGURE1_EXPERIMENT, best_limit_run, normalise_runs, selected_runs
-
-# Figures the README shows, copied from the figures directory by the workflow.
-README_FIGURES = ("figure1_memorisation.png", "figure2_fano.png", "figure3_curves.png")
+from limit import figures, rundir, tables
+from limit.evaluate import best_limit_run, normalise_runs, selected_runs
 
 
 def setting_name(dataset, noise, rate, n):
@@ -44,18 +40,18 @@ def render_tables(runs, out_dir):
     """Paper-layout tables (Markdown, LaTeX, CSV, HTML), Table 3, the detection AUC table, all runs."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for spec in T.default_table_specs(runs):
-        T.render_table(runs, spec, out / spec.name)
-    T.render_architecture_table(out / "table3_architecture")
-    F.detection_table(runs, out / "detection_auc")
-    T.render_run_table(runs, out / "all_runs.csv")
+    for spec in tables.default_table_specs(runs):
+        tables.render_table(runs, spec, out / spec.name)
+    tables.render_architecture_table(out / "table3_architecture")
+    tables.detection_table(runs, out / "detection_auc")
+    tables.render_run_table(runs, out / "all_runs.csv")
     for markdown in out.glob("*.md"):  # Snakemake's report shows HTML
         markdown.with_suffix(".html").write_text(markdown_table_to_html(markdown.read_text()))
 
 
 def _noisiest_settings(runs):
-    """Per (dataset, noise, n) outside Figure 1's block: the highest noise rate (Figures 3 and A0)."""
-    table_runs = runs[runs["experiment"] != FIGURE1_EXPERIMENT]
+    """Per (dataset, noise, n) outside the Figure-1 blocks: the highest noise rate (Figures 3 and A0)."""
+    table_runs = runs[~runs["figure1"]]
     return (table_runs.groupby(["dataset", "noise", "n"], sort=True)["rate"].max().reset_index()
             .itertuples(index=False))
 
@@ -64,31 +60,31 @@ def render_figures(runs, out_dir, data_dir):
     """Figures 1, 2, 3, A0, A1/A2 and 4/A3 for whatever the run table holds."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    F.figure_fano(out / "figure2_fano")
-    figure1 = runs[runs["experiment"] == FIGURE1_EXPERIMENT]
+    figures.figure_fano(out / "figure2_fano")
+    figure1 = runs[runs["figure1"]]
     if not figure1.empty:
-        F.figure_memorisation(runs, out / "figure1_memorisation", rate=float(figure1["rate"].max()))
+        figures.figure_memorisation(runs, out / "figure1_memorisation", rate=float(figure1["rate"].max()))
     settings = list(_noisiest_settings(runs))
     for i, (dataset, noise, n, rate) in enumerate(settings):
         suffix = "" if i == 0 else f"_{setting_name(dataset, noise, rate, n)}"
-        F.figure_curves(runs, out / f"figure3_curves{suffix}", dataset, noise, rate, n)
+        figures.figure_curves(runs, out / f"figure3_curves{suffix}", dataset, noise, rate, n)
         limit_variants = tuple(v for v in ("limit_g", "limit_l") if v in set(runs["variant"]))
         if limit_variants:
-            F.figure_beta(runs, out / f"figureA0_beta_{setting_name(dataset, noise, rate, n)}", dataset, noise,
+            figures.figure_beta(runs, out / f"figureA0_beta_{setting_name(dataset, noise, rate, n)}", dataset, noise,
                           rate, n, limit_variants)
     chosen = selected_runs(runs)
     for setting in chosen[["dataset", "noise", "rate", "n"]].drop_duplicates().itertuples(index=False):
         run = best_limit_run(runs, *setting)
-        if run is None or not (Path(run.run_dir) / "train_scores.npz").exists():
+        if run is None or not (Path(run.run_dir) / rundir.TRAIN_SCORES).exists():
             continue
         name = setting_name(*setting)
         if setting.rate > 0:
-            F.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}")
+            figures.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}")
         elif setting.dataset != "clothing1m":
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
             from limit.data import load_arrays
             images = load_arrays(setting.dataset, data_dir).train_x.numpy()
-            F.figure_top_examples(run.run_dir, images, out / f"figure4_top_examples_{name}")
+            figures.figure_top_examples(run.run_dir, images, out / f"figure4_top_examples_{name}")
 
 
 def render_report(runs_csv, tables_dir, figures_dir, data_dir):

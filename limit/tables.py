@@ -2,7 +2,7 @@
 
 A ``TableSpec`` names its rows (config variants, in the paper's order) and columns (data settings); a
 config's datasets, noise models, rates, training-set sizes and methods therefore decide what a table holds.
-Two layouts, as in the paper (spec 7.3):
+Two layouts, as in the paper:
 - "seeds" (MNIST, Tables 1, 4, 5): mean ± std (ddof 1) over seeds of the selected configuration's test accuracy;
 - "bootstrap" (CIFAR, Clothing1M, Tables 2, 6, 7): the first seed's test accuracy, error bar = bootstrap std
   over the test set from that run's ``test_outputs.npz``.
@@ -10,14 +10,18 @@ The best cell of a column and every cell whose mean is within the best cell's st
 """
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pandas as pd
 import torch
 from torch import nn
 
-from limit.evaluate import FIGURE1_EXPERIMENT, bootstrap_from_run, mark_selected, normalise_runs, selected_runs
+from limit import rundir
+from limit.evaluate import (best_limit_run, bootstrap_from_run, detection_auc, normalise_runs, read_train_scores,
+                            selected_runs)
 from limit.models import mnist_cnn
-from limit.paper import DATASET_LABELS, PAPER_TABLES, all_paper_numbers, label, paper_numbers, variant_order
+from limit.paper import (DATASET_LABELS, PAPER_DETECTION_AUC, PAPER_TABLES, all_paper_numbers, label, paper_numbers,
+                         setting_title, variant_order)
 
 BOOTSTRAP_DATASETS = ("cifar10", "cifar100", "clothing1m")
 MISSING = "—"
@@ -137,7 +141,7 @@ def default_table_specs(runs):
       of the CNN, not of Figure 1's MLP).
     """
     runs = normalise_runs(runs)
-    table_runs = runs[runs["experiment"] != FIGURE1_EXPERIMENT]
+    table_runs = runs[~runs["figure1"]]
     run_cells = _run_cells(table_runs)
     specs, covered = [], set()
     for table in PAPER_TABLES:
@@ -145,9 +149,8 @@ def default_table_specs(runs):
         if _spec_cells(spec) & run_cells:
             specs.append(spec)
             covered |= _spec_cells(spec)
-    for experiments, block_runs, prefix in [(None, table_runs, ""),
-                                            ((FIGURE1_EXPERIMENT,), runs[runs["experiment"] == FIGURE1_EXPERIMENT],
-                                             f"{FIGURE1_EXPERIMENT}_")]:
+    figure1_blocks = [((name,), block, f"{name}_") for name, block in runs[runs["figure1"]].groupby("experiment")]
+    for experiments, block_runs, prefix in [(None, table_runs, ""), *figure1_blocks]:
         for (dataset, noise), block in block_runs.groupby(["dataset", "noise"], sort=True):
             if experiments is None and not _run_cells(block) - covered:
                 continue
@@ -298,8 +301,37 @@ def render_table(runs, spec, out_prefix):
 
 
 def render_run_table(runs, path):
-    """All runs as CSV, with the ``selected`` mark of spec 7.2."""
-    mark_selected(runs).sort_values("run_id").to_csv(path, index=False)
+    """All runs as CSV, with their ``selected`` mark."""
+    runs.sort_values("run_id").to_csv(path, index=False)
+
+
+def detection_table(runs, out_prefix):
+    """ROC AUC (%) of the gradient distance as a mislabeled-label detector, with the best LIMIT instance of each
+    noisy setting that saved ``train_scores.npz``, next to the paper's value. Writes .md and .csv."""
+    chosen = selected_runs(runs)
+    settings = chosen[chosen["rate"].fillna(1.0) > 0][["dataset", "noise", "rate", "n"]].drop_duplicates()
+    records = []
+    for setting in settings.itertuples(index=False):
+        run = best_limit_run(runs, *setting)
+        if run is None or not (Path(run.run_dir) / rundir.TRAIN_SCORES).exists():
+            continue
+        scores = read_train_scores(run.run_dir)
+        key = (setting.dataset, setting.noise, round(setting.rate, 6), setting.n)
+        records.append(dict(**setting._asdict(), variant=run.variant, hparams=run.hparams, run_id=run.run_id,
+                            run_dir=run.run_dir,
+                            auc=100 * detection_auc(scores["grad_distance"], scores["is_corrupted"]),
+                            paper_auc=PAPER_DETECTION_AUC.get(key, "—")))
+    table = pd.DataFrame.from_records(records, columns=["dataset", "noise", "rate", "n", "variant", "hparams",
+                                                        "run_id", "run_dir", "auc", "paper_auc"])
+    table.to_csv(f"{out_prefix}.csv", index=False)
+    lines = ["### Mislabeled-example detection: ROC AUC (%) of ‖μ − g_CE‖ (best LIMIT instance per setting)", "",
+             "| Setting | LIMIT run | ours | paper |", "|---|---|---|---|"]
+    for row in table.itertuples():
+        setting = setting_title(row.dataset, row.noise, row.rate, row.n)
+        ours = "—" if math.isnan(row.auc) else f"{row.auc:.2f}"
+        lines.append(f"| {setting} | {label(row.variant)} ({row.hparams}) | {ours} | {row.paper_auc} |")
+    Path(f"{out_prefix}.md").write_text("\n".join(lines) + "\n")
+    return table
 
 
 def _conv_text(conv):

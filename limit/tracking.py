@@ -3,10 +3,9 @@
 Training never fails because of tracking: the first error (server down, database locked) is warned
 about once and tracking stops for that run; ``sync_run`` (``python -m limit mlflow-sync``) later puts
 whatever is missing into MLflow, idempotently, continuing the same MLflow run (or creating it, in its experiment,
-with its name and tags from config.json, if the job never reached MLflow). ``RUN_DIR/mlflow.json`` records the run
-id, store, experiment, name and tags, including the ``selected`` tag of the select stage.
+with its name and tags derived from config.json, if the job never reached MLflow). ``RUN_DIR/mlflow.json`` records
+the run id, store, experiment, name and tags, including the ``selected`` tag of the select stage.
 """
-import json
 import math
 import os
 import time
@@ -15,9 +14,10 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
+from limit import rundir
+
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
-RUN_FILE = "mlflow.json"
-ARTIFACTS = ("history.csv", "metrics.json", "test_outputs.npz", "config.json")
+ARTIFACTS = (rundir.HISTORY, rundir.METRICS, rundir.TEST_OUTPUTS, rundir.CONFIG)
 RUN_KEY_TAG = "limit.run_key"  # see _ensure_run
 MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
 
@@ -69,18 +69,6 @@ def _client(uri):
     return MlflowClient(tracking_uri=uri)
 
 
-def _read_run_file(run_dir):
-    path = Path(run_dir) / RUN_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _write_run_file(run_dir, info):
-    path = Path(run_dir) / RUN_FILE
-    tmp = path.with_name(f".{RUN_FILE}.tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
-
-
 def _metrics_of(row, step):
     from mlflow.entities import Metric
     now = int(time.time() * 1000)
@@ -97,7 +85,7 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
     the next call finds that run instead of creating a duplicate.
     """
     from mlflow.exceptions import MlflowException
-    info = _read_run_file(run_dir)
+    info = rundir.read_mlflow(run_dir)
     same_store = info.get("tracking_uri") == uri
     if info.get("run_id") and same_store:
         try:
@@ -115,9 +103,9 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
         run_id = found[0].info.run_id
     else:
         key = key or uuid.uuid4().hex
-        _write_run_file(run_dir, {**info, "run_id": None, "tracking_uri": uri, "run_key": key, "tags": tags})
+        rundir.write_mlflow(run_dir, {**info, "run_id": None, "tracking_uri": uri, "run_key": key, "tags": tags})
         run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}).info.run_id
-    _write_run_file(run_dir, {"run_id": run_id, "tracking_uri": uri, "experiment_id": experiment_id,
+    rundir.write_mlflow(run_dir, {"run_id": run_id, "tracking_uri": uri, "experiment_id": experiment_id,
                               "run_name": run_name, "tags": tags, "run_key": key})
     return run_id
 
@@ -130,19 +118,16 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
     import csv
     from mlflow.entities import Param, RunTag
     run_dir = Path(run_dir)
-    info = _read_run_file(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    # A job that never reached MLflow has no mlflow.json: its name and tags are in config.json.
-    recorded = config.get("tracking") or {}
+    info = rundir.read_mlflow(run_dir)
+    config = rundir.read_json(run_dir / rundir.CONFIG)
     uri = tracking_uri(uri or info.get("tracking_uri"))
+    # A job that never reached MLflow has no mlflow.json: its name and tags come from config.json.
     # Later tags (``selected``, set by the select stage) live in mlflow.json.
-    tags = {**(recorded.get("tags") or {}), **info.get("tags", {}), **(tags or {})}
-    tags = {k: str(v) for k, v in tags.items()}
+    tags = {k: str(v) for k, v in {**rundir.run_tags(config), **info.get("tags", {}), **(tags or {})}.items()}
     if not experiment:  # an experiment id only means something in the store that gave it
         same_store = info.get("tracking_uri") == uri
-        experiment = {"id": info.get("experiment_id") if same_store else None,
-                      "name": tags.get("experiment") or "limit"}
-    run_name = run_name or info.get("run_name") or recorded.get("run_id") or run_dir.name
+        experiment = {"id": info.get("experiment_id") if same_store else None, "name": config["run"]["experiment"]}
+    run_name = run_name or info.get("run_name") or rundir.run_name(rundir.identity(config))
     client = _client(uri)
     run_id = _ensure_run(client, run_dir, uri, experiment, run_name, tags)
     run = client.get_run(run_id)
@@ -151,24 +136,22 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
         client.log_batch(run_id, tags=stale)
     params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items() if k not in run.data.params]
     logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
-    history_path = run_dir / "history.csv"
+    history_path = run_dir / rundir.HISTORY
     rows = []
     if history_path.exists():
         with open(history_path) as f:
             rows = list(csv.DictReader(f))
-    else:  # an unfinished run: its epochs so far live in state.pt
-        from limit.train import load_checkpoint
-        if (run_dir / "state.pt").exists():
-            rows = load_checkpoint(run_dir / "state.pt")["history"]
+    elif (run_dir / rundir.STATE).exists():  # an unfinished run: its epochs so far live in state.pt
+        rows = rundir.load_checkpoint(run_dir / rundir.STATE)["history"]
     missing = [r for r in rows if int(r["epoch"]) not in logged]
     for start in range(0, len(params), 100):
         client.log_batch(run_id, params=params[start:start + 100])
     metrics = [m for r in missing for m in _metrics_of(r, int(r["epoch"]))]
     for start in range(0, len(metrics), 900):
         client.log_batch(run_id, metrics=metrics[start:start + 900])
-    final = run_dir / "metrics.json"
+    final = run_dir / rundir.METRICS
     if final.exists():
-        done = json.loads(final.read_text())
+        done = rundir.read_json(final)
         have = set(run.data.metrics)
         client.log_batch(run_id, metrics=[m for m in _metrics_of({f"final_{k}": v for k, v in done.items()}, 0)
                                           if m.key not in have])
@@ -182,14 +165,16 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
 
 
 class Tracker:
-    """Mirrors one training run into MLflow while it trains; never raises."""
+    """Mirrors one training run into MLflow while it trains; never raises.
 
-    def __init__(self, run_dir, uri=None, experiment_id=None, experiment_name="limit", run_name=None, tags=None):
+    The MLflow experiment is the run's experiment block; its name and tags come from its config (``start``).
+    """
+
+    def __init__(self, run_dir, uri=None, experiment_id=None):
         self.run_dir = Path(run_dir)
         self.uri = tracking_uri(uri)
-        self.experiment = {"id": experiment_id, "name": experiment_name}
-        self.run_name = run_name or self.run_dir.name
-        self.tags = {k: str(v) for k, v in (tags or {}).items()}
+        self.experiment_id = experiment_id
+        self.experiment = self.run_name = self.tags = None
         self.client = self.run_id = None
         self.failed = False
 
@@ -207,6 +192,10 @@ class Tracker:
                           RuntimeWarning, stacklevel=2)
 
     def start(self, config, history):
+        self.experiment = {"id": self.experiment_id, "name": config["run"]["experiment"]}
+        self.run_name = rundir.run_name(rundir.identity(config))
+        self.tags = rundir.run_tags(config)
+
         def begin():
             self.client = _client(self.uri)
             self.run_id = _ensure_run(self.client, self.run_dir, self.uri, self.experiment, self.run_name, self.tags)
@@ -229,14 +218,14 @@ def tag_selected(run_dirs, selected, uri=None):
     """
     try:
         for run_dir in run_dirs:
-            info = _read_run_file(run_dir)
+            info = rundir.read_mlflow(run_dir)
             info.setdefault("tags", {})["selected"] = str(run_dir in selected).lower()
-            _write_run_file(run_dir, info)
+            rundir.write_mlflow(run_dir, info)
     except OSError as exc:
         warnings.warn(f"could not record the selected runs in their run directories ({exc})", RuntimeWarning)
     try:
         for run_dir in run_dirs:
-            info = _read_run_file(run_dir)
+            info = rundir.read_mlflow(run_dir)
             if info.get("run_id"):
                 client = _client(tracking_uri(uri or info.get("tracking_uri")))
                 client.set_tag(info["run_id"], "selected", str(run_dir in selected).lower())

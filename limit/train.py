@@ -1,12 +1,12 @@
 """The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
 
-A run directory holds the resolved config, ``state.pt`` (the full training state, rewritten atomically
-after every epoch), and when the run is complete ``history.csv``, ``test_outputs.npz``, ``best.pt``,
-``train_scores.npz`` (LIMIT runs) and, last, ``metrics.json``.
+The run directory's files are described in ``limit.rundir``; ``state.pt`` is rewritten atomically after every
+epoch, and a killed run resumes from it.
 """
 import copy
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -21,35 +21,36 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
-from limit.methods import Context, forward_correction_matrix, get_method, is_limit
+from limit import rundir
+from limit.methods import LOSSES, Context, forward_correction_matrix
 from limit.models import build_model
+from limit.registry import HPARAM_DEFAULTS, LIMIT_METHODS, TRAINING_DEFAULTS, dataset_info, get_method
+from limit.rundir import TrainingError, load_checkpoint
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
 # Keys that do not change what a run computes (more epochs extend it); everything else must match to resume.
-NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "tracking", "num_workers", "epochs"}
+NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "run", "num_workers", "epochs"}
 
 DEFAULTS = {
-    "arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42,
-    "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
-    "eval_test_each_epoch": True, "test_curve_size": None, "imagenet_weights": None, "num_workers": 4, "tracking": {},
+    **TRAINING_DEFAULTS, "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
+    "eval_test_each_epoch": True, "test_curve_size": None, "imagenet_weights": None, "run": {},
 }
-HPARAM_DEFAULTS = {"lr": 1e-3, "dropout": 0.0, "weight_decay": 0.0, "beta": 0.0, "lamb": 1.0, "sigma": 0.0}
-
-
-class TrainingError(RuntimeError):
-    """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""
 
 
 def resolve_config(config):
-    """Fill defaults and validate the method and its hyperparameters."""
+    """Fill defaults and validate the method and its hyperparameters.
+
+    ``run`` records the run's place in the grid (default: experiment "manual", variant = the method) and the
+    hyperparameters given, before the defaults fill in the others; ``train`` adds the data setting."""
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update(copy.deepcopy(config))
     method = get_method(cfg["method"])
-    D.dataset_info(cfg["dataset"])
+    dataset_info(cfg["dataset"])
     unknown = set(cfg["hparams"]) - set(HPARAM_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {sorted(HPARAM_DEFAULTS)}")
+    cfg["run"] = {"experiment": "manual", "variant": cfg["method"], **cfg["run"], "hparams": sorted(cfg["hparams"])}
     cfg["hparams"] = {**HPARAM_DEFAULTS, **cfg["hparams"]}
     if method.init_from_ce and not cfg["init_from"]:
         raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
@@ -75,12 +76,12 @@ class RunData:
     test_labels: torch.Tensor
     train_idx: np.ndarray
     num_classes: int
-    labels_sha256: str
+    labels_meta: dict  # the labels file's metadata: data setting and sha256
 
 
 def load_run_data(cfg, device):
     """The data of one run: images on the device (or streamed), noisy labels from the labels file."""
-    info = D.dataset_info(cfg["dataset"])
+    info = dataset_info(cfg["dataset"])
     arrays, meta = D.read_labels_file(cfg["labels"])
     if meta["dataset"] != cfg["dataset"]:
         raise ValueError(f"labels file {cfg['labels']} is for {meta['dataset']!r}, not {cfg['dataset']!r}")
@@ -102,11 +103,11 @@ def load_run_data(cfg, device):
         test_labels = images.test_y
     return RunData(*splits, t(arrays["train_noisy"]), t(arrays["train_true"]),
                    torch.as_tensor(arrays["is_corrupted"], device=device), t(arrays[val_key]), t(test_labels),
-                   arrays["train_idx"], info.num_classes, meta["sha256"])
+                   arrays["train_idx"], info.num_classes, meta)
 
 
 def build_networks(cfg, num_classes):
-    info = D.dataset_info(cfg["dataset"])
+    info = dataset_info(cfg["dataset"])
     method = get_method(cfg["method"])
     kw = dict(in_channels=info.channels, image_size=info.size, imagenet_weights=cfg["imagenet_weights"])
     classifier = build_model(cfg["arch"], num_classes, dropout=cfg["hparams"]["dropout"],
@@ -122,14 +123,6 @@ def make_optimizer(models, hp):
     no_decay = [p for p in params if p.ndim < 2]
     return torch.optim.Adam([{"params": decay, "weight_decay": hp["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"])
-
-
-def load_checkpoint(path):
-    """torch.load a checkpoint as data only (never code); a clear error if it is unreadable."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
 
 
 def copy_parameters(src_state, dst, what):
@@ -163,7 +156,7 @@ def prepare_method(cfg, ctx, run_data, device):
     method = get_method(cfg["method"])
     if not method.init_from_ce:
         return
-    ce_path = Path(cfg["init_from"]) / "best.pt"
+    ce_path = Path(cfg["init_from"]) / rundir.BEST
     if not ce_path.exists():
         raise TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
     ce_state = load_checkpoint(ce_path)["classifier"]
@@ -186,18 +179,6 @@ def fingerprint(cfg, labels_sha256):
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def atomic_save(obj, path):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path, text):
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _rng_state(generator):
     state = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
     if torch.cuda.is_available():
@@ -216,7 +197,7 @@ def _models(ctx):
     return {"classifier": ctx.classifier, **({"q": ctx.q} if ctx.q is not None else {})}
 
 
-def run_epoch(ctx, method, run_data, cfg, optimizer, generator):
+def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator):
     """One pass over the noisy training set. Sums stay on the device: one host sync per epoch."""
     for m in _models(ctx).values():
         m.train()
@@ -227,7 +208,7 @@ def run_epoch(ctx, method, run_data, cfg, optimizer, generator):
     batches = 0
     for idx, x in run_data.train.batches(cfg["batch_size"], generator=generator, shuffle=True, augment=True):
         y = run_data.train_noisy[idx]
-        objective, logits, terms = method.loss(ctx, x, y, hp)
+        objective, logits, terms = loss_fn(ctx, x, y, hp)
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         optimizer.step()
@@ -317,17 +298,18 @@ def train(config, out_dir, tracker=None):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
-    method = get_method(cfg["method"])
-    atomic_write_text(out / "job.json", json.dumps({
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device)}))
+    rundir.write_json(out / rundir.JOB, {
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device)})
 
     torch.manual_seed(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
     run_data = load_run_data(cfg, device)
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
-    fp = fingerprint(cfg, run_data.labels_sha256)
-    state_path = out / "state.pt"
+    meta = run_data.labels_meta
+    cfg["run"].update(noise=meta["noise"], rate=float(meta["rate"]), n=str(meta["n"]))
+    fp = fingerprint(cfg, meta["sha256"])
+    state_path = out / rundir.STATE
 
     if state_path.exists():
         state = load_checkpoint(state_path)
@@ -346,7 +328,7 @@ def train(config, out_dir, tracker=None):
         optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
         history, best = [], {"val_acc": -1.0, "epoch": 0, "models": None}
     # The config of the latest invocation (a resumed run may extend its epochs).
-    atomic_write_text(out / "config.json", json.dumps(cfg, indent=2, default=str))
+    rundir.write_json(out / rundir.CONFIG, cfg)
 
     if tracker is not None:
         tracker.start(cfg, history)
@@ -357,7 +339,7 @@ def train(config, out_dir, tracker=None):
         if stopped:
             break
         t0 = time.perf_counter()
-        row = {"epoch": epoch, **run_epoch(ctx, method, run_data, cfg, optimizer, generator)}
+        row = {"epoch": epoch, **run_epoch(ctx, LOSSES[cfg["method"]], run_data, cfg, optimizer, generator)}
         for term in ("train_loss", "q_loss", "mu_sq_norm"):
             if row[term] is not None and not math.isfinite(row[term]):
                 raise TrainingError(f"epoch {epoch}: {term} became {row[term]}; the run stopped "
@@ -373,9 +355,10 @@ def train(config, out_dir, tracker=None):
             best = {"val_acc": row["val_acc"], "epoch": epoch,
                     "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
                                for k, m in _models(ctx).items()}}
-        atomic_save({"fingerprint": fp, "models": {k: m.state_dict() for k, m in _models(ctx).items()},
-                     "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
-                     "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}}, state_path)
+        rundir.save_torch(state_path, {
+            "fingerprint": fp, "models": {k: m.state_dict() for k, m in _models(ctx).items()},
+            "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
+            "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}})
         if tracker is not None:
             tracker.log_epoch(row)
         reporter.epoch(row)
@@ -388,25 +371,21 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     """Evaluate the best-validation checkpoint on the clean test set and write the run's outputs."""
     for name, model in _models(ctx).items():
         model.load_state_dict(best["models"][name])
-    atomic_save({"classifier": best["models"]["classifier"], **({"q": best["models"]["q"]} if ctx.q else {}),
-                 "epoch": best["epoch"]}, out / "best.pt")
+    rundir.save_torch(out / rundir.BEST, {"classifier": best["models"]["classifier"],
+                                          **({"q": best["models"]["q"]} if ctx.q else {}), "epoch": best["epoch"]})
     acc, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
-    tmp = out / ".test_outputs.tmp.npz"
-    np.savez(tmp, logits=logits.cpu().numpy().astype(np.float32), labels=run_data.test_labels.cpu().numpy())
-    os.replace(tmp, out / "test_outputs.npz")
-    if is_limit(cfg["method"]):
-        tmp = out / ".train_scores.tmp.npz"
-        np.savez(tmp, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
-        os.replace(tmp, out / "train_scores.npz")
-    tmp = out / ".history.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, out / "history.csv")
+    rundir.save_npz(out / rundir.TEST_OUTPUTS, logits=logits.cpu().numpy().astype(np.float32),
+                    labels=run_data.test_labels.cpu().numpy())
+    if cfg["method"] in LIMIT_METHODS:
+        rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
+    history_csv = io.StringIO(newline="")
+    writer = csv.DictWriter(history_csv, fieldnames=HISTORY_COLUMNS)
+    writer.writeheader()
+    writer.writerows(history)
+    rundir.write_text(out / rundir.HISTORY, history_csv.getvalue())
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    rundir.write_json(out / rundir.METRICS, metrics)
     if tracker is not None:
         tracker.finish(out, metrics)
     return metrics

@@ -6,15 +6,9 @@ from snakemake.exceptions import WorkflowError
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # the package is importable without installing it
-from limit.report import README_FIGURES  # noqa: E402
-from limit.grid import (  # noqa: E402
-    ConfigError,
-    expand_runs,
-    run_tags,
-    selection_groups,
-    setting_path,
-    train_arguments,
-)
+# torch-free modules only: parsing the workflow must not import the scientific stack
+from limit.grid import ConfigError, expand_runs, selection_groups, train_arguments  # noqa: E402
+from limit.rundir import setting_path  # noqa: E402
 
 # Jobs (local, Slurm or conda) import the package from this checkout.
 shell.prefix(f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
@@ -31,38 +25,41 @@ SETTINGS = {
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
 EXPERIMENTS = list(config["experiments"])
+FIGURE1_EXPERIMENTS = [name for name, exp in config["experiments"].items() if exp.get("figure1")]
 # MLFLOW_TRACKING_URI, when set, reaches every job through the environment.
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
 TRACKING = config["mlflow"]["enabled"]
 
+# The files of the workflow, by wildcard.
+DATA_READY = f"{RESULTS}/data/{{dataset}}.ready"
+LABELS = f"{RESULTS}/labels/{{setting}}.npz"
+RUN_DIR = f"{RESULTS}/runs/{{run}}"
+SELECTION = f"{RESULTS}/selected/{{group}}.json"
+EXPERIMENTS_FILE = f"{RESULTS}/mlflow/experiments.json"
+# Figures the README shows, copied from the figures directory.
+README_FIGURES = ("figure1_memorisation.png", "figure2_fano.png", "figure3_curves.png")
 
-def tracking_arguments(run):
-    row = RUNS[run]
-    # run name and tags also go into the run's config.json: the run table (read_run) is built from them
-    tags = " ".join(f"--tag {k}={v}" for k, v in run_tags(row).items())
-    run_name = run.split("/", 1)[1]  # the experiment is the MLflow experiment
+
+def labels_file(row):
+    return LABELS.format(setting=setting_path(row["dataset"], row["noise"], row["rate"], row["n"], row["seed"]))
+
+
+def tracking_arguments():
     if not TRACKING:
-        return f"--no-tracking --run-name {run_name} {tags}"
-    uri = "" if "MLFLOW_TRACKING_URI" in os.environ else f"--tracking-uri {TRACKING_URI}"
-    return (f"{uri} --experiments-file {RESULTS}/mlflow/experiments.json "
-            f"--experiment-name {row['experiment']} --run-name {run_name} {tags}")
+        return ["--no-tracking"]
+    uri = [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", TRACKING_URI]
+    return [*uri, "--experiments-file", EXPERIMENTS_FILE]
 
 
 def train_inputs(wildcards):
     row = RUNS[wildcards.run]
-    inputs = {"labels": row["labels"]}
+    inputs = {"labels": labels_file(row)}
     if TRACKING:
         # ancient: recreating the store must not retrain everything
-        inputs["experiments"] = ancient(f"{RESULTS}/mlflow/experiments.json")
+        inputs["experiments"] = ancient(EXPERIMENTS_FILE)
     if row["init_from"]:
-        inputs["ce_model"] = f"{row['init_from']}/best.pt"
+        inputs["ce_model"] = RUN_DIR.format(run=row["init_from"]) + "/best.pt"
     return inputs
-
-
-def train_command(wildcards):
-    row = RUNS[wildcards.run]
-    args = " ".join(train_arguments(row, config["data_dir"]))
-    return f"{args} --out {row['run_dir']} {tracking_arguments(wildcards.run)}"
 
 
 def run_resource(key, scale_with_attempt=False):
@@ -73,8 +70,8 @@ def run_resource(key, scale_with_attempt=False):
     return get
 
 
-def group_run_dirs(wildcards):
-    return [RUNS[r["run_id"]]["run_dir"] for r in GROUPS[wildcards.group]]
+def group_metrics(wildcards):
+    return [RUN_DIR.format(run=r["run_id"]) + "/metrics.json" for r in GROUPS[wildcards.group]]
 
 
 def all_outputs():

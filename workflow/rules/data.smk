@@ -1,6 +1,6 @@
 rule prepare_data:
     output:
-        touch(f"{RESULTS}/data/{{dataset}}.ready"),
+        touch(DATA_READY),
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
     params:
@@ -16,9 +16,9 @@ rule prepare_data:
 
 rule corrupt_labels:
     input:
-        lambda wc: f"{RESULTS}/data/{SETTINGS[wc.setting]['dataset']}.ready",
+        lambda wc: DATA_READY.format(dataset=SETTINGS[wc.setting]["dataset"]),
     output:
-        f"{RESULTS}/labels/{{setting}}.npz",
+        LABELS,
     log:
         f"{RESULTS}/logs/labels/{{setting}}.log",
     params:

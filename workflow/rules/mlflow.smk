@@ -1,6 +1,6 @@
 rule mlflow_init:
     output:
-        f"{RESULTS}/mlflow/experiments.json",
+        EXPERIMENTS_FILE,
     log:
         f"{RESULTS}/logs/mlflow_init.log",
     params:
@@ -10,5 +10,5 @@ rule mlflow_init:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit mlflow-init --tracking-uri {params.uri} --experiments {params.experiments} "
+        "python -m limit mlflow-init --tracking-uri {params.uri:q} --experiments {params.experiments:q} "
         "--out {output} > {log} 2>&1"

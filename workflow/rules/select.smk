@@ -1,31 +1,33 @@
 rule select:
     input:
-        lambda wc: [f"{d}/metrics.json" for d in group_run_dirs(wc)],
+        group_metrics,
     output:
-        f"{RESULTS}/selected/{{group}}.json",
+        SELECTION,
     log:
         f"{RESULTS}/logs/select/{{group}}.log",
     params:
-        run_dirs=group_run_dirs,
+        run_dirs=lambda wc, input: [os.path.dirname(path) for path in input],
         tracking="" if TRACKING else "--no-tracking",
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit select {params.tracking} --out {output} {params.run_dirs} > {log} 2>&1"
+        "python -m limit select {params.tracking} --out {output} {params.run_dirs:q} > {log} 2>&1"
 
 
 rule aggregate:
     input:
-        expand(f"{RESULTS}/selected/{{group}}.json", group=GROUPS),
+        expand(SELECTION, group=GROUPS),
     output:
         runs=f"{RESULTS}/runs.csv",
         selected=f"{RESULTS}/selected.csv",
     log:
         f"{RESULTS}/logs/aggregate.log",
+    params:
+        figure1=FIGURE1_EXPERIMENTS,
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
         "python -m limit aggregate --out-runs {output.runs} --out-selected {output.selected} "
-        "--selections {input} > {log} 2>&1"
+        "--figure1-experiments {params.figure1:q} --selections {input} > {log} 2>&1"

@@ -2,14 +2,20 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        metrics=f"{RESULTS}/runs/{{run}}/metrics.json",
-        history=f"{RESULTS}/runs/{{run}}/history.csv",
-        test_outputs=f"{RESULTS}/runs/{{run}}/test_outputs.npz",
-        model=f"{RESULTS}/runs/{{run}}/best.pt",
+        metrics=f"{RUN_DIR}/metrics.json",
+        history=f"{RUN_DIR}/history.csv",
+        test_outputs=f"{RUN_DIR}/test_outputs.npz",
+        model=f"{RUN_DIR}/best.pt",
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
     params:
-        command=train_command,
+        settings=lambda wc: train_arguments(RUNS[wc.run]),
+        data_dir=config["data_dir"],
+        run_dir=lambda wc, output: os.path.dirname(output.metrics),
+        init_from=lambda wc, input: (
+            ["--init-from", os.path.dirname(input.ce_model)] if "ce_model" in input.keys() else []
+        ),
+        tracking=tracking_arguments(),
     threads: run_resource("threads")
     resources:
         mem_mb=run_resource("mem_mb", scale_with_attempt=True),
@@ -18,4 +24,5 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m limit train {params.command} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m limit train {params.settings:q} --data-dir {params.data_dir:q} "
+        "--labels {input.labels:q} {params.init_from:q} --out {params.run_dir:q} {params.tracking:q} > {log} 2>&1"

@@ -1,0 +1,89 @@
+"""The package's registries as plain data: datasets, methods and hyperparameters.
+
+Torch-free, so that the workflow (grid expansion, config checks) parses without the scientific stack.
+The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.clothing1m``.
+"""
+from dataclasses import dataclass
+
+
+class DataError(ValueError):
+    """Bad dataset name or an incomplete data directory."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    num_classes: int
+    num_train: int  # official training set, before the train/validation split
+    channels: int
+    size: int
+    torchvision_class: str
+    augment: bool  # random crop + flip in training (CIFAR and Clothing1M)
+
+
+DATASETS = {
+    "mnist": DatasetInfo(10, 60000, 1, 28, "MNIST", False),
+    "fashion_mnist": DatasetInfo(10, 60000, 1, 28, "FashionMNIST", False),
+    "cifar10": DatasetInfo(10, 50000, 3, 32, "CIFAR10", True),
+    "cifar100": DatasetInfo(100, 50000, 3, 32, "CIFAR100", True),
+    "clothing1m": DatasetInfo(14, 0, 3, 224, "", True),
+}
+
+
+def dataset_info(name):
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+    return DATASETS[name]
+
+
+# Training settings of a run that its config does not give (the paper's MNIST setup). The train CLI and
+# limit.train take them from here; the config schema repeats them as its defaults (a test checks it).
+TRAINING_DEFAULTS = {"arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42, "num_workers": 4}
+
+# Every hyperparameter a run can set: name -> (default, meaning). The train CLI's options, the training
+# defaults, the run table's columns and the selection's columns all come from this table; the config schema
+# lists the same names (a test checks it).
+HPARAMS = {
+    "beta": (0.0, "LIMIT / Soft reg. gradient-norm penalty"),
+    "lamb": (1.0, "LIMIT +S sampling precision, Soft reg. lambda"),
+    "sigma": (0.0, "CE+GN / CE+LN gradient-noise std"),
+    "lr": (1e-3, "Adam learning rate"),
+    "dropout": (0.0, "dropout rate (MLP)"),
+    "weight_decay": (0.0, "Adam L2 weight decay on weights"),
+}
+HPARAM_DEFAULTS = {name: default for name, (default, _) in HPARAMS.items()}
+GENERIC_HPARAMS = ("lr", "dropout", "weight_decay")  # every method accepts these
+
+
+@dataclass(frozen=True)
+class Method:
+    hparams: tuple = ()            # method-specific hyperparameters (GENERIC_HPARAMS apply to every method)
+    q_network: bool = False        # trains an auxiliary label-free network q
+    init_from_ce: str | None = None  # "classifier" (FW, DMI) or "q" (+init): parameters from the best CE model
+    head_bias: bool = True         # Soft reg.'s last layer U has no bias
+    description: str = ""
+
+
+METHODS = {
+    "ce": Method(description="cross-entropy"),
+    "ce_gn": Method(("sigma",), description="CE with Gaussian noise on the logit gradient"),
+    "ce_ln": Method(("sigma",), description="CE with Laplace noise (std sigma) on the logit gradient"),
+    "mae": Method(description="mean absolute error"),
+    "fw": Method(init_from_ce="classifier", description="forward loss correction"),
+    "dmi": Method(init_from_ce="classifier", description="determinant-based mutual information loss"),
+    "soft_reg": Method(("lamb", "beta"), q_network=True, head_bias=False, description="soft regularisation, Eq. (11)"),
+    "limit_g": Method(("beta",), q_network=True, description="LIMIT_G without sampling"),
+    "limit_l": Method(("beta",), q_network=True, description="LIMIT_L without sampling"),
+    "limit_g_s": Method(("beta", "lamb"), q_network=True, description="LIMIT_G with Gaussian sampling"),
+    "limit_l_s": Method(("beta", "lamb"), q_network=True, description="LIMIT_L with Laplace sampling"),
+    "limit_g_init": Method(("beta",), q_network=True, init_from_ce="q",
+                           description="LIMIT_G, q initialised from the best CE model"),
+    "limit_l_init": Method(("beta",), q_network=True, init_from_ce="q",
+                           description="LIMIT_L, q initialised from the best CE model"),
+}
+LIMIT_METHODS = tuple(name for name in METHODS if name.startswith("limit_"))
+
+
+def get_method(name):
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
+    return METHODS[name]

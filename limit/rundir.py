@@ -1,0 +1,137 @@
+"""A run directory: its file names, the one atomic writer, checkpoints, and its row of the run table.
+
+``RUN_DIR/config.json`` holds the resolved config of the latest invocation, including ``run``: the run's place
+in the grid (experiment block, variant, the hyperparameters the grid set, and the data setting read from the
+labels file). Everything else that names a run (its id, its MLflow name and tags, its run-table row) is
+derived from those fields here. Torch and numpy are imported only to write or read their files, so that the
+workflow and ``limit --help`` stay light.
+"""
+import json
+import os
+from pathlib import Path
+
+from limit.registry import HPARAMS
+
+CONFIG = "config.json"
+JOB = "job.json"
+STATE = "state.pt"  # the full training state after the last complete epoch
+HISTORY = "history.csv"
+TEST_OUTPUTS = "test_outputs.npz"
+BEST = "best.pt"
+TRAIN_SCORES = "train_scores.npz"  # LIMIT runs only
+METRICS = "metrics.json"  # written last: a run directory with it is complete
+MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking)
+
+# The run-table columns that identify a run, in order (the hyperparameter columns come last, see read_run).
+IDENTITY = ("experiment", "dataset", "noise", "rate", "n", "seed", "variant", "method", "hparams", "arch",
+            "clean_validation")
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""
+
+
+def write_atomic(path, write):
+    """Write ``path`` through ``write(binary_file)``: readers see the old file or the whole new one, also
+    after a crash or a power cut (the file and then its directory entry are synced to disk)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def write_text(path, text):
+    write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def save_torch(path, obj):
+    import torch
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def save_npz(path, **arrays):
+    import numpy as np
+    write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def load_checkpoint(path):
+    """torch.load a checkpoint as data only (never code); a clear error if it is unreadable."""
+    import torch
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def read_mlflow(run_dir):
+    path = Path(run_dir) / MLFLOW
+    return read_json(path) if path.exists() else {}
+
+
+def write_mlflow(run_dir, info):
+    write_json(Path(run_dir) / MLFLOW, info)
+
+
+def fmt(value):
+    """Path-safe, short number formatting: 0.5, 1e-05, 10."""
+    return f"{value:g}"
+
+
+def hparam_label(hparams):
+    return "_".join(f"{k}{fmt(v)}" for k, v in sorted(hparams.items())) or "default"
+
+
+def setting_path(dataset, noise, rate, n, seed=None):
+    """Readable, path-safe name of a data setting: fashion_mnist/uniform-0.5/n1000/seed42."""
+    noise_part = noise if dataset == "clothing1m" else f"{noise}-{fmt(rate)}"
+    return f"{dataset}/{noise_part}/n{n}" + ("" if seed is None else f"/seed{seed}")
+
+
+def run_name(row):
+    """A run's name within its experiment (its MLflow run name): setting/seed/variant/hyperparameters."""
+    return f"{setting_path(row['dataset'], row['noise'], row['rate'], row['n'], row['seed'])}/{row['variant']}/" \
+           f"{row['hparams']}"
+
+
+def run_id(row):
+    return f"{row['experiment']}/{run_name(row)}"
+
+
+def identity(config):
+    """The run's identifying columns and its hyperparameter columns (None where the grid set none)."""
+    run = config["run"]
+    given = {k: config["hparams"][k] for k in run["hparams"]}
+    return {"experiment": run["experiment"], "dataset": config["dataset"], "noise": run["noise"],
+            "rate": run["rate"], "n": run["n"], "seed": config["seed"], "variant": run["variant"],
+            "method": config["method"], "hparams": hparam_label(given), "arch": config["arch"],
+            "clean_validation": config["clean_validation"], **{k: given.get(k) for k in HPARAMS}}
+
+
+def run_tags(config):
+    """MLflow tags of a run: its identifying and hyperparameter columns, as strings."""
+    return {k: fmt(v) if isinstance(v, float) else str(v) for k, v in identity(config).items() if v is not None}
+
+
+def read_run(run_dir):
+    """The run-table row of a finished run directory: run id, identity, metrics, hyperparameter columns."""
+    run_dir = Path(run_dir)
+    row = identity(read_json(run_dir / CONFIG))
+    hparams = {k: row.pop(k) for k in HPARAMS}
+    return {"run_id": run_id(row), **row, "run_dir": str(run_dir), **read_json(run_dir / METRICS), **hparams}
