@@ -24,7 +24,7 @@ from limit.rundir import save_npz, write_atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
-# ImageNet statistics everywhere, as the authors' code (spec 2.2).
+# ImageNet statistics everywhere, as the authors' code (docs/reproduction.md).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -105,7 +105,7 @@ def load_arrays(name, data_dir):
 
 
 def split_indices(num_train, rng, n=None, val_size=None, val_ratio=0.2):
-    """The paper's split (spec 2.1): seeded permutation, first 80% train, rest validation,
+    """The authors' split: seeded permutation, first 80% train, rest validation,
     then an n-subset of train drawn without replacement from the same stream.
 
     ``val_size`` optionally keeps only the first ``val_size`` validation indices (laptop configs).

@@ -1,4 +1,6 @@
-"""Every training method of the paper (spec 6), as a loss over one batch plus a registry entry.
+"""Every training method of the paper, as a loss over one batch (``LOSSES``); ``limit.registry.METHODS`` holds
+their hyperparameters and networks. Where the paper and the authors' code differ, the code is followed
+(docs/reproduction.md).
 
 A method's ``loss(ctx, x, y, hp)`` returns ``(objective, logits, terms)``: ``objective`` is what
 ``backward()`` is called on, ``logits`` the classifier's outputs (for accuracy), ``terms`` a dict of
@@ -36,7 +38,7 @@ def ce_loss(ctx, x, y, hp):
 
 def _ce_with_gradient_noise(sample):
     def loss_fn(ctx, x, y, hp):
-        """CE whose logit gradient gets i.i.d. noise of std sigma added in the backward pass (spec 6.3).
+        """CE whose logit gradient gets i.i.d. noise of std sigma added in the backward pass.
 
         As the authors' code, the noise is added to the gradient of the batch-MEAN CE ((s(a) - y)/B per
         example), so it dominates the signal for the whole sigma grid.
@@ -71,7 +73,7 @@ def forward_correction_matrix(probs, percentile=97.0):
 
     Row i is the probability vector of the example with the largest P[:, i] below the column's
     97th percentile ("higher" interpolation). As the original code, the percentile filter zeroes the
-    entries of P in place, so rows estimated later read a partially zeroed matrix (spec 13.19).
+    entries of P in place, so rows estimated later read a partially zeroed matrix.
     """
     probs = np.array(probs, dtype=np.float64)
     k = probs.shape[1]
@@ -92,7 +94,7 @@ def fw_loss(ctx, x, y, hp):
 
 
 def dmi_loss(ctx, x, y, hp):
-    """L_DMI = -log(|det(Y^T softmax(a))| + 0.001) with the un-normalised count matrix (spec 6.5)."""
+    """L_DMI = -log(|det(Y^T softmax(a))| + 0.001) with the un-normalised count matrix."""
     logits = ctx.classifier(x)
     joint = _one_hot(y, logits.shape[1]).T @ logits.softmax(1)
     loss = -torch.log(torch.linalg.det(joint).abs() + 0.001)
@@ -119,7 +121,7 @@ def soft_reg_loss(ctx, x, y, hp):
 
 def _limit(distance, sample=None):
     def loss_fn(ctx, x, y, hp):
-        """LIMIT (spec 6.6): the classifier's logit gradient is replaced, per example and without 1/B,
+        """LIMIT: the classifier's logit gradient is replaced, per example and without 1/B,
         by mu = stopgrad(s(a)) - s(r_q(x)) (or a sample around it); q learns to predict the CE gradient
         s(a) - y with an MSE (Gaussian) or MAE (Laplace) loss plus beta * ||mu||^2.
         The logged CE value's own gradient is discarded.
@@ -140,12 +142,12 @@ def _limit(distance, sample=None):
 
 
 def _gaussian_from_lamb(like, lamb):
-    # The code's lambda sets only the sampling noise: sigma = sqrt(1 / (2 lambda)) (spec 13.2).
+    # The code's lambda sets only the sampling noise: sigma = sqrt(1 / (2 lambda)).
     return _gaussian(like, (1.0 / (2.0 * lamb)) ** 0.5)
 
 
 def _laplace_from_lamb(like, lamb):
-    return _laplace(like, 1.0 / lamb)  # Laplace scale b = 1 / lambda (spec 6.6)
+    return _laplace(like, 1.0 / lamb)  # Laplace scale b = 1 / lambda
 
 
 _squared = torch.square

@@ -1,4 +1,4 @@
-"""The paper's architectures (spec 4). Every classifier is ``head(features(x))`` so that methods that
+"""The paper's architectures. Every classifier is ``head(features(x))`` so that methods that
 need the penultimate features (Soft reg.) can reach them."""
 import torch
 from torch import nn
@@ -92,7 +92,7 @@ def build_model(arch, num_classes, in_channels=1, image_size=28, dropout=0.0, q_
     if arch == "cnn":
         return mnist_cnn(num_classes, in_channels, fc_batchnorm=q_network, head_bias=head_bias)
     if arch == "mlp":
-        # The q-network is the MLP without dropout (spec 4.2).
+        # The q-network is the MLP without dropout, as the authors'.
         return mlp(num_classes, in_channels * image_size * image_size, dropout=0.0 if q_network else dropout)
     if arch == "resnet34":
         return resnet34_cifar(num_classes)

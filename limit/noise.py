@@ -4,7 +4,7 @@ Rows are true classes, columns observed classes: ``T[i, j] = P(noisy = j | true 
 """
 import numpy as np
 
-# CIFAR-10 pair noise (spec 3): truck->automobile, bird->airplane, deer->horse, cat->dog.
+# CIFAR-10 pair noise: truck->automobile, bird->airplane, deer->horse, cat->dog.
 CIFAR10_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5}
 # Patrini et al. (2017) MNIST flips: 2->7, 3->8, 5<->6, 7->1.
 MNIST_PAIRS = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}

@@ -33,7 +33,7 @@ DATASET_LABELS = {
     "clothing1m": "Clothing1M",
 }
 
-# Paper ROC AUC (%) of the gradient distance as a mislabeled-example detector (Section 6), keyed by
+# Paper ROC AUC (%) of the gradient distance as a mislabeled-example detector (Section 5, Appendix C), keyed by
 # (dataset, noise, rate, n); strings because one is only given as a bound.
 PAPER_DETECTION_AUC = {
     ("mnist", "uniform", 0.8, "all"): "99.87",

@@ -165,7 +165,7 @@ def prepare_method(cfg, ctx, run_data, device):
         ce_model = copy.deepcopy(ctx.classifier)
         ce_model.load_state_dict(ce_state)
         gen = torch.Generator().manual_seed(cfg["seed"])
-        # CIFAR: the authors' train dataset still applied train-time augmentation here (spec 13.19).
+        # CIFAR: the authors' train dataset still applied train-time augmentation here.
         probs = predict(ce_model, run_data.train, cfg["batch_size"], augment=True, generator=gen).softmax(1)
         matrix = forward_correction_matrix(probs.cpu().numpy())
         ctx.extra["transition_matrix"] = torch.tensor(matrix, dtype=torch.float32, device=device)
@@ -235,7 +235,7 @@ def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator):
 
 @torch.no_grad()
 def validation_accuracy(model, split, labels, batch_size):
-    """Unweighted mean of per-batch accuracies, as the authors' selection statistic (spec 13.21)."""
+    """Unweighted mean of per-batch accuracies, as the authors' selection statistic."""
     model.eval()
     accs = [(model(x).argmax(1) == labels[idx]).float().mean() for idx, x in split.batches(batch_size)]
     return float(torch.stack(accs).mean())

@@ -10,7 +10,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from limit import data
+from limit import cli, data
 from limit.clothing1m import (
     KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, clothing1m_labels, read_clothing1m_split)
 from limit.data import DataError
@@ -146,7 +146,7 @@ def write_clothing1m(root):
 def test_clothing1m_splits_and_labels(tmp_path):
     lists = write_clothing1m(tmp_path)
     check_clothing1m_dir(tmp_path)
-    data.prepare_dataset("clothing1m", tmp_path)
+    assert cli.main(["prepare", "--dataset", "clothing1m", "--data-dir", str(tmp_path)]) == 0
 
     paths, labels, true_labels = read_clothing1m_split(tmp_path, "train")
     assert paths == lists["train"] and len(paths) == 2 * NUM_CLASSES
@@ -218,7 +218,7 @@ def test_clothing1m_missing_files_are_named(tmp_path):
     (tmp_path / "clean_test_key_list.txt").unlink()
     (tmp_path / lists["val"][0]).unlink()
     with pytest.raises(DataError) as err:
-        data.prepare_dataset("clothing1m", tmp_path)
+        check_clothing1m_dir(tmp_path)
     message = str(err.value)
     assert "missing clean_label_kv.txt" in message and "missing clean_test_key_list.txt" in message
     assert "missing noisy_label_kv.txt" not in message

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from limit.methods import METHODS, Context, forward_correction_matrix
+from limit.methods import LOSSES, Context, forward_correction_matrix
 from limit.models import build_model, count_parameters, mnist_cnn, resnet34_cifar
+from limit.registry import METHODS
 from limit.train import copy_parameters
 
 K, B = 4, 6
@@ -35,7 +36,7 @@ def setup(seed=0, q=True, batch=B):
 def logit_grad(name, hp=None, seed=0, extra=None, batch=B):
     ctx, x, y, a, r = setup(seed, METHODS[name].q_network, batch)
     ctx.extra = extra or {}
-    objective, _, terms = METHODS[name].loss(ctx, x, y, {"beta": 0.0, "lamb": 1.0, "sigma": 0.0, **(hp or {})})
+    objective, _, terms = LOSSES[name](ctx, x, y, {"beta": 0.0, "lamb": 1.0, "sigma": 0.0, **(hp or {})})
     objective.backward()
     return ctx, a, r, y, terms
 
@@ -72,7 +73,7 @@ def test_limit_q_gets_only_its_own_loss(name, distance):
     q_loss = distance(mu - (s_a - F.one_hot(y, K))).sum(1).mean() + beta * (mu ** 2).sum(1).mean()
     q_loss.backward()
     assert torch.allclose(ctx.q.a.grad, r_leaf.grad, atol=1e-6)
-    # and the equivalent view of spec 1: mu - g_CE = y - s(r)
+    # and the equivalent view of the method: mu - g_CE = y - s(r)
     assert terms["q_loss"].item() == pytest.approx(distance(F.one_hot(y, K) - r.softmax(1)).sum(1).mean().item(),
                                                    abs=1e-6)
 
@@ -111,7 +112,7 @@ def test_fw_with_a_known_transition_matrix():
 
 def test_dmi_loss_is_the_log_determinant_of_the_count_matrix():
     ctx, x, y, a, _ = setup(q=False)
-    loss, _, _ = METHODS["dmi"].loss(ctx, x, y, {})
+    loss, _, _ = LOSSES["dmi"](ctx, x, y, {})
     joint = F.one_hot(y, K).double().numpy().T @ a.double().softmax(1).numpy()
     assert loss.item() == pytest.approx(-np.log(abs(np.linalg.det(joint)) + 0.001), rel=1e-5)
 
@@ -126,7 +127,7 @@ def test_soft_reg_matches_equation_11():
     y = torch.randint(0, K, (B,), generator=g)
     ctx = Context(classifier, Logits(r))
     lamb, beta = 0.03, 10.0
-    objective, _, _ = METHODS["soft_reg"].loss(ctx, torch.arange(B), y, {"lamb": lamb, "beta": beta})
+    objective, _, _ = LOSSES["soft_reg"](ctx, torch.arange(B), y, {"lamb": lamb, "beta": beta})
     a = head(z)
     s_r = r.softmax(1)
     z2 = (z ** 2).sum(1)
@@ -151,8 +152,8 @@ def test_forward_correction_matrix_reproduces_the_in_place_filter():
 
 
 def test_every_method_is_registered_with_its_hyperparameters():
-    assert set(METHODS) == {"ce", "ce_gn", "ce_ln", "mae", "fw", "dmi", "soft_reg", "limit_g", "limit_l",
-                            "limit_g_s", "limit_l_s", "limit_g_init", "limit_l_init"}
+    assert set(METHODS) == set(LOSSES) == {"ce", "ce_gn", "ce_ln", "mae", "fw", "dmi", "soft_reg", "limit_g",
+                                           "limit_l", "limit_g_s", "limit_l_s", "limit_g_init", "limit_l_init"}
     assert METHODS["limit_g_s"].hparams == ("beta", "lamb") and METHODS["ce_gn"].hparams == ("sigma",)
     assert METHODS["limit_l_init"].init_from_ce == "q" and METHODS["fw"].init_from_ce == "classifier"
 

@@ -21,6 +21,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from limit.mlflow_server import free_port, start_server, stop_server
+from limit.rundir import run_tags
 from pipeline_helpers import pipeline_env, snakemake_command
 
 WARNING = "MLflow tracking to"
@@ -123,7 +124,7 @@ def test_server_killed_mid_pipeline_then_sync_fills_in_idempotently(fmnist_dir, 
             run_id, run = by_name[str(run_dir.relative_to(results / "runs/main"))]
             assert run["experiment"] == experiment_id and run["status"] == "FINISHED"
             assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == run_id
-            tags = json.loads((run_dir / "config.json").read_text())["tracking"]["tags"]
+            tags = run_tags(json.loads((run_dir / "config.json").read_text()))
             assert {k: run["tags"].get(k) for k in tags} == tags
             # the select stage ran while the server was down: its tag came back with the sync
             assert run["tags"]["selected"] == str(str(run_dir.relative_to(work)) in selected_dirs).lower()
@@ -151,7 +152,7 @@ def test_eight_jobs_starting_together_on_a_fresh_sqlite_store(fmnist_dir, make_l
         cmd = [sys.executable, "-m", "limit", "train", "--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir),
                "--labels", str(labels), "--method", "ce", "--epochs", "1", "--batch-size", "128", "--seed", str(i),
                "--device", "cpu", "--no-test-curve", "--out", str(out), "--tracking-uri", uri, "--experiments-file", str(experiments),
-               "--experiment-name", "main", "--run-name", f"race/seed{i}", "--tag", f"seed={i}"]
+               "--experiment", "main"]
         jobs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True))
     outputs = []
@@ -172,7 +173,8 @@ def test_eight_jobs_starting_together_on_a_fresh_sqlite_store(fmnist_dir, make_l
     everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
     assert len(everything) == 8
     assert {r.info.experiment_id for r in everything} == {ids["main"]}  # none in Default, none in figure1
-    assert sorted(r.info.run_name for r in everything) == [f"race/seed{i}" for i in range(8)]
+    assert sorted(r.info.run_name for r in everything) == [f"fashion_mnist/uniform-0.5/n256/seed{i}/ce/default"
+                                                           for i in range(8)]
     for run in everything:
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0]

@@ -22,6 +22,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from limit.mlflow_server import free_port, start_server, stop_server
+from limit.rundir import run_tags
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
 
 PER_EPOCH = ("train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc")
@@ -112,7 +113,7 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
             run = runs[name]
             assert run.info.experiment_id == ids["experiments"]["main"] and run.info.status == "FINISHED"
             assert run.info.run_id == json.loads((run_dir / "mlflow.json").read_text())["run_id"]
-            tags = json.loads((run_dir / "config.json").read_text())["tracking"]["tags"]
+            tags = run_tags(json.loads((run_dir / "config.json").read_text()))
             assert {k: run.data.tags.get(k) for k in tags} == tags
             assert run.data.tags["selected"] == table[str(run_dir.relative_to(work))]["selected"].lower()
             history = list(csv.DictReader(open(run_dir / "history.csv")))

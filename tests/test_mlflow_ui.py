@@ -19,6 +19,7 @@ from urllib.parse import quote
 import pytest
 
 from limit.mlflow_server import api, free_port, search_runs
+from limit.rundir import run_tags
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,7 +104,7 @@ def test_ui_shows_every_run_of_the_pipeline_with_tags_and_metric_history(pipelin
         assert run["info"]["status"] == "FINISHED"
         tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
         config = json.loads((run_dir / "config.json").read_text())
-        grid = config["tracking"]["tags"]
+        grid = run_tags(config)
         assert {"experiment", "dataset", "noise", "rate", "n", "seed", "variant", "method", "hparams"} <= set(grid)
         assert {k: tags.get(k) for k in grid} == grid
         row = table[str(run_dir.relative_to(pipeline))]

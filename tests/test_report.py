@@ -256,7 +256,12 @@ def runs(tmp_path_factory):
                 dropout=dropout, weight_decay=None, clean_validation=experiment == "figure1",
                 run_dir=str(run_dir), best_val_acc=val_acc, test_acc=test_acc, best_epoch=29, epochs_run=30,
                 wall_seconds=3.0))
-    frame = pd.DataFrame.from_records(records)
+    frame = evaluate.normalise_runs(pd.DataFrame.from_records(records))
+    # as `limit aggregate` writes it: the select stage's decisions, and the Figure-1 block marked
+    chosen = evaluate.select_configurations(frame).loc[lambda c: c["selected"], evaluate.CONFIGURATION]
+    frame = frame.merge(chosen.assign(selected=True), on=evaluate.CONFIGURATION, how="left")  # NaN rates match
+    frame["selected"] = frame["selected"].fillna(False).astype(bool)
+    frame["figure1"] = frame["experiment"] == "figure1"
     # as the workflow reads it back: n comes back as object strings, hyper-parameters as floats
     frame.to_csv(root / "runs.csv", index=False)
     return pd.read_csv(root / "runs.csv")
@@ -282,22 +287,26 @@ def test_select_configurations_picks_best_mean_validation(runs):
     assert fig1.loc["ce_dropout", "hparams"] == "dropout=0.5"
 
 
-def test_mark_selected_and_nan_rate():
+def test_select_configurations_with_nan_rate():
     base = dict(experiment="main", dataset="clothing1m", noise="real", rate=np.nan, n="all", variant="dmi",
                 method="dmi", run_dir="", test_acc=0.7)
     runs = pd.DataFrame([dict(base, run_id="a", seed=42, hparams="lr=0.001", best_val_acc=0.70),
                          dict(base, run_id="b", seed=42, hparams="lr=0.0001", best_val_acc=0.72)])
-    marked = evaluate.mark_selected(runs).set_index("run_id")
-    assert list(marked["selected"].loc[["a", "b"]]) == [False, True]
+    configs = evaluate.select_configurations(runs).set_index("hparams")
+    assert list(configs["selected"].loc[["lr=0.001", "lr=0.0001"]]) == [False, True]
 
 
-def test_mark_selected_on_run_table(runs):
-    marked = evaluate.mark_selected(runs)
-    assert len(marked) == len(runs)
-    chosen = marked[marked["selected"] & (marked["experiment"] == "main") & (marked["dataset"] == "mnist")
-                    & (marked["variant"] == "limit_l")]
-    assert sorted(set(chosen["hparams"])) == ["beta=10", "beta=3"]
-    assert len(chosen) == 6
+def test_configurations_carry_the_run_tables_selection(runs):
+    configs = evaluate.configurations(runs)
+    assert configs["selected"].dtype == bool
+    chosen = configs[configs["selected"] & (configs["experiment"] == "main") & (configs["dataset"] == "mnist")
+                     & (configs["variant"] == "limit_l")]
+    assert sorted(chosen["hparams"]) == ["beta=10", "beta=3"] and list(chosen["seeds"]) == [3, 3]
+    # the report reads the decisions: a run table whose selection differs changes what is shown
+    setting = (runs["variant"] == "limit_l") & (runs["rate"] == 0.8) & (runs["n"] == "1000")
+    flipped = runs.assign(selected=runs["selected"] ^ setting)
+    shown = evaluate.selected_runs(flipped)
+    assert set(shown[(shown["variant"] == "limit_l") & (shown["n"] == "1000")]["hparams"]) == {"beta=1"}
 
 
 # ----------------------------------------------------------------------------------------------------- tables
@@ -427,7 +436,7 @@ def test_figure_histograms_and_detection_table(runs, tmp_path):
         assert auc == pytest.approx(evaluate.detection_auc(scores["grad_distance"], scores["is_corrupted"]))
     assert 0.95 < auc <= 1.0
     _assert_figure(tmp_path / "figA2")
-    table = figures.detection_table(runs, tmp_path / "auc").set_index(["dataset", "n"])
+    table = tables.detection_table(runs, tmp_path / "auc").set_index(["dataset", "n"])
     assert table.loc[("mnist", "all"), "paper_auc"] == "99.87"
     assert table.loc[("mnist", "all"), "auc"] == pytest.approx(100 * auc)
     assert table.loc[("cifar10", "all"), "variant"] == "limit_g_init"

@@ -121,14 +121,14 @@ def test_training_jobs_run_as_slurm_jobs(workflow_run, slurm_cluster):
 
     with open(workdir / "results" / "runs.csv", newline="") as f:
         table = list(csv.DictReader(f))
-    assert sorted(r["run_dir"] for r in table) == sorted(row["run_dir"] for row in runs.values())
+    assert sorted(r["run_dir"] for r in table) == sorted(f"results/runs/{run_id}" for run_id in runs)
     assert all(r["best_val_acc"] and r["test_acc"] for r in table)
     assert (workdir / "results" / "selected.csv").stat().st_size > 0
 
     finished = jobcomp(slurm_cluster)
     job_ids = []
-    for run_id, row in runs.items():
-        run_dir = workdir / row["run_dir"]
+    for run_id in runs:
+        run_dir = workdir / "results" / "runs" / run_id
         assert (run_dir / "metrics.json").exists(), run_id
         job = json.loads((run_dir / "job.json").read_text())
         job_id = job["slurm_job_id"]
@@ -146,7 +146,7 @@ def test_training_jobs_run_as_slurm_jobs(workflow_run, slurm_cluster):
 
 def _ce_run(workdir, seed):
     row = next(r for r in expected_runs().values() if r["method"] == "ce" and r["seed"] == seed)
-    return row, workdir / row["run_dir"]
+    return row, workdir / "results" / "runs" / row["run_id"]
 
 
 def _submitted(output, row):

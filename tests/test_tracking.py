@@ -10,7 +10,8 @@ from limit.train import train
 
 def small_run(fmnist_dir, labels, out, tracker, epochs=3):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(labels), "method": "limit_l",
-           "hparams": {"beta": 1.0}, "epochs": epochs, "batch_size": 128, "seed": 1}
+           "hparams": {"beta": 1.0}, "epochs": epochs, "batch_size": 128, "seed": 1,
+           "run": {"experiment": "main", "variant": "limit_l"}}
     return train(cfg, out, tracker)
 
 
@@ -19,11 +20,14 @@ def test_run_is_logged_with_params_per_epoch_metrics_tags_and_artifacts(fmnist_d
     client = MlflowClient(uri)
     exp = get_or_create_experiment(client, "main", uri)
     out = tmp_path / "run"
-    tags = {"dataset": "fashion_mnist", "method": "limit_l", "seed": "1"}
-    small_run(fmnist_dir, make_labels(), out, Tracker(out, uri, exp, run_name="fm/limit_l", tags=tags))
+    small_run(fmnist_dir, make_labels(), out, Tracker(out, uri, exp))
     run_id = json.loads((out / "mlflow.json").read_text())["run_id"]
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "fm/limit_l" and run.info.experiment_id == exp
+    # name and tags come from the run's config.json: its grid coordinates and the labels file's data setting
+    name = "fashion_mnist/uniform-0.5/n512/seed1/limit_l/beta1"
+    assert run.info.status == "FINISHED" and run.info.run_name == name and run.info.experiment_id == exp
+    tags = {"experiment": "main", "dataset": "fashion_mnist", "noise": "uniform", "rate": "0.5", "n": "512",
+            "seed": "1", "variant": "limit_l", "method": "limit_l", "hparams": "beta1", "beta": "1"}
     assert run.data.params["method"] == "limit_l" and run.data.params["hparams.beta"] == "1.0"
     assert {k: run.data.tags[k] for k in tags} == tags
     for key in ("train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc", "q_loss", "mu_sq_norm"):

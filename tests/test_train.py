@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from limit import methods
+from limit import methods, registry
 from limit.train import TrainingError, train
 
 TIMING = ["epoch_seconds", "images_per_second"]
@@ -122,7 +122,8 @@ def test_non_finite_loss_stops_with_the_epoch_and_term(fmnist_dir, make_labels, 
         logits = ctx.classifier(x)
         q_loss = logits.sum() * float("inf")
         return logits.sum() * 0, logits, {"loss": logits.sum() * 0, "q_loss": q_loss}
-    monkeypatch.setitem(methods.METHODS, "exploding", methods.Method(exploding))
+    monkeypatch.setitem(registry.METHODS, "exploding", registry.Method())
+    monkeypatch.setitem(methods.LOSSES, "exploding", exploding)
     with pytest.raises(TrainingError, match=r"epoch 0: q_loss became (-)?inf"):
         train(config(fmnist_dir, make_labels(rate=0.5), method="exploding"), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.json").exists()

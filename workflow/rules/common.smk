@@ -1,4 +1,5 @@
 import os
+import shlex
 import sys
 from pathlib import Path
 

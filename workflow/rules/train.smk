@@ -9,13 +9,14 @@ rule train:
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
     params:
-        settings=lambda wc: train_arguments(RUNS[wc.run]),
+        # quoted strings, not lists: Snakemake formats every list item of every job (5,000 jobs: seconds)
+        settings=lambda wc: shlex.join(train_arguments(RUNS[wc.run])),
         data_dir=config["data_dir"],
-        run_dir=lambda wc, output: os.path.dirname(output.metrics),
+        run_dir=RUN_DIR,
         init_from=lambda wc, input: (
-            ["--init-from", os.path.dirname(input.ce_model)] if "ce_model" in input.keys() else []
+            shlex.join(["--init-from", os.path.dirname(input.ce_model)]) if "ce_model" in input.keys() else ""
         ),
-        tracking=tracking_arguments(),
+        tracking=shlex.join(tracking_arguments()),
     threads: run_resource("threads")
     resources:
         mem_mb=run_resource("mem_mb", scale_with_attempt=True),
@@ -24,5 +25,5 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m limit train {params.settings:q} --data-dir {params.data_dir:q} "
-        "--labels {input.labels:q} {params.init_from:q} --out {params.run_dir:q} {params.tracking:q} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m limit train {params.settings} --data-dir {params.data_dir:q} "
+        "--labels {input.labels:q} {params.init_from} --out {params.run_dir:q} {params.tracking} > {log} 2>&1"

@@ -1,0 +1,89 @@
+"""The package's structure: one table of hyperparameters and defaults, the torch-free modules, the run directory."""
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from importlib import import_module
+from pathlib import Path
+
+import pytest
+import yaml
+
+from limit import rundir
+from limit.methods import LOSSES
+from limit.registry import HPARAMS, METHODS, TRAINING_DEFAULTS
+
+REPO = Path(__file__).resolve().parents[1]
+SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+
+
+def test_schema_hyperparameters_are_the_tables():
+    variant = SCHEMA["definitions"]["experiment"]["properties"]["methods"]["additionalProperties"]["properties"]
+    grids = {k for k, v in variant.items() if v == {"$ref": "#/definitions/grid"}}
+    assert grids == set(HPARAMS)
+    assert set(variant) - grids == {"method", "epochs", "patience"}
+    assert set(METHODS) == set(LOSSES)
+
+
+def test_schema_training_defaults_are_the_tables():
+    training = SCHEMA["definitions"]["training"]["properties"]
+    shared = set(training) & set(TRAINING_DEFAULTS)
+    assert shared == {"arch", "epochs", "patience", "batch_size"}
+    assert {k: training[k]["default"] for k in shared} == {k: TRAINING_DEFAULTS[k] for k in shared}
+
+
+def test_workflow_modules_and_cli_import_neither_torch_nor_matplotlib():
+    code = ("import sys; import limit.grid, limit.registry, limit.rundir, limit.cli; "
+            "limit.cli.build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'matplotlib', 'pandas', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_console_script_is_the_cli(capsys):
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, function = scripts["limit"].split(":")
+    main = getattr(import_module(module), function)
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0 and "usage: limit" in capsys.readouterr().out
+    assert main(["prepare", "--dataset", "svhn", "--data-dir", "/nonexistent"]) == 2
+
+
+def test_atomic_writer_syncs_file_and_directory_and_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "metrics.json"
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    rundir.write_json(path, {"a": 1})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert synced == [str(tmp_path / "sub" / ".metrics.json.tmp"), str(tmp_path / "sub")]
+
+    def failing(f):
+        f.write(b"{half")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        rundir.write_atomic(path, failing)
+    assert json.loads(path.read_text()) == {"a": 1} and os.listdir(path.parent) == ["metrics.json"]
+
+
+def test_run_table_row_comes_from_config_fields(tmp_path):
+    config = {"dataset": "mnist", "method": "limit_l_s", "seed": 43, "arch": "cnn", "clean_validation": False,
+              "hparams": {"beta": 10.0, "lamb": 5.0, "lr": 0.001, "sigma": 0.0, "dropout": 0.0, "weight_decay": 0.0},
+              "run": {"experiment": "mnist_3seeds", "variant": "limit_l_s", "hparams": ["beta", "lamb"],
+                      "noise": "uniform", "rate": 0.8, "n": "1000"}}
+    rundir.write_json(tmp_path / rundir.CONFIG, config)
+    rundir.write_json(tmp_path / rundir.METRICS, {"best_epoch": 3, "best_val_acc": 0.5, "test_acc": 0.6,
+                                                  "epochs_run": 4, "wall_seconds": 1.0})
+    row = rundir.read_run(tmp_path)
+    assert row["run_id"] == "mnist_3seeds/mnist/uniform-0.8/n1000/seed43/limit_l_s/beta10_lamb5"
+    assert list(row)[:13] == ["run_id", *rundir.IDENTITY, "run_dir"] and list(row)[-6:] == list(HPARAMS)
+    assert (row["beta"], row["lamb"], row["lr"], row["hparams"]) == (10.0, 5.0, None, "beta10_lamb5")
+    assert rundir.run_tags(config)["rate"] == "0.8" and "lr" not in rundir.run_tags(config)
