@@ -59,7 +59,7 @@ def train_inputs(wildcards):
         # ancient: recreating the store must not retrain everything
         inputs["experiments"] = ancient(EXPERIMENTS_FILE)
     if row["init_from"]:
-        inputs["ce_model"] = RUN_DIR.format(run=row["init_from"]) + "/best.pt"
+        inputs["ce_model"] = os.path.join(RUN_DIR.format(run=row["init_from"]), "best.pt")
     return inputs
 
 
@@ -72,7 +72,7 @@ def run_resource(key, scale_with_attempt=False):
 
 
 def group_metrics(wildcards):
-    return [RUN_DIR.format(run=r["run_id"]) + "/metrics.json" for r in GROUPS[wildcards.group]]
+    return [os.path.join(RUN_DIR.format(run=r["run_id"]), "metrics.json") for r in GROUPS[wildcards.group]]
 
 
 def all_outputs():

@@ -12,7 +12,7 @@ rule train:
         # quoted strings, not lists: Snakemake formats every list item of every job (5,000 jobs: seconds)
         settings=lambda wc: shlex.join(train_arguments(RUNS[wc.run])),
         data_dir=config["data_dir"],
-        run_dir=RUN_DIR,
+        run_dir=lambda wc, output: os.path.dirname(output.metrics),
         init_from=lambda wc, input: (
             shlex.join(["--init-from", os.path.dirname(input.ce_model)]) if "ce_model" in input.keys() else ""
         ),
