@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from limit import rundir
-from limit.registry import DATASETS, HPARAMS, METHODS, TRAINING_DEFAULTS
+from limit.registry import BN_INIT, DATASETS, HPARAMS, METHODS, TRAINING_DEFAULTS
 
 
 def cmd_prepare(args):
@@ -52,7 +52,7 @@ def cmd_train(args):
               "batch_size": args.batch_size, "seed": args.seed, "clean_validation": args.clean_validation,
               "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
               "test_curve_size": args.test_curve_size,
-              "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers,
+              "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers, "bn_init": args.bn_init,
               "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
     tracker = None
     if not args.no_tracking:
@@ -178,6 +178,9 @@ def build_parser():
     s.add_argument("--no-test-curve", action="store_true", help="skip the clean test accuracy of every epoch")
     s.add_argument("--test-curve-size", type=int, help="log every epoch's test accuracy on the first N test "
                                                        "examples only (the final test accuracy uses all)")
+    s.add_argument("--bn-init", choices=BN_INIT, default=TRAINING_DEFAULTS["bn_init"],
+                   help="authors: BatchNorm statistics warmed on noise as the authors' network builder leaves them "
+                        "(reproduces the paper, docs/reproduction.md); standard: PyTorch's (0, 1)")
     s.add_argument("--imagenet-weights", help="ResNet-50 only: path to a torchvision ImageNet state dict")
     s.add_argument("--num-workers", type=int, default=TRAINING_DEFAULTS["num_workers"],
                    help="Clothing1M image-decoding workers")

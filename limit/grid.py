@@ -7,7 +7,7 @@ Checks that need the package (method names, noise limits) live here and name the
 import itertools
 
 from limit.noise import check_noise
-from limit.registry import GENERIC_HPARAMS, HPARAMS, DataError, dataset_info, get_method
+from limit.registry import GENERIC_HPARAMS, HPARAMS, TRAINING_DEFAULTS, DataError, dataset_info, get_method
 from limit.rundir import fmt, hparam_label, run_id, setting_path
 
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
@@ -77,6 +77,7 @@ def expand_runs(config):
                         "patience": int(spec.get("patience", train["patience"])),
                         "batch_size": int(train["batch_size"]), "val_size": train.get("val_size"),
                         "test_curve_size": train.get("test_curve_size"),
+                        "bn_init": train.get("bn_init", TRAINING_DEFAULTS["bn_init"]),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]), "init_from": None,
                     }
@@ -107,7 +108,8 @@ def train_arguments(row):
     """The training settings of a run as ``python -m limit train`` arguments (the workflow adds its files)."""
     args = ["--dataset", row["dataset"], "--method", row["method"], "--arch", row["arch"],
             "--epochs", str(row["epochs"]), "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]),
-            "--seed", str(row["seed"]), "--experiment", row["experiment"], "--variant", row["variant"]]
+            "--seed", str(row["seed"]), "--bn-init", row["bn_init"], "--experiment", row["experiment"],
+            "--variant", row["variant"]]
     for name in HPARAMS:
         if row[name] is not None:
             args += [f"--{name.replace('_', '-')}", fmt(row[name])]

@@ -37,7 +37,11 @@ def dataset_info(name):
 
 # Training settings of a run that its config does not give (the paper's MNIST setup). The train CLI and
 # limit.train take them from here; the config schema repeats them as its defaults (a test checks it).
-TRAINING_DEFAULTS = {"arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42, "num_workers": 4}
+TRAINING_DEFAULTS = {"arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42, "num_workers": 4,
+                     "bn_init": "authors"}
+# "authors": BatchNorm statistics warmed on noise as the authors' network builder leaves them (docs/reproduction.md,
+# limit.models.authors_bn_warmup); "standard": PyTorch's (0, 1).
+BN_INIT = ("authors", "standard")
 
 # Every hyperparameter a run can set: name -> (default, meaning). The train CLI's options, the training
 # defaults, the run table's columns and the selection's columns all come from this table; the config schema

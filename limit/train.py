@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from limit import data as D
 from limit import rundir
 from limit.methods import LOSSES, Context, forward_correction_matrix
-from limit.models import build_model
-from limit.registry import HPARAM_DEFAULTS, LIMIT_METHODS, TRAINING_DEFAULTS, dataset_info, get_method
+from limit.models import authors_bn_warmup, build_model
+from limit.registry import BN_INIT, HPARAM_DEFAULTS, LIMIT_METHODS, TRAINING_DEFAULTS, dataset_info, get_method
 from limit.rundir import TrainingError, load_checkpoint
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
@@ -52,6 +52,8 @@ def resolve_config(config):
         raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {sorted(HPARAM_DEFAULTS)}")
     cfg["run"] = {"experiment": "manual", "variant": cfg["method"], **cfg["run"], "hparams": sorted(cfg["hparams"])}
     cfg["hparams"] = {**HPARAM_DEFAULTS, **cfg["hparams"]}
+    if cfg["bn_init"] not in BN_INIT:
+        raise ValueError(f"bn_init must be one of {list(BN_INIT)}, not {cfg['bn_init']!r}")
     if method.init_from_ce and not cfg["init_from"]:
         raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
     return cfg
@@ -89,8 +91,8 @@ def load_run_data(cfg, device):
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
     if cfg["dataset"] == "clothing1m":
         from limit.clothing1m import Clothing1MSplit
-        splits = [Clothing1MSplit(cfg["data_dir"], s, device, num_workers=cfg["num_workers"])
-                  for s in ("train", "val", "test")]
+        splits = [Clothing1MSplit(cfg["data_dir"], s, device, augment=s == "train" and info.augment,
+                                  num_workers=cfg["num_workers"]) for s in ("train", "val", "test")]
         test_labels = splits[2].labels
         splits.append(splits[2])
     else:
@@ -113,6 +115,10 @@ def build_networks(cfg, num_classes):
     classifier = build_model(cfg["arch"], num_classes, dropout=cfg["hparams"]["dropout"],
                              head_bias=method.head_bias, **kw)
     q = build_model(cfg["arch"], num_classes, q_network=True, **kw) if method.q_network else None
+    if cfg["bn_init"] == "authors":  # on the CPU, before the networks move: the same statistics on any device
+        noise = torch.Generator().manual_seed(cfg["seed"])
+        for model in (classifier, q) if q is not None else (classifier,):
+            authors_bn_warmup(model, cfg["arch"], (info.channels, info.size, info.size), noise)
     return classifier, q
 
 

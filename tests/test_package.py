@@ -29,7 +29,7 @@ def test_schema_hyperparameters_are_the_tables():
 def test_schema_training_defaults_are_the_tables():
     training = SCHEMA["definitions"]["training"]["properties"]
     shared = set(training) & set(TRAINING_DEFAULTS)
-    assert shared == {"arch", "epochs", "patience", "batch_size"}
+    assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init"}
     assert {k: training[k]["default"] for k in shared} == {k: TRAINING_DEFAULTS[k] for k in shared}
 
 
