@@ -313,7 +313,7 @@ def train(config, out_dir, tracker=None):
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
     meta = run_data.labels_meta
-    cfg["run"].update(noise=meta["noise"], rate=float(meta["rate"]), n=str(meta["n"]))
+    cfg["run"].update(noise=meta["noise"], rate=meta["rate"], n=str(meta["n"]))
     fp = fingerprint(cfg, meta["sha256"])
     state_path = out / rundir.STATE
 
