@@ -1,4 +1,5 @@
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from limit.grid import (  # noqa: E402
 )
 
 # Jobs (local, Slurm or conda) import the package from this checkout.
-shell.prefix(f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 RESULTS = config["results"]
 try:
@@ -34,18 +35,19 @@ EXPERIMENTS = list(config["experiments"])
 # MLFLOW_TRACKING_URI, when set, reaches every job through the environment.
 TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
 TRACKING = config["mlflow"]["enabled"]
+# A URI from the environment (it may hold a password) stays there: it never goes on a command line.
+TRACKING_URI_ARGS = [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", TRACKING_URI]
 
 
 def tracking_arguments(run):
     row = RUNS[run]
     # run name and tags also go into the run's config.json: the run table (read_run) is built from them
-    tags = " ".join(f"--tag {k}={v}" for k, v in run_tags(row).items())
+    tags = [arg for k, v in run_tags(row).items() for arg in ("--tag", f"{k}={v}")]
     run_name = run.split("/", 1)[1]  # the experiment is the MLflow experiment
     if not TRACKING:
-        return f"--no-tracking --run-name {run_name} {tags}"
-    uri = "" if "MLFLOW_TRACKING_URI" in os.environ else f"--tracking-uri {TRACKING_URI}"
-    return (f"{uri} --experiments-file {RESULTS}/mlflow/experiments.json "
-            f"--experiment-name {row['experiment']} --run-name {run_name} {tags}")
+        return ["--no-tracking", "--run-name", run_name, *tags]
+    return [*TRACKING_URI_ARGS, "--experiments-file", f"{RESULTS}/mlflow/experiments.json",
+            "--experiment-name", row["experiment"], "--run-name", run_name, *tags]
 
 
 def train_inputs(wildcards):
@@ -61,8 +63,9 @@ def train_inputs(wildcards):
 
 def train_command(wildcards):
     row = RUNS[wildcards.run]
-    args = " ".join(train_arguments(row, config["data_dir"]))
-    return f"{args} --out {row['run_dir']} {tracking_arguments(wildcards.run)}"
+    # one shell-quoted string: config values (paths, names) never reach the shell unquoted
+    return shlex.join([*train_arguments(row, config["data_dir"]), "--out", row["run_dir"],
+                       *tracking_arguments(wildcards.run)])
 
 
 def run_resource(key, scale_with_attempt=False):

@@ -18,4 +18,4 @@ rule train:
     conda:
         "../../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m limit train {params.command} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m limit train {params.command} > {log:q} 2>&1"
