@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from limit import data as D
-from limit.methods import GENERIC_HPARAMS, get_method
+from limit.methods import GENERIC_HPARAMS, get_method, hparam_problem
 from limit.noise import check_noise
 
 HPARAM_COLUMNS = ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")
@@ -69,14 +69,34 @@ def _check_experiment(name, exp, config):
             if key not in allowed:
                 raise ConfigError(f"{where}.methods.{variant}.{key}: not a hyperparameter of "
                                   f"{spec.get('method', variant)!r} (allowed: {sorted(allowed)})")
+        for key, grid in spec.items():
+            for value in grid if key in HPARAM_COLUMNS else ():
+                problem = hparam_problem(spec.get("method", variant), key, value)
+                if problem:
+                    raise ConfigError(f"{where}.methods.{variant}.{key}: {value} {problem}")
         for needed in method.hparams:
             if needed not in spec:
                 raise ConfigError(f"{where}.methods.{variant}: {spec.get('method', variant)!r} needs a "
                                   f"grid for {needed!r}")
 
 
+def check_schema(config, schema_path):
+    """The first violation of the JSON schema, as a ConfigError naming its key."""
+    import jsonschema
+    import yaml
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        raise ConfigError(f"{'.'.join(map(str, error.absolute_path)) or 'config'}: {error.message}")
+
+
 def expand_runs(config):
     """One dict per training run, with its paths, resources and the CE run it starts from."""
+    from limit.tracking import check_no_password
+    try:
+        check_no_password(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
+    except ValueError as exc:
+        raise ConfigError(exc) from None
     results = config["results"]
     rows = []
     for name, exp in config["experiments"].items():

@@ -3,13 +3,14 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # the package is importable without installing it
 from limit.report import README_FIGURES  # noqa: E402
 from limit.grid import (  # noqa: E402
     ConfigError,
+    check_schema,
     expand_runs,
     run_tags,
     selection_groups,
@@ -20,11 +21,16 @@ from limit.grid import (  # noqa: E402
 # Jobs (local, Slurm or conda) import the package from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
-RESULTS = config["results"]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+# A bad config stops here, before any job: one line naming the key, exit status 2.
 try:
+    check_schema(config, SCHEMA)
+    validate(config, str(SCHEMA))  # fills the defaults
     RUN_ROWS = expand_runs(config)
 except ConfigError as exc:
-    raise WorkflowError(f"invalid config: {exc}")
+    print(f"error: invalid config: {exc}", file=sys.stderr)
+    sys.exit(2)
+RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
 SETTINGS = {
