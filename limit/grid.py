@@ -14,6 +14,7 @@ from limit.noise import check_noise
 
 HPARAM_COLUMNS = ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
+SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,10 @@ def _check_experiment(name, exp, config):
         if dataset not in config["training"]:
             raise ConfigError(f"{where}.datasets: {dataset!r} has no entry under training "
                               f"(epochs, patience, resources)")
+        train = config["training"][dataset]
+        if train.get("max_runtime", train["runtime"]) < train["runtime"]:
+            raise ConfigError(f"training.{dataset}.max_runtime: {train['max_runtime']} is less than runtime "
+                              f"({train['runtime']})")
         for noise in exp["noise"]:
             if dataset == "clothing1m":
                 if noise != "real":
@@ -124,6 +129,8 @@ def expand_runs(config):
                         "test_curve_size": train.get("test_curve_size"),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
+                        "max_runtime": int(train.get("max_runtime", train["runtime"])),
+                        **{k: train.get(k) for k in SLURM_RESOURCES},
                         "labels": labels_path(results, dataset, noise, rate, n, seed),
                         "run_dir": f"{results}/runs/{run_id}", "init_from": None,
                     })

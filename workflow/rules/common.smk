@@ -82,6 +82,12 @@ def run_resource(key, scale_with_attempt=False):
     return get
 
 
+def train_runtime(wildcards, attempt):
+    """Minutes: the runtime, times the attempt on a retry, at most max_runtime (a retry resumes from state.pt)."""
+    row = RUNS[wildcards.run]
+    return min(row["runtime"] * attempt, row["max_runtime"])
+
+
 def group_run_dirs(wildcards):
     return [RUNS[r["run_id"]]["run_dir"] for r in GROUPS[wildcards.group]]
 
