@@ -95,6 +95,8 @@ def flatten(d, prefix=""):
 
 def _client(uri):
     from mlflow.tracking import MlflowClient
+    if redact(uri) != uri:  # MLflow prints "View run ... at: URI" links, password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
