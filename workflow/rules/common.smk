@@ -38,11 +38,12 @@ SETTINGS = {
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
 EXPERIMENTS = list(config["experiments"])
-# MLFLOW_TRACKING_URI, when set, reaches every job through the environment.
-TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
 TRACKING = config["mlflow"]["enabled"]
-# A URI from the environment (it may hold a password) stays there: it never goes on a command line.
-TRACKING_URI_ARGS = [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", TRACKING_URI]
+# MLFLOW_TRACKING_URI, when set, reaches every job through the environment and stays there (it may hold a
+# password): it never goes on a command line. Otherwise the config's URI is passed.
+TRACKING_URI_ARGS = (
+    [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", config["mlflow"]["tracking_uri"]]
+)
 
 
 def tracking_arguments(run):
