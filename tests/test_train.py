@@ -144,7 +144,8 @@ def test_methods_that_start_from_the_ce_run(fmnist_dir, make_labels, tmp_path, m
 
 
 def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fmnist_dir, make_labels, tmp_path):
-    cfg = config(fmnist_dir, make_labels(rate=0.5), method="limit_g_s", hparams={"beta": 1.0, "lamb": 50.0})
+    cfg = config(fmnist_dir, make_labels(rate=0.5), method="limit_g_s", hparams={"beta": 1.0, "lamb": 50.0},
+                 eval_test_each_epoch=False)
     train(cfg, tmp_path / "whole")
     train({**cfg, "epochs": 2}, tmp_path / "torn")  # a run stopped after its second epoch...
     state = tmp_path / "torn" / "state.pt"
@@ -156,11 +157,11 @@ def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fm
 
 
 def test_a_changed_ce_model_restarts_the_runs_initialised_from_it(fmnist_dir, make_labels, tmp_path):
-    labels = make_labels(rate=0.5)
-    fw = config(fmnist_dir, labels, method="fw", epochs=2, init_from=str(tmp_path / "ce"))
-    train(config(fmnist_dir, labels, epochs=2), tmp_path / "ce")
+    labels, fast = make_labels(rate=0.5), {"epochs": 2, "eval_test_each_epoch": False}
+    fw = config(fmnist_dir, labels, method="fw", init_from=str(tmp_path / "ce"), **fast)
+    train(config(fmnist_dir, labels, **fast), tmp_path / "ce")
     train(fw, tmp_path / "fw")
-    train(config(fmnist_dir, labels, epochs=2, seed=8), tmp_path / "ce_new")  # the CE model changes
+    train(config(fmnist_dir, labels, seed=8, **fast), tmp_path / "ce_new")  # the CE model changes
     (tmp_path / "ce" / "best.pt").write_bytes((tmp_path / "ce_new" / "best.pt").read_bytes())
     with pytest.warns(RuntimeWarning, match="CE model .* changed"):
         train(fw, tmp_path / "fw")  # the same command again: its state.pt is stale
