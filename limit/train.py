@@ -1,8 +1,9 @@
 """The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
 
 A run directory holds the resolved config, ``state.pt`` (the full training state, rewritten atomically
-after every epoch; the one before is kept as ``state.prev.pt``, the fallback if a crash tears it), and when the run is complete ``history.csv``, ``test_outputs.npz``, ``best.pt``,
-``train_scores.npz`` (LIMIT runs) and, last, ``metrics.json``.
+after every epoch; the one before is kept as ``state.prev.pt``, the fallback if a crash tears it), and when
+the run is complete ``history.csv``, ``test_outputs.npz``, ``best.pt``, ``train_scores.npz`` (LIMIT runs)
+and, last, ``metrics.json``.
 """
 import copy
 import csv
