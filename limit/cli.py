@@ -23,6 +23,35 @@ def _n_arg(value):
     return None if value in (None, "all") else int(value)
 
 
+def _count(text):
+    """argparse type of --n: a positive integer or 'all'."""
+    if text != "all" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return text
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _experiment_id(path, name):
+    """The MLflow experiment id of ``name`` in the experiments file written by ``mlflow-init``."""
+    try:
+        ids = json.loads(Path(path).read_text())["experiments"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--experiments-file {path} is not a file written by `python -m limit mlflow-init`") from None
+    if name not in ids:
+        raise ValueError(f"--experiment-name {name!r} is not in {path} (it has {sorted(ids)}); "
+                         f"add it to the config's experiments and rerun mlflow-init")
+    return ids[name]
+
+
 def cmd_corrupt(args):
     info = D.dataset_info(args.dataset)
     if args.dataset == "clothing1m":
@@ -65,7 +94,7 @@ def cmd_train(args):
     if not args.no_tracking:
         experiment_id = args.experiment_id
         if args.experiments_file:  # written by `python -m limit mlflow-init` before any job starts
-            experiment_id = json.loads(Path(args.experiments_file).read_text())["experiments"][args.experiment_name]
+            experiment_id = _experiment_id(args.experiments_file, args.experiment_name)
         tracker = Tracker(args.out, args.tracking_uri, experiment_id, args.experiment_name,
                           config["tracking"]["run_id"], config["tracking"]["tags"])
     metrics = train(config, args.out, tracker)
@@ -126,13 +155,13 @@ def cmd_mlflow_sync(args):
 
 def cmd_mlflow_init(args):
     """Create the store and the experiments before any job starts (MLflow races otherwise)."""
-    from limit.tracking import _client, get_or_create_experiment, tracking_uri
+    from limit.tracking import _client, get_or_create_experiment, redact, tracking_uri
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     ids = {name: get_or_create_experiment(client, name, uri) for name in args.experiments}
-    _atomic_json(args.out, {"tracking_uri": uri, "experiments": ids})
+    _atomic_json(args.out, {"tracking_uri": redact(uri), "experiments": ids})
     print(json.dumps(ids))
 
 
@@ -141,8 +170,15 @@ def cmd_bench(args):
     main(args)
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad arguments: one line ``error: ...`` and exit status 2, as every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="python -m limit", description=__doc__)
+    p = Parser(prog="python -m limit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="check (or download) a dataset's files")
@@ -156,9 +192,9 @@ def build_parser():
     s.add_argument("--data-dir", default="data")
     s.add_argument("--noise", required=True, help="uniform, symmetric, pair (CIFAR-10) or asymmetric-mnist")
     s.add_argument("--rate", type=float, required=True, help="noise rate p in [0, 1)")
-    s.add_argument("--n", default="all", help="training-set size: an integer or 'all' (default)")
+    s.add_argument("--n", type=_count, default="all", help="training-set size: an integer or 'all' (default)")
     s.add_argument("--seed", type=int, required=True, help="seed of the split and of the noise")
-    s.add_argument("--val-size", type=int, default=None, help="keep only this many validation examples")
+    s.add_argument("--val-size", type=_positive_int, default=None, help="keep only this many validation examples")
     s.add_argument("--out", required=True, help="labels file to write (.npz)")
     s.set_defaults(func=cmd_corrupt)
 
@@ -184,7 +220,7 @@ def build_parser():
     s.add_argument("--init-from", help="CE run directory (FW, DMI, +init)")
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     s.add_argument("--no-test-curve", action="store_true", help="skip the clean test accuracy of every epoch")
-    s.add_argument("--test-curve-size", type=int, help="log every epoch's test accuracy on the first N test "
+    s.add_argument("--test-curve-size", type=_positive_int, help="log every epoch's test accuracy on the first N test "
                                                        "examples only (the final test accuracy uses all)")
     s.add_argument("--bn-init", choices=["authors", "standard"], default="authors",
                    help="authors: BatchNorm statistics warmed on noise as the authors' network builder leaves them "
@@ -192,8 +228,8 @@ def build_parser():
     s.add_argument("--imagenet-weights", help="ResNet-50 only: path to a torchvision ImageNet state dict")
     s.add_argument("--num-workers", type=int, default=4, help="Clothing1M image-decoding workers")
     s.add_argument("--out", required=True, help="run directory")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                          "sqlite:///results/mlflow.db)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI without a password (default: $MLFLOW_TRACKING_URI, "
+                                          "else sqlite:///results/mlflow.db)")
     s.add_argument("--experiment-id", help="MLflow experiment id (pass it: creating experiments races)")
     s.add_argument("--experiment-name", default="limit", help="MLflow experiment (default: limit)")
     s.add_argument("--experiments-file", help="JSON of experiment ids from `python -m limit mlflow-init`")
@@ -243,11 +279,13 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from limit.tracking import check_no_password, redact
     from limit.train import TrainingError
     warnings.simplefilter("default", RuntimeWarning)
     try:
+        check_no_password(getattr(args, "tracking_uri", None), "--tracking-uri")
         args.func(args)
     except (ValueError, TrainingError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
     return 0

@@ -189,15 +189,37 @@ def write_labels_file(path, arrays, meta):
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta, sort_keys=True)), **arrays)
-    os.replace(tmp, path)
+    from limit.train import replace_durably
+    replace_durably(tmp, path)
     return meta
 
 
+LABELS_KEYS = ("train_idx", "val_idx", "train_true", "train_noisy", "is_corrupted", "val_true", "val_noisy")
+
+
 def read_labels_file(path):
-    """Read a labels file, verifying its hash. Returns (arrays, meta)."""
-    with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"]))
-        arrays = {k: f[k] for k in f.files if k != "meta"}
+    """Read a labels file, verifying its hash. Returns (arrays, meta); a DataError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labels file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"labels file {path} is empty")
+    not_ours = f"labels file {path} is not a labels file (write one with `python -m limit corrupt`)"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            contents = {k: f[k] for k in f.files}
+    except Exception as exc:  # numpy and zipfile raise many types for torn or foreign files
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # .npz archives start so
+        raise DataError(f"labels file {path} is truncated or corrupt ({type(exc).__name__}: {exc})" if is_zip
+                        else f"{not_ours}: {type(exc).__name__}") from None
+    if "meta" not in contents or not set(LABELS_KEYS) <= set(contents):
+        raise DataError(not_ours)
+    try:
+        meta = json.loads(str(contents.pop("meta")))
+    except ValueError:
+        raise DataError(f"{not_ours}: unreadable metadata") from None
+    arrays = contents
     if labels_hash(arrays) != meta.get("sha256"):
         raise DataError(f"labels file {path} is corrupt: its content does not match its sha256")
     return arrays, meta

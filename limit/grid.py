@@ -9,11 +9,12 @@ import json
 from pathlib import Path
 
 from limit import data as D
-from limit.methods import GENERIC_HPARAMS, get_method
+from limit.methods import GENERIC_HPARAMS, get_method, hparam_problem
 from limit.noise import check_noise
 
 HPARAM_COLUMNS = ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
+SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
 
 
 class ConfigError(ValueError):
@@ -49,6 +50,10 @@ def _check_experiment(name, exp, config):
         if dataset not in config["training"]:
             raise ConfigError(f"{where}.datasets: {dataset!r} has no entry under training "
                               f"(epochs, patience, resources)")
+        train = config["training"][dataset]
+        if train.get("max_runtime", train["runtime"]) < train["runtime"]:
+            raise ConfigError(f"training.{dataset}.max_runtime: {train['max_runtime']} is less than runtime "
+                              f"({train['runtime']})")
         for noise in exp["noise"]:
             if dataset == "clothing1m":
                 if noise != "real":
@@ -69,14 +74,34 @@ def _check_experiment(name, exp, config):
             if key not in allowed:
                 raise ConfigError(f"{where}.methods.{variant}.{key}: not a hyperparameter of "
                                   f"{spec.get('method', variant)!r} (allowed: {sorted(allowed)})")
+        for key, grid in spec.items():
+            for value in grid if key in HPARAM_COLUMNS else ():
+                problem = hparam_problem(spec.get("method", variant), key, value)
+                if problem:
+                    raise ConfigError(f"{where}.methods.{variant}.{key}: {value} {problem}")
         for needed in method.hparams:
             if needed not in spec:
                 raise ConfigError(f"{where}.methods.{variant}: {spec.get('method', variant)!r} needs a "
                                   f"grid for {needed!r}")
 
 
+def check_schema(config, schema_path):
+    """The first violation of the JSON schema, as a ConfigError naming its key."""
+    import jsonschema
+    import yaml
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        raise ConfigError(f"{'.'.join(map(str, error.absolute_path)) or 'config'}: {error.message}")
+
+
 def expand_runs(config):
     """One dict per training run, with its paths, resources and the CE run it starts from."""
+    from limit.tracking import check_no_password
+    try:
+        check_no_password(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
+    except ValueError as exc:
+        raise ConfigError(exc) from None
     results = config["results"]
     rows = []
     for name, exp in config["experiments"].items():
@@ -104,6 +129,8 @@ def expand_runs(config):
                         "test_curve_size": train.get("test_curve_size"), "bn_init": train.get("bn_init", "authors"),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
+                        "max_runtime": int(train.get("max_runtime", train["runtime"])),
+                        **{k: train.get(k) for k in SLURM_RESOURCES},
                         "labels": labels_path(results, dataset, noise, rate, n, seed),
                         "run_dir": f"{results}/runs/{run_id}", "init_from": None,
                     })

@@ -9,6 +9,7 @@ gradient of their logged loss. They add ``(logits * g.detach()).sum()`` to the o
 with respect to the logits is exactly ``g``, per example, and nothing else in the graph sees it.
 Adding a method = one function here and one ``METHODS`` entry.
 """
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -32,6 +33,7 @@ class Method:
     q_network: bool = False        # trains an auxiliary label-free network q
     init_from_ce: str | None = None  # "classifier" (FW, DMI) or "q" (+init): parameters from the best CE model
     head_bias: bool = True         # Soft reg.'s last layer U has no bias
+    sampling: bool = False         # lamb is a sampling precision (noise std ~ 1/sqrt(lamb)): it must be > 0
     description: str = ""
 
 
@@ -175,9 +177,9 @@ METHODS = {
                        description="soft regularisation, Eq. (11)"),
     "limit_g": Method(_limit(_squared), ("beta",), q_network=True, description="LIMIT_G without sampling"),
     "limit_l": Method(_limit(_absolute), ("beta",), q_network=True, description="LIMIT_L without sampling"),
-    "limit_g_s": Method(_limit(_squared, _gaussian_from_lamb), ("beta", "lamb"), q_network=True,
+    "limit_g_s": Method(_limit(_squared, _gaussian_from_lamb), ("beta", "lamb"), q_network=True, sampling=True,
                         description="LIMIT_G with Gaussian sampling"),
-    "limit_l_s": Method(_limit(_absolute, _laplace_from_lamb), ("beta", "lamb"), q_network=True,
+    "limit_l_s": Method(_limit(_absolute, _laplace_from_lamb), ("beta", "lamb"), q_network=True, sampling=True,
                         description="LIMIT_L with Laplace sampling"),
     "limit_g_init": Method(_limit(_squared), ("beta",), q_network=True, init_from_ce="q",
                            description="LIMIT_G, q initialised from the best CE model"),
@@ -192,6 +194,21 @@ def get_method(name):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     return METHODS[name]
+
+
+def hparam_problem(method, name, value):
+    """What is wrong with a hyperparameter value of a method (None if nothing): checked before any job runs."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if name == "lr" and value <= 0:
+        return "must be > 0"
+    if name == "dropout" and not 0 <= value < 1:
+        return "must be in [0, 1)"
+    if name == "lamb" and get_method(method).sampling and value <= 0:
+        return f"must be > 0 for {method} (the sampling precision)"
+    if value < 0:
+        return "must be >= 0"
+    return None
 
 
 def is_limit(name):

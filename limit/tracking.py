@@ -5,10 +5,14 @@ about once and tracking stops for that run; ``sync_run`` (``python -m limit mlfl
 whatever is missing into MLflow, idempotently, continuing the same MLflow run (or creating it, in its experiment,
 with its name and tags from config.json, if the job never reached MLflow). ``RUN_DIR/mlflow.json`` records the run
 id, store, experiment, name and tags, including the ``selected`` tag of the select stage.
+
+A password in a tracking URI (``http://user:password@host``) is a secret: it is read only from
+``MLFLOW_TRACKING_URI``, and every URI or message this module writes or prints shows ``user:***@host``.
 """
 import json
 import math
 import os
+import re
 import time
 import uuid
 import warnings
@@ -29,6 +33,31 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 def tracking_uri(uri=None):
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+_PASSWORD = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
+
+
+def redact(text):
+    """``text`` with the password of every URI in it replaced: ``http://user:***@host``."""
+    return _PASSWORD.sub(r"\1:***@", str(text))
+
+
+def check_no_password(uri, where):
+    """A URI given on a command line or in a config must not hold a password (it would be stored and shown)."""
+    if uri and redact(uri) != uri:
+        raise ValueError(f"{where}: the tracking URI holds a password; set it only in the environment "
+                         f"(export MLFLOW_TRACKING_URI='{redact(uri)}' with the real password)")
+
+
+def recorded_uri(recorded):
+    """The store a run directory recorded (password redacted): the environment's URI when it is that store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and redact(env) == recorded:
+        return env
+    if recorded and ":***@" in recorded:
+        raise ValueError(f"the run was tracked at {recorded}: set MLFLOW_TRACKING_URI to it, with its password")
+    return recorded
 
 
 def artifact_root(uri):
@@ -66,6 +95,8 @@ def flatten(d, prefix=""):
 
 def _client(uri):
     from mlflow.tracking import MlflowClient
+    if redact(uri) != uri:  # MLflow prints "View run ... at: URI" links, password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
@@ -78,7 +109,8 @@ def _write_run_file(run_dir, info):
     path = Path(run_dir) / RUN_FILE
     tmp = path.with_name(f".{RUN_FILE}.tmp")
     tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
+    from limit.train import replace_durably
+    replace_durably(tmp, path)
 
 
 def _metrics_of(row, step):
@@ -98,7 +130,7 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
     """
     from mlflow.exceptions import MlflowException
     info = _read_run_file(run_dir)
-    same_store = info.get("tracking_uri") == uri
+    same_store = info.get("tracking_uri") == redact(uri)
     if info.get("run_id") and same_store:
         try:
             client.get_run(info["run_id"])
@@ -115,9 +147,9 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
         run_id = found[0].info.run_id
     else:
         key = key or uuid.uuid4().hex
-        _write_run_file(run_dir, {**info, "run_id": None, "tracking_uri": uri, "run_key": key, "tags": tags})
+        _write_run_file(run_dir, {**info, "run_id": None, "tracking_uri": redact(uri), "run_key": key, "tags": tags})
         run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}).info.run_id
-    _write_run_file(run_dir, {"run_id": run_id, "tracking_uri": uri, "experiment_id": experiment_id,
+    _write_run_file(run_dir, {"run_id": run_id, "tracking_uri": redact(uri), "experiment_id": experiment_id,
                               "run_name": run_name, "tags": tags, "run_key": key})
     return run_id
 
@@ -134,12 +166,12 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
     config = json.loads((run_dir / "config.json").read_text())
     # A job that never reached MLflow has no mlflow.json: its name and tags are in config.json.
     recorded = config.get("tracking") or {}
-    uri = tracking_uri(uri or info.get("tracking_uri"))
+    uri = tracking_uri(uri or recorded_uri(info.get("tracking_uri")))
     # Later tags (``selected``, set by the select stage) live in mlflow.json.
     tags = {**(recorded.get("tags") or {}), **info.get("tags", {}), **(tags or {})}
     tags = {k: str(v) for k, v in tags.items()}
     if not experiment:  # an experiment id only means something in the store that gave it
-        same_store = info.get("tracking_uri") == uri
+        same_store = info.get("tracking_uri") == redact(uri)
         experiment = {"id": info.get("experiment_id") if same_store else None,
                       "name": tags.get("experiment") or "limit"}
     run_name = run_name or info.get("run_name") or recorded.get("run_id") or run_dir.name
@@ -202,9 +234,9 @@ class Tracker:
             if self.failed:
                 return
             self.failed = True
-            warnings.warn(f"MLflow tracking to {self.uri} failed ({type(exc).__name__}: {exc}); training goes on "
-                          f"and {self.run_dir} stays complete. Later: python -m limit mlflow-sync {self.run_dir}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(redact(f"MLflow tracking to {self.uri} failed ({type(exc).__name__}: {exc}); training "
+                                 f"goes on and {self.run_dir} stays complete. Later: python -m limit mlflow-sync "
+                                 f"{self.run_dir}"), RuntimeWarning, stacklevel=2)
 
     def start(self, config, history):
         def begin():
@@ -238,7 +270,8 @@ def tag_selected(run_dirs, selected, uri=None):
         for run_dir in run_dirs:
             info = _read_run_file(run_dir)
             if info.get("run_id"):
-                client = _client(tracking_uri(uri or info.get("tracking_uri")))
+                client = _client(tracking_uri(uri or recorded_uri(info.get("tracking_uri"))))
                 client.set_tag(info["run_id"], "selected", str(run_dir in selected).lower())
     except Exception as exc:
-        warnings.warn(f"could not tag the selected runs in MLflow ({type(exc).__name__}: {exc})", RuntimeWarning)
+        warnings.warn(redact(f"could not tag the selected runs in MLflow ({type(exc).__name__}: {exc})"),
+                      RuntimeWarning)

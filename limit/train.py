@@ -1,8 +1,9 @@
 """The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
 
 A run directory holds the resolved config, ``state.pt`` (the full training state, rewritten atomically
-after every epoch), and when the run is complete ``history.csv``, ``test_outputs.npz``, ``best.pt``,
-``train_scores.npz`` (LIMIT runs) and, last, ``metrics.json``.
+after every epoch; the one before is kept as ``state.prev.pt``, the fallback if a crash tears it), and when
+the run is complete ``history.csv``, ``test_outputs.npz``, ``best.pt``, ``train_scores.npz`` (LIMIT runs)
+and, last, ``metrics.json``.
 """
 import copy
 import csv
@@ -13,6 +14,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
-from limit.methods import Context, forward_correction_matrix, get_method, is_limit
+from limit.methods import Context, forward_correction_matrix, get_method, hparam_problem, is_limit
 from limit.models import BN_INIT, authors_bn_warmup, build_model
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
@@ -54,6 +56,13 @@ def resolve_config(config):
     cfg["hparams"] = {**HPARAM_DEFAULTS, **cfg["hparams"]}
     if cfg["bn_init"] not in BN_INIT:
         raise ValueError(f"bn_init must be one of {list(BN_INIT)}, not {cfg['bn_init']!r}")
+    for name, value in cfg["hparams"].items():
+        problem = hparam_problem(cfg["method"], name, value)
+        if problem:
+            raise ValueError(f"{name} = {value}: {problem}")
+    for key in ("epochs", "patience", "batch_size"):
+        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
+            raise ValueError(f"{key} = {cfg[key]!r}: must be an integer >= 1")
     if method.init_from_ce and not cfg["init_from"]:
         raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
     return cfg
@@ -170,10 +179,7 @@ def prepare_method(cfg, ctx, run_data, device):
     method = get_method(cfg["method"])
     if not method.init_from_ce:
         return
-    ce_path = Path(cfg["init_from"]) / "best.pt"
-    if not ce_path.exists():
-        raise TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
-    ce_state = load_checkpoint(ce_path)["classifier"]
+    ce_state = load_checkpoint(Path(cfg["init_from"]) / "best.pt")["classifier"]
     if cfg["method"] == "fw":
         # The full CE model (BatchNorm statistics included) estimates T on the noisy training set.
         ce_model = copy.deepcopy(ctx.classifier)
@@ -187,22 +193,76 @@ def prepare_method(cfg, ctx, run_data, device):
     copy_parameters(ce_state, target, "the q-network" if method.init_from_ce == "q" else "the classifier")
 
 
-def fingerprint(cfg, labels_sha256):
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def init_checkpoint_sha256(cfg):
+    """sha256 of the CE model a run starts from (FW, DMI, +init), None for other methods."""
+    if not get_method(cfg["method"]).init_from_ce:
+        return None
+    ce_path = Path(cfg["init_from"]) / "best.pt"
+    if not ce_path.exists():
+        raise TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
+    return file_sha256(ce_path)
+
+
+def fingerprint(cfg, labels_sha256, init_sha256=None):
+    """What a run computes: its semantic config, its labels and the CE model it starts from."""
     semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
-    blob = json.dumps({"config": semantic, "labels": labels_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    inputs = {"config": semantic, "labels": labels_sha256, **({"init": init_sha256} if init_sha256 else {})}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def replace_durably(tmp, path):
+    """Move the written file ``tmp`` over ``path``: after a crash, ``path`` is the old or the new file, never torn."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    directory = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)
 
 
 def atomic_save(obj, path):
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
 
 
 def atomic_write_text(path, text):
     tmp = Path(path).with_name(f".{Path(path).name}.tmp")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    replace_durably(tmp, path)
+
+
+def save_state(state, out):
+    """Write state.pt, keeping the previous one as state.prev.pt (the fallback if state.pt is ever torn)."""
+    tmp = out / ".state.pt.tmp"
+    torch.save(state, tmp)
+    if (out / "state.pt").exists():
+        os.replace(out / "state.pt", out / "state.prev.pt")
+    replace_durably(tmp, out / "state.pt")
+
+
+def load_state(out):
+    """The training state to resume from: state.pt, else state.prev.pt (one epoch older) with a warning."""
+    path, prev = out / "state.pt", out / "state.prev.pt"
+    if not path.exists() and not prev.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except TrainingError as exc:
+        if not prev.exists():
+            raise
+        warnings.warn(f"{exc}; resuming from {prev}, one epoch earlier", RuntimeWarning)
+        return load_checkpoint(prev)
 
 
 def _rng_state(generator):
@@ -315,32 +375,43 @@ class EpochReporter:
             self.bar.close()
 
 
+def stale_initialisation(state, cfg, labels_sha256, init_sha256):
+    """Whether a saved state differs from this run only by the CE model it started from."""
+    old = state.get("init_sha256")
+    return bool(old) and old != init_sha256 and state["fingerprint"] == fingerprint(cfg, labels_sha256, old)
+
+
 def train(config, out_dir, tracker=None):
     """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics."""
     cfg = resolve_config(config)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg["device"])
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
     method = get_method(cfg["method"])
-    atomic_write_text(out / "job.json", json.dumps({
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device)}))
 
     torch.manual_seed(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
-    run_data = load_run_data(cfg, device)
+    run_data = load_run_data(cfg, device)  # bad input stops here, before anything is written
+    init_sha256 = init_checkpoint_sha256(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "job.json", json.dumps({
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device)}))
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
-    fp = fingerprint(cfg, run_data.labels_sha256)
-    state_path = out / "state.pt"
+    fp = fingerprint(cfg, run_data.labels_sha256, init_sha256)
 
-    if state_path.exists():
-        state = load_checkpoint(state_path)
-        if state.get("fingerprint") != fp:
-            raise TrainingError(f"{state_path} belongs to a different config or labels file; "
+    state = load_state(out)
+    if state is not None and state.get("fingerprint") != fp:
+        if stale_initialisation(state, cfg, run_data.labels_sha256, init_sha256):
+            warnings.warn(f"{out}: the CE model in {cfg['init_from']} changed since this run started; "
+                          f"it starts over from the new one", RuntimeWarning)
+            state = None
+        else:
+            raise TrainingError(f"{out / 'state.pt'} belongs to a different config or labels file; "
                                 f"remove the run directory {out} to start over")
+    if state is not None:
         for name, model in _models(ctx).items():
             model.load_state_dict(state["models"][name])
         ctx.extra = {k: v.to(device) for k, v in state["extra"].items()}
@@ -380,9 +451,10 @@ def train(config, out_dir, tracker=None):
             best = {"val_acc": row["val_acc"], "epoch": epoch,
                     "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
                                for k, m in _models(ctx).items()}}
-        atomic_save({"fingerprint": fp, "models": {k: m.state_dict() for k, m in _models(ctx).items()},
-                     "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
-                     "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}}, state_path)
+        save_state({"fingerprint": fp, "init_sha256": init_sha256,
+                    "models": {k: m.state_dict() for k, m in _models(ctx).items()},
+                    "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
+                    "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}}, out)
         if tracker is not None:
             tracker.log_epoch(row)
         reporter.epoch(row)
@@ -400,17 +472,17 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     acc, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
     tmp = out / ".test_outputs.tmp.npz"
     np.savez(tmp, logits=logits.cpu().numpy().astype(np.float32), labels=run_data.test_labels.cpu().numpy())
-    os.replace(tmp, out / "test_outputs.npz")
+    replace_durably(tmp, out / "test_outputs.npz")
     if is_limit(cfg["method"]):
         tmp = out / ".train_scores.tmp.npz"
         np.savez(tmp, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
-        os.replace(tmp, out / "train_scores.npz")
+        replace_durably(tmp, out / "train_scores.npz")
     tmp = out / ".history.csv.tmp"
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(history)
-    os.replace(tmp, out / "history.csv")
+    replace_durably(tmp, out / "history.csv")
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))

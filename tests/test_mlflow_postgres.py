@@ -24,6 +24,8 @@ from mlflow.tracking import MlflowClient
 from limit.mlflow_server import free_port, start_server, stop_server
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
 
+pytestmark = pytest.mark.system
+
 PER_EPOCH = ("train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc")
 
 

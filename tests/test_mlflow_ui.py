@@ -21,6 +21,8 @@ import pytest
 from limit.mlflow_server import api, free_port, search_runs
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
 
+pytestmark = pytest.mark.system
+
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -4,7 +4,7 @@ import warnings
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.tracking import Tracker, get_or_create_experiment, sync_run
+from limit.tracking import Tracker, get_or_create_experiment, redact, sync_run
 from limit.train import train
 
 
@@ -54,3 +54,14 @@ def test_unreachable_server_warns_once_then_sync_fills_in_without_duplicates(fmn
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0, 1, 2]
     assert len(client.get_metric_history(run_id, "test_acc")) == 3
     assert runs[0].data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
+
+
+@pytest.mark.parametrize("uri,shown", [
+    ("http://me:pa55@mlflow.internal:5000", "http://me:***@mlflow.internal:5000"),
+    ("postgresql://mlflow:pa55@127.0.0.1:5432/mlflow", "postgresql://mlflow:***@127.0.0.1:5432/mlflow"),
+    ("error: API request to https://me:pa55@h/api/2.0 failed", "error: API request to https://me:***@h/api/2.0 failed"),
+    ("http://me@mlflow.internal:5000", "http://me@mlflow.internal:5000"),
+    ("sqlite:///results/mlflow.db", "sqlite:///results/mlflow.db"),
+])
+def test_passwords_in_uris_are_redacted(uri, shown):
+    assert redact(uri) == shown

@@ -1,14 +1,16 @@
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # the package is importable without installing it
 from limit.report import README_FIGURES  # noqa: E402
 from limit.grid import (  # noqa: E402
     ConfigError,
+    check_schema,
     expand_runs,
     run_tags,
     selection_groups,
@@ -17,13 +19,18 @@ from limit.grid import (  # noqa: E402
 )
 
 # Jobs (local, Slurm or conda) import the package from this checkout.
-shell.prefix(f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
-RESULTS = config["results"]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+# A bad config stops here, before any job: one line naming the key, exit status 2.
 try:
+    check_schema(config, SCHEMA)
+    validate(config, str(SCHEMA))  # fills the defaults
     RUN_ROWS = expand_runs(config)
 except ConfigError as exc:
-    raise WorkflowError(f"invalid config: {exc}")
+    print(f"error: invalid config: {exc}", file=sys.stderr)
+    sys.exit(2)
+RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
 SETTINGS = {
@@ -31,21 +38,23 @@ SETTINGS = {
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
 EXPERIMENTS = list(config["experiments"])
-# MLFLOW_TRACKING_URI, when set, reaches every job through the environment.
-TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
 TRACKING = config["mlflow"]["enabled"]
+# MLFLOW_TRACKING_URI, when set, reaches every job through the environment and stays there (it may hold a
+# password): it never goes on a command line. Otherwise the config's URI is passed.
+TRACKING_URI_ARGS = (
+    [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", config["mlflow"]["tracking_uri"]]
+)
 
 
 def tracking_arguments(run):
     row = RUNS[run]
     # run name and tags also go into the run's config.json: the run table (read_run) is built from them
-    tags = " ".join(f"--tag {k}={v}" for k, v in run_tags(row).items())
+    tags = [arg for k, v in run_tags(row).items() for arg in ("--tag", f"{k}={v}")]
     run_name = run.split("/", 1)[1]  # the experiment is the MLflow experiment
     if not TRACKING:
-        return f"--no-tracking --run-name {run_name} {tags}"
-    uri = "" if "MLFLOW_TRACKING_URI" in os.environ else f"--tracking-uri {TRACKING_URI}"
-    return (f"{uri} --experiments-file {RESULTS}/mlflow/experiments.json "
-            f"--experiment-name {row['experiment']} --run-name {run_name} {tags}")
+        return ["--no-tracking", "--run-name", run_name, *tags]
+    return [*TRACKING_URI_ARGS, "--experiments-file", f"{RESULTS}/mlflow/experiments.json",
+            "--experiment-name", row["experiment"], "--run-name", run_name, *tags]
 
 
 def train_inputs(wildcards):
@@ -61,8 +70,9 @@ def train_inputs(wildcards):
 
 def train_command(wildcards):
     row = RUNS[wildcards.run]
-    args = " ".join(train_arguments(row, config["data_dir"]))
-    return f"{args} --out {row['run_dir']} {tracking_arguments(wildcards.run)}"
+    # one shell-quoted string: config values (paths, names) never reach the shell unquoted
+    return shlex.join([*train_arguments(row, config["data_dir"]), "--out", row["run_dir"],
+                       *tracking_arguments(wildcards.run)])
 
 
 def run_resource(key, scale_with_attempt=False):
@@ -71,6 +81,12 @@ def run_resource(key, scale_with_attempt=False):
         return value * attempt if scale_with_attempt else value
 
     return get
+
+
+def train_runtime(wildcards, attempt):
+    """Minutes: the runtime, times the attempt on a retry, at most max_runtime (a retry resumes from state.pt)."""
+    row = RUNS[wildcards.run]
+    return min(row["runtime"] * attempt, row["max_runtime"])
 
 
 def group_run_dirs(wildcards):

@@ -10,8 +10,8 @@ rule prepare_data:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit prepare --dataset {wildcards.dataset} --data-dir {params.data_dir} "
-        "{params.download} > {log} 2>&1"
+        "python -m limit prepare --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
+        "{params.download} > {log:q} 2>&1"
 
 
 rule corrupt_labels:
@@ -26,14 +26,12 @@ rule corrupt_labels:
         row=lambda wc: {k: SETTINGS[wc.setting][k] for k in ("dataset", "noise", "rate", "n", "seed")},
         data_dir=config["data_dir"],
         val_size=lambda wc: (
-            f"--val-size {SETTINGS[wc.setting]['val_size']}"
-            if SETTINGS[wc.setting]["val_size"]
-            else ""
+            ["--val-size", SETTINGS[wc.setting]["val_size"]] if SETTINGS[wc.setting]["val_size"] else []
         ),
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit corrupt --dataset {params.row[dataset]} --data-dir {params.data_dir} "
-        "--noise {params.row[noise]} --rate {params.row[rate]} --n {params.row[n]} "
-        "--seed {params.row[seed]} {params.val_size} --out {output} > {log} 2>&1"
+        "python -m limit corrupt --dataset {params.row[dataset]:q} --data-dir {params.data_dir:q} "
+        "--noise {params.row[noise]:q} --rate {params.row[rate]:q} --n {params.row[n]:q} "
+        "--seed {params.row[seed]:q} {params.val_size:q} --out {output:q} > {log:q} 2>&1"
