@@ -196,6 +196,7 @@ def _write_run(run_dir, test_acc, val_acc, limit, seed, n_test=400):
     run_dir.mkdir(parents=True)
     history = _history(30, 0.2 if limit else 0.9, test_acc, seed)
     history.to_csv(run_dir / "history.csv", index=False)
+    (run_dir / "config.json").write_text(json.dumps(dict(seed=seed, test_curve_size=200)))
     (run_dir / "metrics.json").write_text(json.dumps(dict(
         best_epoch=29, best_val_acc=val_acc, test_acc=test_acc, epochs_run=30, wall_seconds=3.0)))
     logits, labels = _logits_with_accuracy(n_test, test_acc, seed=seed)
@@ -406,17 +407,56 @@ def test_figure_memorisation(runs, tmp_path):
     _assert_figure(tmp_path / "fig1")
 
 
-def test_figure_curves(runs, tmp_path):
+def test_figure_curves_use_every_seed_of_the_selected_configuration(runs, tmp_path):
     shown = figures.figure_curves(runs, tmp_path / "fig3", "mnist", "uniform", 0.8, "all")
-    assert list(shown["variant"]) == ["ce", "limit_l"]  # the figure1 block's MLP runs are not mixed in
-    assert list(shown["seed"]) == [42, 42] and shown.set_index("variant").loc["limit_l", "hparams"] == "beta=3"
+    # the figure1 block's MLP runs are not mixed in; all three seeds of each selected configuration
+    assert list(shown["variant"]) == ["ce"] * 3 + ["limit_l"] * 3 and list(shown["seed"]) == [42, 43, 44] * 2
+    assert set(shown[shown["variant"] == "limit_l"]["hparams"]) == {"beta=3"}
     _assert_figure(tmp_path / "fig3")
+
+
+def test_mean_curve_has_bootstrap_band_selected_epoch_and_integer_ticks(runs):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection, PolyCollection
+    chosen = evaluate.selected_runs(runs)
+    block = chosen[(chosen["dataset"] == "mnist") & (chosen["n"] == "all") & (chosen["rate"] == 0.8)]
+    block = block.assign(best_epoch=[3, 5, 5, 7, 7, 7])  # ce: seeds at epochs 3, 5, 5; limit_l: all at 7
+    labels = [figures._curve_label(r) for r in block.itertuples()]
+    assert sorted(set(labels)) == ["CE", "LIMIT$_L$ (β = 3)"]
+    curves = figures.run_curves(block, labels)
+    palette = figures._palette(list(dict.fromkeys(labels)))
+    fig, ax = plt.subplots()
+    figures.plot_mean_curves(ax, curves, "test_acc", palette)
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # one 95% band per curve (three seeds each)
+    dots = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
+    mean = curves.groupby(["curve", "epoch"])["test_acc"].mean()
+    assert [d[:, 0].tolist() for d in dots] == [[3, 5], [7]]
+    assert list(dots[0][:, 1]) == pytest.approx(list(mean.loc["CE"].loc[[3, 5]]))
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)
+    assert figures.seeds_note(curves) == ("mean over seeds 42, 43, 44; band: bootstrap 95% CI of the mean (1000 "
+                                          "resamples); test accuracy per epoch on the first 200 test images")
+    one_seed = curves[curves["seed"] == 42]
+    assert figures.seeds_note(one_seed, smoothing=2).startswith("1 seed (42), no band")
+    assert figures.seeds_note(one_seed, smoothing=2).endswith("smoothed (Gaussian, σ = 2 epochs)")
 
 
 def test_figure_beta(runs, tmp_path):
     shown = figures.figure_beta(runs, tmp_path / "figA0", "mnist", "uniform", 0.8, "1000")
     assert sorted(set(shown["hparams"])) == ["beta=1", "beta=10"]
+    assert set(shown[shown["selected"]]["hparams"]) == {"beta=10"}
     _assert_figure(tmp_path / "figA0")
+
+
+def test_legend_labels_are_typeset():
+    assert paper.configuration_label("limit_l", "limit_l", {"beta": 10.0}) == "LIMIT_L (β = 10)"
+    assert paper.configuration_label("ce_dropout", "ce", {"dropout": 0.5}) == "CE + dropout 0.5"
+    assert paper.configuration_label("dmi", "dmi", {"lr": 1e-4}) == "DMI (lr = 1e-4)"
+    assert paper.configuration_label("ce_weight_decay", "ce", {"weight_decay": 0.003}) == "CE + weight decay 0.003"
+    assert paper.configuration_label("limit_g_s", "limit_g_s", {"beta": 1, "lamb": 1e-5}) == "LIMIT_G + S (β = 1, λ = 1e-5)"
+    assert paper.configuration_label("ce", "ce", {}) == "CE"
 
 
 def test_figure_histograms_and_detection_table(runs, tmp_path):
