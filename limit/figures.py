@@ -57,16 +57,16 @@ def read_history(run_dir):
     return pd.read_csv(Path(run_dir) / "history.csv")
 
 
-def _hparams(run):
+def run_hparams(run):
     """The hyperparameters a run's grid set (name -> value)."""
     return {c: getattr(run, c) for c in HPARAM_COLUMNS if pd.notna(getattr(run, c, np.nan))}
 
 
 def _curve_label(run):
-    return math_label(configuration_label(run.variant, run.method, _hparams(run)))
+    return math_label(configuration_label(run.variant, run.method, run_hparams(run)))
 
 
-def _setting_title(dataset, noise, rate, n):
+def setting_title(dataset, noise, rate, n):
     size = "all training samples" if str(n) == "all" else f"n = {n}"
     return f"{DATASET_LABELS.get(dataset, dataset)}, {rate:.0%} {noise} noise, {size}"
 
@@ -193,7 +193,7 @@ def figure_memorisation(runs, out_prefix, rate=0.8, smoothing=None):
     fig, axes, shown = _accuracy_figure(
         chosen, ["train_acc", "val_acc"],
         ["training accuracy (noisy labels)", "validation accuracy (clean labels)"],
-        f"Memorisation vs. regularisation: {_setting_title(row.dataset, row.noise, rate, row.n)}", smoothing,
+        f"Memorisation vs. regularisation: {setting_title(row.dataset, row.noise, rate, row.n)}", smoothing,
         (11, 4.2), 1, loc="lower right")
     axes[0, 0].axhline(1 - rate, color="black", linestyle="--", linewidth=1)
     axes[0, 0].annotate(f"optimum 1 − p = {1 - rate:.0%}", (0, 1 - rate), xytext=(2, 3),
@@ -209,7 +209,7 @@ def figure_curves(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, 
     fig, axes, shown = _accuracy_figure(
         chosen, ["train_acc", "test_acc"],
         ["training accuracy (noisy labels)", "test accuracy (clean labels)"],
-        f"Training and test accuracy: {_setting_title(dataset, noise, rate, n)}", smoothing, (12, 4.5), 1,
+        f"Training and test accuracy: {setting_title(dataset, noise, rate, n)}", smoothing, (12, 4.5), 1,
         loc="center left", bbox_to_anchor=(1.02, 0.5))
     save_figure(fig, out_prefix)
     return shown
@@ -240,7 +240,7 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
             ax.set(title=f"{name}: {what}", xlabel="epoch", ylabel="accuracy")
         curve_legend(panels[1], palette, curves, loc="center left", bbox_to_anchor=(1.02, 0.5))
         notes.append(seeds_note(curves, smoothing))
-    fig.suptitle(f"Effect of β: {_setting_title(dataset, noise, rate, n)}\n"
+    fig.suptitle(f"Effect of β: {setting_title(dataset, noise, rate, n)}\n"
                  + "; ".join(dict.fromkeys(notes)), fontsize=10)
     save_figure(fig, out_prefix)
     return runs
@@ -295,7 +295,7 @@ def detection_table(runs, out_prefix):
     lines = ["### Mislabeled-example detection: ROC AUC (%) of ‖μ − g_CE‖ (best LIMIT instance per setting)", "",
              "| Setting | LIMIT run | ours | paper |", "|---|---|---|---|"]
     for row in table.itertuples():
-        setting = _setting_title(row.dataset, row.noise, row.rate, row.n)
+        setting = setting_title(row.dataset, row.noise, row.rate, row.n)
         ours = "—" if np.isnan(row.auc) else f"{row.auc:.2f}"
         lines.append(f"| {setting} | {label(row.variant)} ({row.hparams}) | {ours} | {row.paper_auc} |")
     Path(f"{out_prefix}.md").write_text("\n".join(lines) + "\n")

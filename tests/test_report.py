@@ -373,6 +373,44 @@ def test_default_table_specs(runs, tmp_path):
     assert cells.set_index("row").loc["ce_dropout", "ours_mean"] == pytest.approx(70.0)
 
 
+# (dataset, noise, rate, n, variant): one run each, every kind of column of the paper's tables
+TINY_RUNS = [("cifar10", "pair", 0.0, "all", "ce"), ("cifar10", "pair", 0.0, "all", "limit_g"),
+             ("cifar10", "pair", 0.2, "all", "ce"), ("cifar10", "uniform", 0.4, "all", "fw"),
+             ("cifar100", "uniform", 0.4, "all", "ce"), ("clothing1m", "real", float("nan"), "all", "dmi"),
+             ("mnist", "uniform", 0.0, "1000", "ce"), ("mnist", "uniform", 0.89, "all", "limit_l")]
+
+
+def test_no_table_cell_with_a_run_prints_missing(tmp_path):
+    records = []
+    for i, (dataset, noise, rate, n, variant) in enumerate(TINY_RUNS):
+        run_dir = tmp_path / "runs" / str(i)
+        _write_run(run_dir, 0.5 + i / 100, 0.5, False, 42)
+        records.append(dict(run_id=str(i), experiment="main", dataset=dataset, noise=noise, rate=rate, n=n, seed=42,
+                            variant=variant, method=variant, hparams="default", run_dir=str(run_dir),
+                            best_val_acc=0.5, test_acc=0.5 + i / 100, best_epoch=29))
+    runs = pd.DataFrame.from_records(records)
+    specs = tables.default_table_specs(runs)
+    # the clean CIFAR-10 column of Tables 2 and 6 and Table 7's p = 0 column come from the pair p = 0 runs
+    assert {s.name for s in specs} == {"table1", "table2", "table4", "table5", "table6", "table7"}
+    filled = 0
+    for spec in specs:
+        tables.render_table(runs, spec, tmp_path / spec.name)
+        rows = _table_rows((tmp_path / f"{spec.name}.md").read_text().splitlines())
+        header, body = rows[0], {r[0]: r for r in rows[2:]}
+        for run in runs.itertuples():
+            run_key = tables.setting_key(run.dataset, run.noise, run.rate, run.n)
+            for column in spec.columns:
+                if (run.variant in spec.rows and run_key == tables.setting_key(column.dataset, column.noise,
+                                                                               column.rate, column.n)):
+                    text = body[paper.label(run.variant)][header.index(column.label)]
+                    assert text != tables.MISSING and text.strip("*").startswith(f"{100 * run.test_acc:.1f}"), \
+                        (spec.name, column.label, run.variant, text)
+                    filled += 1
+    # table2: clean (ce, limit_g), pair 0.2, uniform 0.4, CIFAR-100, Clothing1M; table6: clean (ce, limit_g), 0.4;
+    # table7: p = 0 (ce, limit_g), 0.2; tables 1 and 4: MNIST p = 0, n = 1000; table5: p = 0.89
+    assert filled == 6 + 3 + 3 + 1 + 1 + 1
+
+
 def test_render_run_table(runs, tmp_path):
     tables.render_run_table(runs, tmp_path / "runs.csv")
     written = pd.read_csv(tmp_path / "runs.csv")
