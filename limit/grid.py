@@ -165,6 +165,19 @@ def selection_groups(rows):
     return groups
 
 
+def figure_facts(rows):
+    """What the report's figure captions state about a grid: the seeds of each experiment block and the test
+    examples whose accuracy is drawn per epoch, per dataset."""
+    seeds, subsets = {}, {}
+    for r in rows:
+        seeds.setdefault(r["experiment"], set()).add(r["seed"])
+        size = r["test_curve_size"]
+        subsets[r["dataset"]] = f"the first {size:,} test images" if size else "the whole test set"
+    return {"seeds": "; ".join(f"{block}: {', '.join(map(str, sorted(s)))}" + (" (1 seed)" if len(s) == 1 else "")
+                               for block, s in seeds.items()),
+            "test_subset": "; ".join(f"{dataset}: {text}" for dataset, text in subsets.items())}
+
+
 def read_run(run_dir):
     """One run-table row from a finished run directory (its grid tags, config and metrics)."""
     run_dir = Path(run_dir)

@@ -10,6 +10,7 @@ from limit.report import README_FIGURES  # noqa: E402
 from limit.grid import (  # noqa: E402
     ConfigError,
     expand_runs,
+    figure_facts,
     run_tags,
     selection_groups,
     setting_path,
