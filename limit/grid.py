@@ -156,11 +156,16 @@ def run_tags(row):
             for k in TAG_COLUMNS if row[k] is not None}
 
 
+def group_key(experiment, dataset, noise, rate, n, variant):
+    """The unit of selection (and an MLflow parent run): experiment/dataset/noise-rate/nN/variant."""
+    return f"{experiment}/{setting_path(dataset, noise, rate, n)}/{variant}"
+
+
 def selection_groups(rows):
     """Run rows grouped by experiment, data setting (all seeds) and variant: the unit of selection."""
     groups = {}
     for r in rows:
-        key = f"{r['experiment']}/{setting_path(r['dataset'], r['noise'], r['rate'], r['n'])}/{r['variant']}"
+        key = group_key(r["experiment"], r["dataset"], r["noise"], r["rate"], r["n"], r["variant"])
         groups.setdefault(key, []).append(r)
     return groups
 

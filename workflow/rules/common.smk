@@ -45,7 +45,8 @@ def tracking_arguments(run):
     if not TRACKING:
         return f"--no-tracking --run-name {run_name} {tags}"
     uri = "" if "MLFLOW_TRACKING_URI" in os.environ else f"--tracking-uri {TRACKING_URI}"
-    return (f"{uri} --experiments-file {RESULTS}/mlflow/experiments.json "
+    checkpoints = "" if config["mlflow"]["log_checkpoints"] else "--no-checkpoint-artifacts"
+    return (f"{uri} --experiments-file {RESULTS}/mlflow/experiments.json {checkpoints} "
             f"--experiment-name {row['experiment']} --run-name {run_name} {tags}")
 
 

@@ -6,9 +6,10 @@ rule mlflow_init:
     params:
         uri=TRACKING_URI,
         experiments=EXPERIMENTS,
+        groups=list(GROUPS),
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit mlflow-init --tracking-uri {params.uri} --experiments {params.experiments} "
-        "--out {output} > {log} 2>&1"
+        "python -m limit mlflow-init --tracking-uri {params.uri:q} --experiments {params.experiments:q} "
+        "--groups {params.groups:q} --out {output} > {log} 2>&1"
