@@ -96,7 +96,7 @@ def cmd_select(args):
     if not args.no_tracking:
         hparams = {f"selected.{k}": fmt(chosen[k]) for k in HPARAM_COLUMNS if k in chosen and pd.notna(chosen[k])}
         summary = {"tags": {"selected_hparams": chosen["hparams"], **hparams},
-                   "metrics": {k: chosen[k] for k in ("test_acc_mean", "test_acc_std", "best_val_acc_mean", "seeds")}}
+                   "metrics": {k: float(chosen[k]) for k in ("test_acc_mean", "test_acc_std", "best_val_acc_mean", "seeds")}}
         tag_selected(runs["run_dir"], set(result["run_dirs"]), summary, args.tracking_uri)
     print(f"{args.out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
           f"over {chosen['seeds']} seeds)")
