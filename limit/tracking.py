@@ -35,6 +35,15 @@ JOB_TAGS = {"git_commit": "mlflow.source.git.commit", "torch_version": "torch_ve
             "slurm_job_id": "slurm_job_id"}
 # MLflow 3's UI shows an experiment of this kind as model training (runs table), not as a GenAI app (traces).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A saved view of the runs table (``#/experiments/<id>/runs?viewStateShareKey=limit``): the selection, the
+# hyperparameters and the test accuracy as columns, run names in full.
+SAVED_VIEW = "limit"
+VIEW_COLUMNS = (["tags.`selected`", "tags.`selected_hparams`"]
+                + [f"params.`hparams.{h}`" for h in ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")]
+                + ["metrics.`final_test_acc`", "metrics.`final_best_val_acc`", "metrics.`test_acc_mean`",
+                   "metrics.`test_acc_std`"])
+VIEW_STATE = {"selectedColumns": VIEW_COLUMNS, "columnOrder": ["attributes.`Run Name`"],
+              "columnWidths": {"attributes.`Run Name`": 430}}
 MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
 
 # Fail fast enough that a dead server costs a job seconds, not minutes (users may override).
@@ -58,19 +67,24 @@ def artifact_root(uri):
 
 def get_or_create_experiment(client, name, uri):
     """Experiment id for ``name``; creates it (with a known artifact location) if missing. Either way it is
-    marked as a model-training experiment."""
+    marked as a model-training experiment and has the saved view of the runs table."""
     from mlflow.exceptions import MlflowException
     found = client.get_experiment_by_name(name)
     if found is None:
         root = artifact_root(uri)
         try:
-            return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None,
-                                            tags=EXPERIMENT_KIND)
+            client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by another process
-            found = client.get_experiment_by_name(name)
+            pass
+        found = client.get_experiment_by_name(name)
     for key, value in EXPERIMENT_KIND.items():
         if found.tags.get(key) != value:
             client.set_experiment_tag(found.experiment_id, key, value)
+    view_key = f"mlflow.sharedViewState.{SAVED_VIEW}"
+    if json.loads(json.loads(found.tags.get(view_key, '{"state": "{}"}'))["state"]) != VIEW_STATE:
+        now = int(time.time() * 1000)
+        client.set_experiment_tag(found.experiment_id, view_key, json.dumps(
+            {"name": SAVED_VIEW, "createdAt": now, "updatedAt": now, "state": json.dumps(VIEW_STATE)}))
     return found.experiment_id
 
 
