@@ -128,7 +128,7 @@ def tiny_pipeline(fmnist_dir, tmp_path_factory):
     git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "checkout")
     result = subprocess.run([SNAKEMAKE, "-s", str(work / "Snakefile"), "-d", str(work), "--cores", "2",
                              "--configfile", str(work / "config" / "test.yaml"), "--config", f"data_dir={fmnist_dir}"],
-                            capture_output=True, text=True, timeout=900,
+                            capture_output=True, text=True, timeout=1800,
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work
