@@ -6,6 +6,7 @@ and 3 GB), waits until ``/health`` answers, prints the URL of each experiment's 
 server (its whole process group) on Ctrl+C or SIGTERM.
 """
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -200,7 +201,7 @@ _ROWS_JS = """(() => {
 _EXPANDERS = "document.querySelectorAll('button[data-component-id$=\"runnamecellrenderer.tsx_46\"]')"
 
 
-def runs_table(url, experiment_id, expand=None, screenshot=None):
+def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100):
     """Render an experiment's runs table (``runs_url``) in headless Chromium, expand the first ``expand`` parent
     runs (all when None) and return its rows (see ``_ROWS_JS``); ``screenshot``: also save a PNG there."""
     from limit import browser
@@ -218,8 +219,16 @@ def runs_table(url, experiment_id, expand=None, screenshot=None):
             await page.screenshot(screenshot)
         return rows
 
-    import asyncio
-    return browser.run(runs_url(url, experiment_id), script)
+    return browser.run(runs_url(url, experiment_id), script, width=width)
+
+
+def _mark_experiments(url, names):
+    """Give experiments of an older store the model-training mark and the saved view that ``runs_url`` opens."""
+    from mlflow.tracking import MlflowClient
+    from limit.tracking import get_or_create_experiment
+    client = MlflowClient(url)
+    for name in names:
+        get_or_create_experiment(client, name, url)
 
 
 def main(argv=None):
@@ -262,6 +271,7 @@ def main(argv=None):
         url = base_url(args.host, args.port)
         wait_until_ready(url, proc=proc)
         experiments = sqlite_experiments(store)
+        _mark_experiments(url, [name for _, name in experiments])
         for experiment_id, name in experiments:
             print(f"runs of experiment {name!r}: {runs_url(url, experiment_id)}", flush=True)
         if not experiments:

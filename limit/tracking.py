@@ -40,8 +40,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 SAVED_VIEW = "limit"
 VIEW_COLUMNS = (["tags.`selected`", "tags.`selected_hparams`"]
                 + [f"params.`hparams.{h}`" for h in ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")]
-                + ["metrics.`final_test_acc`", "metrics.`final_best_val_acc`", "metrics.`test_acc_mean`",
-                   "metrics.`test_acc_std`"])
+                + ["metrics.`final_test_acc`", "metrics.`test_acc_mean`", "metrics.`test_acc_std`"])
 VIEW_STATE = {"selectedColumns": VIEW_COLUMNS, "columnOrder": ["attributes.`Run Name`"],
               "columnWidths": {"attributes.`Run Name`": 430}}
 MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
