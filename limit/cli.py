@@ -89,7 +89,8 @@ def cmd_train(args):
               "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
               "test_curve_size": args.test_curve_size,
               "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers, "bn_init": args.bn_init,
-              "tracking": {"run_id": args.run_name or Path(args.out).name, "tags": _parse_tags(args.tag)}}
+              "tracking": {"run_id": args.run_name or Path(args.out).name, "tags": _parse_tags(args.tag),
+                           "log_checkpoints": not args.no_checkpoint_artifacts}}
     tracker = None
     if not args.no_tracking:
         experiment_id = args.experiment_id
@@ -109,7 +110,9 @@ def _run_table(run_dirs):
 
 def cmd_select(args):
     """Pick the hyperparameters with the best mean noisy-validation accuracy over seeds (spec 7.2)."""
-    from limit.evaluate import select_configurations
+    import pandas as pd
+    from limit.evaluate import HPARAM_COLUMNS, select_configurations
+    from limit.grid import fmt
     from limit.tracking import tag_selected
     runs = _run_table(args.run_dirs)
     configs = select_configurations(runs)
@@ -120,7 +123,10 @@ def cmd_select(args):
               "all_run_dirs": sorted(runs["run_dir"])}
     _atomic_json(args.out, result)
     if not args.no_tracking:
-        tag_selected(runs["run_dir"], set(result["run_dirs"]), args.tracking_uri)
+        hparams = {f"selected.{k}": fmt(chosen[k]) for k in HPARAM_COLUMNS if k in chosen and pd.notna(chosen[k])}
+        summary = {"tags": {"selected_hparams": chosen["hparams"], **hparams},
+                   "metrics": {k: float(chosen[k]) for k in ("test_acc_mean", "test_acc_std", "best_val_acc_mean", "seeds")}}
+        tag_selected(runs["run_dir"], set(result["run_dirs"]), summary, args.tracking_uri)
     print(f"{args.out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
           f"over {chosen['seeds']} seeds)")
 
@@ -155,14 +161,16 @@ def cmd_mlflow_sync(args):
 
 def cmd_mlflow_init(args):
     """Create the store and the experiments before any job starts (MLflow races otherwise)."""
-    from limit.tracking import _client, get_or_create_experiment, redact, tracking_uri
+    from limit.tracking import _client, get_or_create_experiment, get_or_create_parent, redact, tracking_uri
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     ids = {name: get_or_create_experiment(client, name, uri) for name in args.experiments}
+    for group in args.groups:  # the parent runs, before parallel jobs would race to create them
+        get_or_create_parent(client, ids[group.split("/", 1)[0]], group)
     _atomic_json(args.out, {"tracking_uri": redact(uri), "experiments": ids})
-    print(json.dumps(ids))
+    print(f"{json.dumps(ids)}; {len(args.groups)} parent runs")
 
 
 def cmd_bench(args):
@@ -236,6 +244,8 @@ def build_parser():
     s.add_argument("--run-name", help="MLflow run name (default: the run directory's name)")
     s.add_argument("--tag", action="append", metavar="KEY=VALUE", help="MLflow tag (repeatable)")
     s.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    s.add_argument("--no-checkpoint-artifacts", action="store_true",
+                   help="do not log best.pt and train_scores.npz to MLflow (large checkpoints)")
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("select", help="select the hyperparameters of one setting and method variant")
@@ -266,6 +276,8 @@ def build_parser():
     s = sub.add_parser("mlflow-init", help="create the MLflow store and experiments")
     s.add_argument("--tracking-uri")
     s.add_argument("--experiments", nargs="+", required=True)
+    s.add_argument("--groups", nargs="*", default=[], help="selection groups (experiment/setting/variant): "
+                                                           "one parent run each")
     s.add_argument("--out", required=True, help="JSON file of experiment ids")
     s.set_defaults(func=cmd_mlflow_init)
 

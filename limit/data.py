@@ -120,6 +120,7 @@ class ImageArrays:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    classes: list  # class names, indexed by label (torchvision's, e.g. "T-shirt/top", "airplane", "0 - zero")
 
 
 def load_arrays(name, data_dir):
@@ -133,7 +134,7 @@ def load_arrays(name, data_dir):
         x = torch.as_tensor(np.asarray(ds.data))
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
         out += [x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)]
-    return ImageArrays(*out)
+    return ImageArrays(*out, classes=list(ds.classes))
 
 
 def split_indices(num_train, rng, n=None, val_size=None, val_ratio=0.2):

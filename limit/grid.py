@@ -184,13 +184,31 @@ def run_tags(row):
             for k in TAG_COLUMNS if row[k] is not None}
 
 
+def group_key(experiment, dataset, noise, rate, n, variant):
+    """The unit of selection (and an MLflow parent run): experiment/dataset/noise-rate/nN/variant."""
+    return f"{experiment}/{setting_path(dataset, noise, rate, n)}/{variant}"
+
+
 def selection_groups(rows):
     """Run rows grouped by experiment, data setting (all seeds) and variant: the unit of selection."""
     groups = {}
     for r in rows:
-        key = f"{r['experiment']}/{setting_path(r['dataset'], r['noise'], r['rate'], r['n'])}/{r['variant']}"
+        key = group_key(r["experiment"], r["dataset"], r["noise"], r["rate"], r["n"], r["variant"])
         groups.setdefault(key, []).append(r)
     return groups
+
+
+def figure_facts(rows):
+    """What the report's figure captions state about a grid: the seeds of each experiment block and the test
+    examples whose accuracy is drawn per epoch, per dataset."""
+    seeds, subsets = {}, {}
+    for r in rows:
+        seeds.setdefault(r["experiment"], set()).add(r["seed"])
+        size = r["test_curve_size"]
+        subsets[r["dataset"]] = f"the first {size:,} test images" if size else "the whole test set"
+    return {"seeds": "; ".join(f"{block}: {', '.join(map(str, sorted(s)))}" + (" (1 seed)" if len(s) == 1 else "")
+                               for block, s in seeds.items()),
+            "test_subset": "; ".join(f"{dataset}: {text}" for dataset, text in subsets.items())}
 
 
 def read_run(run_dir):

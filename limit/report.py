@@ -7,6 +7,7 @@ import pandas as pd
 from limit import figures as F
 from limit import tables as T
 from limit.evaluate import FIGURE1_EXPERIMENT, best_limit_run, normalise_runs, selected_runs
+from limit.paper import configuration_label
 
 # Figures the README shows, copied from the figures directory by the workflow.
 README_FIGURES = ("figure1_memorisation.png", "figure2_fano.png", "figure3_curves.png")
@@ -82,13 +83,17 @@ def render_figures(runs, out_dir, data_dir):
         if run is None or not (Path(run.run_dir) / "train_scores.npz").exists():
             continue
         name = setting_name(*setting)
+        title = F.math_label(f"{F.setting_title(*setting)}: "
+                             f"{configuration_label(run.variant, run.method, F.run_hparams(run))}, seed {run.seed}")
         if setting.rate > 0:
-            F.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}")
+            F.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}", title=f"Training set, {title}")
         elif setting.dataset != "clothing1m":
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
             from limit.data import load_arrays
-            images = load_arrays(setting.dataset, data_dir).train_x.numpy()
-            F.figure_top_examples(run.run_dir, images, out / f"figure4_top_examples_{name}")
+            arrays = load_arrays(setting.dataset, data_dir)
+            F.figure_top_examples(run.run_dir, arrays.train_x.numpy(), out / f"figure4_top_examples_{name}",
+                                  class_names=arrays.classes,
+                                  title=f"Largest ‖μ − g$_{{CE}}$‖ per given label: {title}")
 
 
 def render_report(runs_csv, tables_dir, figures_dir, data_dir):

@@ -8,10 +8,13 @@ and, last, ``metrics.json``.
 import copy
 import csv
 import hashlib
+import importlib.metadata
 import json
 import math
 import os
+import platform
 import socket
+import subprocess
 import sys
 import time
 import warnings
@@ -381,6 +384,37 @@ def stale_initialisation(state, cfg, labels_sha256, init_sha256):
     return bool(old) and old != init_sha256 and state["fingerprint"] == fingerprint(cfg, labels_sha256, old)
 
 
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        return next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or device.type
+
+
+def _git_commit():
+    """The commit of the package's checkout, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def job_info(device):
+    """Where and with what this attempt runs (``job.json``; MLflow tags)."""
+    try:
+        version = importlib.metadata.version("limit-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device),
+            "device_name": _device_name(device), "git_commit": _git_commit(), "torch_version": torch.__version__,
+            "limit_version": version}
+
+
 def train(config, out_dir, tracker=None):
     """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics."""
     cfg = resolve_config(config)
@@ -396,8 +430,7 @@ def train(config, out_dir, tracker=None):
     run_data = load_run_data(cfg, device)  # bad input stops here, before anything is written
     init_sha256 = init_checkpoint_sha256(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "job.json", json.dumps({
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device)}))
+    atomic_write_text(out / "job.json", json.dumps(job_info(device)))
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
     fp = fingerprint(cfg, run_data.labels_sha256, init_sha256)

@@ -106,8 +106,9 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
 
         client = MlflowClient(url)
         everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-        runs = {r.info.run_name: r for r in everything}
-        assert len(everything) == len(runs) == 10  # no duplicates, nothing elsewhere
+        runs = {r.info.run_name: r for r in everything if "limit.group" not in r.data.tags}
+        parents = {r.info.run_id for r in everything if "limit.group" in r.data.tags}
+        assert len(runs) == 10 and len(everything) == 10 + len(parents) == 10 + 4  # no duplicates, nothing elsewhere
         epochs_total = 0
         for run_dir in run_dirs:
             name = str(run_dir.relative_to(results / "runs/main"))
@@ -117,6 +118,7 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
             tags = json.loads((run_dir / "config.json").read_text())["tracking"]["tags"]
             assert {k: run.data.tags.get(k) for k in tags} == tags
             assert run.data.tags["selected"] == table[str(run_dir.relative_to(work))]["selected"].lower()
+            assert run.data.tags["mlflow.parentRunId"] in parents
             history = list(csv.DictReader(open(run_dir / "history.csv")))
             epochs_total += len(history)
             for key in PER_EPOCH:
@@ -134,7 +136,7 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
         try:
             cur = db.cursor()
             cur.execute("SELECT COUNT(*) FROM runs")
-            assert cur.fetchone()[0] == 10
+            assert cur.fetchone()[0] == 10 + 4  # and the parent of each group
             cur.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_acc'")
             assert cur.fetchone()[0] == epochs_total  # each epoch once
         finally:

@@ -111,12 +111,34 @@ def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, mess
     assert not (tmp_path / "work" / "results").exists()
 
 
+def git(checkout, *args):
+    return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(fmnist_dir, tmp_path_factory):
+    """The tiny config's whole default workflow (report included), run inside a git checkout of this tree."""
     work = tmp_path_factory.mktemp("pipeline")
-    result = snakemake(work, "--cores", "2", "--config", f"data_dir={fmnist_dir}")
+    for name in git(REPO, "ls-files", "-z").split("\0"):
+        if name and (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_bytes((REPO / name).read_bytes())
+    git(work, "init", "-q")
+    git(work, "add", "-A")
+    git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "checkout")
+    result = subprocess.run([SNAKEMAKE, "-s", str(work / "Snakefile"), "-d", str(work), "--cores", "2",
+                             "--configfile", str(work / "config" / "test.yaml"), "--config", f"data_dir={fmnist_dir}"],
+                            capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work
+
+
+def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
+    assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").exists()  # the report ran
+    assert git(tiny_pipeline, "status", "--porcelain", "--untracked-files=no") == ""
+    # nothing it wrote is left for `git add` either: every output is ignored
+    assert git(tiny_pipeline, "status", "--porcelain") == ""
 
 
 def test_tiny_pipeline_runs_every_stage(tiny_pipeline):

@@ -12,6 +12,7 @@ from limit.grid import (  # noqa: E402
     ConfigError,
     check_schema,
     expand_runs,
+    figure_facts,
     run_tags,
     selection_groups,
     setting_path,
@@ -53,7 +54,8 @@ def tracking_arguments(run):
     run_name = run.split("/", 1)[1]  # the experiment is the MLflow experiment
     if not TRACKING:
         return ["--no-tracking", "--run-name", run_name, *tags]
-    return [*TRACKING_URI_ARGS, "--experiments-file", f"{RESULTS}/mlflow/experiments.json",
+    checkpoints = [] if config["mlflow"]["log_checkpoints"] else ["--no-checkpoint-artifacts"]
+    return [*TRACKING_URI_ARGS, "--experiments-file", f"{RESULTS}/mlflow/experiments.json", *checkpoints,
             "--experiment-name", row["experiment"], "--run-name", run_name, *tags]
 
 

@@ -6,9 +6,10 @@ rule mlflow_init:
     params:
         uri=TRACKING_URI_ARGS,
         experiments=EXPERIMENTS,
+        groups=list(GROUPS),
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
         "python -m limit mlflow-init {params.uri:q} --experiments {params.experiments:q} "
-        "--out {output:q} > {log:q} 2>&1"
+        "--groups {params.groups:q} --out {output:q} > {log:q} 2>&1"

@@ -18,6 +18,7 @@ rule report:
         f"{RESULTS}/logs/report.log",
     params:
         data_dir=config["data_dir"],
+        facts=figure_facts(RUN_ROWS),  # for the figure captions
     localrule: True
     conda:
         "../../envs/report.yaml"
