@@ -201,9 +201,11 @@ _ROWS_JS = """(() => {
 _EXPANDERS = "document.querySelectorAll('button[data-component-id$=\"runnamecellrenderer.tsx_46\"]')"
 
 
-def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100):
+def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100, search=None):
     """Render an experiment's runs table (``runs_url``) in headless Chromium, expand the first ``expand`` parent
-    runs (all when None) and return its rows (see ``_ROWS_JS``); ``screenshot``: also save a PNG there."""
+    runs (all when None) and return its rows (see ``_ROWS_JS``); ``screenshot``: also save a PNG there;
+    ``search``: a filter for the search box (the table is then flat)."""
+    from urllib.parse import quote
     from limit import browser
 
     async def script(page):
@@ -219,7 +221,8 @@ def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100):
             await page.screenshot(screenshot)
         return rows
 
-    return browser.run(runs_url(url, experiment_id), script, width=width)
+    page = runs_url(url, experiment_id) + (f"&searchFilter={quote(search)}" if search else "")
+    return browser.run(page, script, width=width)
 
 
 def _mark_experiments(url, names):

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 
@@ -21,24 +20,12 @@ from limit.mlflow_server import api, free_port, runs_table, runs_url, search_run
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.system
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1900,1100", "--virtual-time-budget=15000"]
 PER_EPOCH = ("train_loss", "train_acc", "val_acc", "test_acc")
 
 
 def history_rows(run_dir):
     with open(Path(run_dir) / "history.csv") as f:
         return list(csv.DictReader(f))
-
-
-def chromium(url, tmp_path, *flags, timeout=90):
-    profile = tmp_path / f"chromium-profile-{time.monotonic_ns()}"
-    done = subprocess.run(["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *flags, url],
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +41,7 @@ def pipeline(fmnist_dir, tmp_path_factory):
     override.write_text("experiments:\n  main:\n    seeds: [1]\n")
     t0 = time.monotonic()
     done = subprocess.run(snakemake_command(work, fmnist_dir, 2, [override]), cwd=work, env=pipeline_env(),
-                          capture_output=True, text=True, timeout=400)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-5000:]
     print(f"pipeline: {time.monotonic() - t0:.0f} s")
     return work
@@ -159,10 +146,8 @@ def test_ui_shows_every_run_of_the_pipeline_with_tags_and_metric_history(pipelin
     assert 0 < float(limit_g_parent["metrics.`test_acc_mean`"]) < 1  # the selection summary of the parent
 
     # with a search filter the table is flat: exactly the matching runs
-    variant_filter = quote("tags.variant = 'limit_g'")
-    dom = chromium(f"{runs_page}&searchFilter={variant_filter}", tmp_path, "--dump-dom")
-    assert all(name in dom for name in limit_g)
-    assert not any(name in dom for name in set(expected) - limit_g)
+    rows = runs_table(url, experiment_id, search="tags.variant = 'limit_g'")
+    assert sorted(r["attributes.`Run Name`"] for r in rows) == sorted(limit_g | {"fashion_mnist/uniform-0.5/n256/limit_g"})
 
     # SIGTERM (like Ctrl+C) stops the wrapper and the server with it
     proc.send_signal(signal.SIGTERM)
