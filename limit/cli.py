@@ -153,6 +153,11 @@ def cmd_train_pack(args):
     print(f"{len(args.runs)} packed runs finished")
 
 
+def cmd_cost(args):
+    from limit.cost import main
+    main(args)
+
+
 def cmd_bench(args):
     from limit.bench import main
     main(args)
@@ -264,6 +269,14 @@ def build_parser():
     s.add_argument("--experiments", nargs="+", required=True)
     s.add_argument("--out", required=True, help="JSON file of experiment ids")
     s.set_defaults(func=cmd_mlflow_init)
+
+    s = sub.add_parser("cost", help="device-hours of a config's grid on this device, packed and unpacked",
+                       description="Times a few real training steps of every architecture, method family and "
+                                   "batch size of the config on this device and prints device-hours per block.")
+    s.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
+    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
+    s.add_argument("--runs", help="runs.csv of a previous run: its mean epochs per variant replace the estimate")
+    s.set_defaults(func=cmd_cost)
 
     s = sub.add_parser("bench", help="images/s of training steps on this device")
     s.add_argument("--steps", type=int, default=30)

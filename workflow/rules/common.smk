@@ -10,6 +10,7 @@ from limit.report import README_FIGURES  # noqa: E402
 from limit.grid import (  # noqa: E402
     ConfigError,
     expand_runs,
+    pack_runs,
     run_tags,
     selection_groups,
     setting_path,
@@ -25,7 +26,9 @@ try:
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}")
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
+RUN_OUTPUTS = ("metrics.json", "history.csv", "test_outputs.npz", "best.pt")
 GROUPS = selection_groups(RUN_ROWS)
+PACKS = pack_runs(RUN_ROWS)
 SETTINGS = {
     setting_path(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
 }
@@ -49,7 +52,11 @@ def tracking_arguments(run):
 
 
 def train_inputs(wildcards):
-    row = RUNS[wildcards.run]
+    return run_inputs(wildcards.run)
+
+
+def run_inputs(run):
+    row = RUNS[run]
     inputs = {"labels": row["labels"]}
     if TRACKING:
         # ancient: recreating the store must not retrain everything
@@ -60,9 +67,29 @@ def train_inputs(wildcards):
 
 
 def train_command(wildcards):
-    row = RUNS[wildcards.run]
+    return run_command(wildcards.run)
+
+
+def run_command(run):
+    row = RUNS[run]
     args = " ".join(train_arguments(row, config["data_dir"]))
-    return f"{args} --out {row['run_dir']} {tracking_arguments(wildcards.run)}"
+    return f"{args} --out {row['run_dir']} {tracking_arguments(run)}"
+
+
+def pack_inputs(members):
+    """The inputs of every member of a pack (labels files, CE models, the MLflow experiments file)."""
+    return sorted({path for m in members for path in run_inputs(m["run_id"]).values()}, key=str)
+
+
+def pack_resource(members, key):
+    """A pack's job resources: threads and memory of all its members; GPUs and time limit of one job."""
+    per_job = key in ("gpus", "runtime")
+
+    def get(wildcards, attempt):
+        value = members[0][key] if per_job else sum(m[key] for m in members)
+        return value if key == "gpus" else value * attempt
+
+    return get
 
 
 def run_resource(key, scale_with_attempt=False):
