@@ -59,7 +59,7 @@ def cmd_train(args):
               "batch_size": args.batch_size, "seed": args.seed, "clean_validation": args.clean_validation,
               "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
               "test_curve_size": args.test_curve_size,
-              "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers,
+              "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers, "bn_init": args.bn_init,
               "precision": args.precision, "deterministic": not args.nondeterministic,
               "checkpoint_every": args.checkpoint_every, "test_curve_every": args.test_curve_every,
               "decode": args.decode,
@@ -208,6 +208,9 @@ def build_parser():
     s.add_argument("--no-test-curve", action="store_true", help="skip the clean test accuracy of every epoch")
     s.add_argument("--test-curve-size", type=int, help="log every epoch's test accuracy on the first N test "
                                                        "examples only (the final test accuracy uses all)")
+    s.add_argument("--bn-init", choices=["authors", "standard"], default="authors",
+                   help="authors: BatchNorm statistics warmed on noise as the authors' network builder leaves them "
+                        "(reproduces the paper, docs/reproduction.md); standard: PyTorch's (0, 1)")
     s.add_argument("--imagenet-weights", help="ResNet-50 only: path to a torchvision ImageNet state dict")
     s.add_argument("--num-workers", type=int, default=4, help="Clothing1M image-decoding workers")
     s.add_argument("--decode", choices=["pil", "torchvision"], default="pil",

@@ -104,7 +104,7 @@ def expand_runs(config):
                         "epochs": int(spec.get("epochs", train["epochs"])),
                         "patience": int(spec.get("patience", train["patience"])),
                         "batch_size": int(train["batch_size"]), "val_size": train.get("val_size"),
-                        "test_curve_size": train.get("test_curve_size"),
+                        "test_curve_size": train.get("test_curve_size"), "bn_init": train.get("bn_init", "authors"),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
                         **{k: train.get(k, default) for k, default in DEVICE_SETTINGS.items()},
@@ -137,7 +137,8 @@ def train_arguments(row, data_dir):
     """The ``python -m limit train`` arguments of a run (everything but --out and tracking)."""
     args = ["--dataset", row["dataset"], "--data-dir", data_dir, "--labels", row["labels"],
             "--method", row["method"], "--arch", row["arch"], "--epochs", str(row["epochs"]),
-            "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]), "--seed", str(row["seed"])]
+            "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]), "--seed", str(row["seed"]),
+            "--bn-init", row["bn_init"]]
     for column in HPARAM_COLUMNS:
         if row[column] is not None:
             args += [f"--{column.replace('_', '-')}", fmt(row[column])]

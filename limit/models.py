@@ -109,5 +109,33 @@ def build_model(arch, num_classes, in_channels=1, image_size=28, dropout=0.0, q_
     raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
 
 
+BN_INIT = ("authors", "standard")
+
+
+@torch.no_grad()
+def authors_bn_warmup(model, arch, input_shape, generator):
+    """Warm BatchNorm running statistics on noise exactly as the authors' network builder does.
+
+    Their builder (``modules/nn_utils.py``: ``parse_feed_forward`` / ``infer_shape``) infers shapes by passing a
+    batch of 4 N(0, 1) inputs, in training mode, through the layers built so far: before each layer spec and once
+    at the end (CNN, MLP), or once through a whole known network (the ResNets). Every pass updates the BatchNorm
+    running statistics that early-stopped runs are evaluated with (docs/reproduction.md). The noise comes from
+    ``generator``; the global torch RNG (dropout masks during the passes) is left as it was.
+    """
+    model.train()
+    if arch in ("cnn", "mlp"):
+        layers = [*model.features, model.head]
+        # A layer spec of the authors' configs starts at each Conv2d, Linear or Flatten.
+        spec_starts = [i for i, m in enumerate(layers) if isinstance(m, (nn.Conv2d, nn.Linear, nn.Flatten))]
+        prefixes = [layers[:s] for s in spec_starts] + [layers]
+    else:
+        prefixes = [[model]]
+    with torch.random.fork_rng(devices=[]):
+        for prefix in prefixes:
+            x = torch.randn((4, *input_shape), generator=generator)
+            for layer in prefix:
+                x = layer(x)
+
+
 def count_parameters(model):
     return sum(p.numel() for p in model.parameters())

@@ -25,7 +25,7 @@ from limit import data as D
 from limit import device as devices
 from limit.cadence import CheckpointCadence, parse_checkpoint_every
 from limit.methods import Context, forward_correction_matrix, get_method, is_limit
-from limit.models import build_model
+from limit.models import BN_INIT, authors_bn_warmup, build_model
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
@@ -38,6 +38,7 @@ DEFAULTS = {
     "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
     "eval_test_each_epoch": True, "test_curve_size": None, "imagenet_weights": None, "num_workers": 4, "tracking": {},
     "precision": "fp32", "deterministic": True, "checkpoint_every": 1, "test_curve_every": 1, "decode": "pil",
+    "bn_init": "authors",  # BatchNorm statistics warmed on noise as the authors' builder leaves them; or "standard"
 }
 HPARAM_DEFAULTS = {"lr": 1e-3, "dropout": 0.0, "weight_decay": 0.0, "beta": 0.0, "lamb": 1.0, "sigma": 0.0}
 
@@ -59,6 +60,8 @@ def resolve_config(config):
     parse_checkpoint_every(cfg["checkpoint_every"])
     if cfg["precision"] not in devices.PRECISIONS:
         raise ValueError(f"unknown precision {cfg['precision']!r}; choose one of {list(devices.PRECISIONS)}")
+    if cfg["bn_init"] not in BN_INIT:
+        raise ValueError(f"bn_init must be one of {list(BN_INIT)}, not {cfg['bn_init']!r}")
     if method.init_from_ce and not cfg["init_from"]:
         raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
     return cfg
@@ -96,7 +99,8 @@ def load_run_data(cfg, device):
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
     if cfg["dataset"] == "clothing1m":
         from limit.clothing1m import Clothing1MSplit
-        splits = [Clothing1MSplit(cfg["data_dir"], s, device, num_workers=cfg["num_workers"])
+        splits = [Clothing1MSplit(cfg["data_dir"], s, device, augment=s == "train" and info.augment,
+                                  num_workers=cfg["num_workers"], decode=cfg["decode"])
                   for s in ("train", "val", "test")]
         test_labels = splits[2].labels
         splits.append(splits[2])
@@ -120,6 +124,10 @@ def build_networks(cfg, num_classes):
     classifier = build_model(cfg["arch"], num_classes, dropout=cfg["hparams"]["dropout"],
                              head_bias=method.head_bias, **kw)
     q = build_model(cfg["arch"], num_classes, q_network=True, **kw) if method.q_network else None
+    if cfg["bn_init"] == "authors":  # on the CPU, before the networks move: the same statistics on any device
+        noise = torch.Generator().manual_seed(cfg["seed"])
+        for model in (classifier, q) if q is not None else (classifier,):
+            authors_bn_warmup(model, cfg["arch"], (info.channels, info.size, info.size), noise)
     return classifier, q
 
 
