@@ -158,7 +158,7 @@ def plan(config, device, runs_csv=None, out=print):
                 saturated = time_steps(r["arch"], r["dataset"], q, big, r["precision"], device)[0] / big
             timings[key] = (train_s / batch, eval_s / batch, saturated)
             out(f"timed {r['arch']} / {family(r['method'])} / batch {r['batch_size']} / {r['precision']}: "
-                f"{1 / timings[key][0]:,.0f} training images/s" + (f" (timed at batch {batch})"
+                f"{1 / timings[key][0]:,.1f} training images/s" + (f" (timed at batch {batch})"
                                                                    if batch != r["batch_size"] else ""))
     start = startup_seconds()
     out(f"job start-up: {start:.1f} s")
