@@ -89,6 +89,9 @@ def cmd_train(args):
               "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
               "test_curve_size": args.test_curve_size,
               "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers, "bn_init": args.bn_init,
+              "precision": args.precision, "deterministic": not args.nondeterministic,
+              "checkpoint_every": args.checkpoint_every, "test_curve_every": args.test_curve_every,
+              "decode": args.decode,
               "tracking": {"run_id": args.run_name or Path(args.out).name, "tags": _parse_tags(args.tag),
                            "log_checkpoints": not args.no_checkpoint_artifacts}}
     tracker = None
@@ -173,6 +176,25 @@ def cmd_mlflow_init(args):
     print(f"{json.dumps(ids)}; {len(args.groups)} parent runs")
 
 
+def cmd_train_pack(args):
+    """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
+    import shlex
+    from limit.pack import run_pack
+    from limit.train import TrainingError
+    parser = build_parser()
+    for run in args.runs:  # bad arguments stop the pack before any member starts
+        parser.parse_args(["train", *shlex.split(run)])
+    failed = run_pack(args.runs, args.threads)
+    if failed:
+        raise TrainingError(f"{len(failed)} of {len(args.runs)} packed runs failed: {', '.join(failed)}")
+    print(f"{len(args.runs)} packed runs finished")
+
+
+def cmd_cost(args):
+    from limit.cost import main
+    main(args)
+
+
 def cmd_bench(args):
     from limit.bench import main
     main(args)
@@ -235,6 +257,17 @@ def build_parser():
                         "(reproduces the paper, docs/reproduction.md); standard: PyTorch's (0, 1)")
     s.add_argument("--imagenet-weights", help="ResNet-50 only: path to a torchvision ImageNet state dict")
     s.add_argument("--num-workers", type=int, default=4, help="Clothing1M image-decoding workers")
+    s.add_argument("--decode", choices=["pil", "torchvision"], default="pil",
+                   help="Clothing1M JPEG decoding: PIL in the workers, or torchvision.io.decode_jpeg "
+                        "(on the GPU when training on one)")
+    s.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: the networks under bfloat16 autocast, channels_last; losses in float32")
+    s.add_argument("--checkpoint-every", default="1", metavar="N|Nmin",
+                   help="write state.pt every N epochs or every N minutes (e.g. 30min); default every epoch")
+    s.add_argument("--test-curve-every", type=int, default=1, metavar="N",
+                   help="log the clean test accuracy every N epochs (default 1)")
+    s.add_argument("--nondeterministic", action="store_true",
+                   help="allow nondeterministic (faster) GPU kernels; a resumed run may then differ")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--tracking-uri", help="MLflow tracking URI without a password (default: $MLFLOW_TRACKING_URI, "
                                           "else sqlite:///results/mlflow.db)")
@@ -247,6 +280,13 @@ def build_parser():
     s.add_argument("--no-checkpoint-artifacts", action="store_true",
                    help="do not log best.pt and train_scores.npz to MLflow (large checkpoints)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("train-pack", help="train several runs at the same time in one job (one GPU)",
+                       description="Train several runs at the same time, each in its own `train` process; "
+                                   "started again with the same command, every member resumes.")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="the arguments of one `python -m limit train`, quoted")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default 1)")
+    s.set_defaults(func=cmd_train_pack)
 
     s = sub.add_parser("select", help="select the hyperparameters of one setting and method variant")
     s.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the group")
@@ -281,10 +321,20 @@ def build_parser():
     s.add_argument("--out", required=True, help="JSON file of experiment ids")
     s.set_defaults(func=cmd_mlflow_init)
 
+    s = sub.add_parser("cost", help="device-hours of a config's grid on this device, packed and unpacked",
+                       description="Times a few real training steps of every architecture, method family and "
+                                   "batch size of the config on this device and prints device-hours per block.")
+    s.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
+    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
+    s.add_argument("--runs", help="runs.csv of a previous run: its mean epochs per variant replace the estimate")
+    s.set_defaults(func=cmd_cost)
+
     s = sub.add_parser("bench", help="images/s of training steps on this device")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--device", default="auto")
+    s.add_argument("--pack", type=int, metavar="K", help="images/s of K runs packed against K separate runs")
+    s.add_argument("--threads", type=int, default=1, help="with --pack: CPU threads per run (default 1)")
     s.set_defaults(func=cmd_bench)
     return p
 

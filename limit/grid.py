@@ -15,6 +15,9 @@ from limit.noise import check_noise
 HPARAM_COLUMNS = ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
 SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
+# Per-dataset training settings of how a run uses its job (schema defaults; see `python -m limit train --help`).
+DEVICE_SETTINGS = {"pack": 1, "precision": "fp32", "checkpoint_every": 1, "test_curve_every": 1,
+                   "deterministic": True, "decode": "pil"}
 
 
 class ConfigError(ValueError):
@@ -131,6 +134,7 @@ def expand_runs(config):
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
                         "max_runtime": int(train.get("max_runtime", train["runtime"])),
                         **{k: train.get(k) for k in SLURM_RESOURCES},
+                        **{k: train.get(k, default) for k, default in DEVICE_SETTINGS.items()},
                         "labels": labels_path(results, dataset, noise, rate, n, seed),
                         "run_dir": f"{results}/runs/{run_id}", "init_from": None,
                     })
@@ -167,6 +171,13 @@ def train_arguments(row, data_dir):
             args += [f"--{column.replace('_', '-')}", fmt(row[column])]
     if row["test_curve_size"]:
         args += ["--test-curve-size", str(row["test_curve_size"])]
+    for key in ("precision", "checkpoint_every", "test_curve_every"):
+        if row[key] != DEVICE_SETTINGS[key]:
+            args += [f"--{key.replace('_', '-')}", str(row[key])]
+    if not row["deterministic"]:
+        args.append("--nondeterministic")
+    if row["dataset"] == "clothing1m":  # loader workers = the job's threads
+        args += ["--num-workers", str(row["threads"]), "--decode", row["decode"]]
     if row["clean_validation"]:
         args.append("--clean-validation")
     if row["init_from"]:
@@ -187,6 +198,24 @@ def run_tags(row):
 def group_key(experiment, dataset, noise, rate, n, variant):
     """The unit of selection (and an MLflow parent run): experiment/dataset/noise-rate/nN/variant."""
     return f"{experiment}/{setting_path(dataset, noise, rate, n)}/{variant}"
+
+
+def pack_runs(rows):
+    """Packs of runs trained together in one job: {name: rows}, for datasets whose ``pack`` is above 1.
+
+    Consecutive runs (same data setting and seed first) of a dataset, ``pack`` at a time. Runs that start from a
+    CE run are packed apart from the CE runs, so no pack waits for one of its own members.
+    """
+    chunks = {}
+    for r in rows:
+        if r["pack"] > 1:
+            chunks.setdefault((r["dataset"], bool(r["init_from"])), []).append(r)
+    packs = {}
+    for (dataset, from_ce), members in chunks.items():
+        size = members[0]["pack"]
+        for i in range(0, len(members), size):
+            packs[f"{dataset}{'_from_ce' if from_ce else ''}_{i // size + 1:04d}"] = members[i:i + size]
+    return packs
 
 
 def selection_groups(rows):

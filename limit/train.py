@@ -1,9 +1,10 @@
 """The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
 
 A run directory holds the resolved config, ``state.pt`` (the full training state, rewritten atomically
-after every epoch; the one before is kept as ``state.prev.pt``, the fallback if a crash tears it), and when
-the run is complete ``history.csv``, ``test_outputs.npz``, ``best.pt``, ``train_scores.npz`` (LIMIT runs)
-and, last, ``metrics.json``.
+every ``checkpoint_every`` epochs or minutes and when training ends; the one before is kept as
+``state.prev.pt``, the fallback if a crash tears it), ``best.pt`` (rewritten when validation improves), and when
+the run is complete ``history.csv``, ``test_outputs.npz``, ``train_scores.npz`` (LIMIT runs) and, last,
+``metrics.json``.
 """
 import copy
 import csv
@@ -26,18 +27,22 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
+from limit import device as devices
+from limit.cadence import CheckpointCadence, parse_checkpoint_every
 from limit.methods import Context, forward_correction_matrix, get_method, hparam_problem, is_limit
 from limit.models import BN_INIT, authors_bn_warmup, build_model
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
 # Keys that do not change what a run computes (more epochs extend it); everything else must match to resume.
-NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "tracking", "num_workers", "epochs"}
+NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "tracking", "num_workers", "epochs",
+                     "checkpoint_every", "decode"}
 
 DEFAULTS = {
     "arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42,
     "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
     "eval_test_each_epoch": True, "test_curve_size": None, "imagenet_weights": None, "num_workers": 4, "tracking": {},
+    "precision": "fp32", "deterministic": True, "checkpoint_every": 1, "test_curve_every": 1, "decode": "pil",
     "bn_init": "authors",  # BatchNorm statistics warmed on noise as the authors' builder leaves them; or "standard"
 }
 HPARAM_DEFAULTS = {"lr": 1e-3, "dropout": 0.0, "weight_decay": 0.0, "beta": 0.0, "lamb": 1.0, "sigma": 0.0}
@@ -57,6 +62,9 @@ def resolve_config(config):
     if unknown:
         raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {sorted(HPARAM_DEFAULTS)}")
     cfg["hparams"] = {**HPARAM_DEFAULTS, **cfg["hparams"]}
+    parse_checkpoint_every(cfg["checkpoint_every"])
+    if cfg["precision"] not in devices.PRECISIONS:
+        raise ValueError(f"unknown precision {cfg['precision']!r}; choose one of {list(devices.PRECISIONS)}")
     if cfg["bn_init"] not in BN_INIT:
         raise ValueError(f"bn_init must be one of {list(BN_INIT)}, not {cfg['bn_init']!r}")
     for name, value in cfg["hparams"].items():
@@ -104,7 +112,8 @@ def load_run_data(cfg, device):
     if cfg["dataset"] == "clothing1m":
         from limit.clothing1m import Clothing1MSplit
         splits = [Clothing1MSplit(cfg["data_dir"], s, device, augment=s == "train" and info.augment,
-                                  num_workers=cfg["num_workers"]) for s in ("train", "val", "test")]
+                                  num_workers=cfg["num_workers"], decode=cfg["decode"])
+                  for s in ("train", "val", "test")]
         test_labels = splits[2].labels
         splits.append(splits[2])
     else:
@@ -264,7 +273,7 @@ def load_state(out):
     except TrainingError as exc:
         if not prev.exists():
             raise
-        warnings.warn(f"{exc}; resuming from {prev}, one epoch earlier", RuntimeWarning)
+        warnings.warn(f"{exc}; resuming from {prev}, one checkpoint earlier", RuntimeWarning)
         return load_checkpoint(prev)
 
 
@@ -420,9 +429,7 @@ def train(config, out_dir, tracker=None):
     cfg = resolve_config(config)
     out = Path(out_dir)
     device = pick_device(cfg["device"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
+    devices.configure(device, cfg["deterministic"])
     method = get_method(cfg["method"])
 
     torch.manual_seed(cfg["seed"])
@@ -433,6 +440,8 @@ def train(config, out_dir, tracker=None):
     atomic_write_text(out / "job.json", json.dumps(job_info(device)))
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
+    for model in _models(ctx).values():
+        devices.set_precision(model, cfg["precision"], device)
     fp = fingerprint(cfg, run_data.labels_sha256, init_sha256)
 
     state = load_state(out)
@@ -464,6 +473,7 @@ def train(config, out_dir, tracker=None):
     start_epoch = len(history)
     reporter = EpochReporter(cfg["epochs"], out.name, start_epoch)
     stopped = start_epoch > 0 and start_epoch - 1 - best["epoch"] >= cfg["patience"]
+    cadence = CheckpointCadence(cfg["checkpoint_every"])
     for epoch in range(start_epoch, cfg["epochs"]):
         if stopped:
             break
@@ -476,7 +486,8 @@ def train(config, out_dir, tracker=None):
         row["val_acc"] = validation_accuracy(ctx.classifier, run_data.val, run_data.val_labels, cfg["batch_size"])
         curve_labels = run_data.test_labels[:len(run_data.test_curve)]
         row["test_acc"] = (test_accuracy(ctx.classifier, run_data.test_curve, curve_labels, cfg["batch_size"])[0]
-                           if cfg["eval_test_each_epoch"] else float("nan"))
+                           if cfg["eval_test_each_epoch"] and epoch % cfg["test_curve_every"] == 0
+                           else float("nan"))
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_second"] = len(run_data.train) / row["epoch_seconds"]
         history.append(row)
@@ -484,24 +495,31 @@ def train(config, out_dir, tracker=None):
             best = {"val_acc": row["val_acc"], "epoch": epoch,
                     "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
                                for k, m in _models(ctx).items()}}
-        save_state({"fingerprint": fp, "init_sha256": init_sha256,
-                    "models": {k: m.state_dict() for k, m in _models(ctx).items()},
-                    "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
-                    "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}}, out)
+            save_best(best, out)
+        stopped = epoch - best["epoch"] >= cfg["patience"]
+        if cadence.due(epoch - start_epoch + 1) or stopped or epoch == cfg["epochs"] - 1:
+            save_state({"fingerprint": fp, "init_sha256": init_sha256,
+                        "models": {k: m.state_dict() for k, m in _models(ctx).items()},
+                        "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
+                        "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}}, out)
+            cadence.saved(epoch - start_epoch + 1)
         if tracker is not None:
             tracker.log_epoch(row)
         reporter.epoch(row)
-        stopped = epoch - best["epoch"] >= cfg["patience"]
     reporter.close()
     return finish(cfg, out, ctx, run_data, history, best, tracker)
+
+
+def save_best(best, out):
+    """best.pt: the best-validation networks (what FW, DMI and +init start from) and their epoch."""
+    atomic_save({**best["models"], "epoch": best["epoch"]}, out / "best.pt")
 
 
 def finish(cfg, out, ctx, run_data, history, best, tracker):
     """Evaluate the best-validation checkpoint on the clean test set and write the run's outputs."""
     for name, model in _models(ctx).items():
         model.load_state_dict(best["models"][name])
-    atomic_save({"classifier": best["models"]["classifier"], **({"q": best["models"]["q"]} if ctx.q else {}),
-                 "epoch": best["epoch"]}, out / "best.pt")
+    save_best(best, out)  # again: a resumed run may have rewritten it for an epoch after its checkpoint
     acc, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
     tmp = out / ".test_outputs.tmp.npz"
     np.savez(tmp, logits=logits.cpu().numpy().astype(np.float32), labels=run_data.test_labels.cpu().numpy())

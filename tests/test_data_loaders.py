@@ -258,3 +258,25 @@ def test_in_memory_split_batches_are_reproducible():
     mean, std = data.normalisation("cifar10")
     for idx, images in run(3, augment=False):  # without augmentation: exactly the stored images, normalised
         assert torch.allclose(images, (x[idx].float() / 255 - mean) / std)
+
+
+def test_clothing1m_persistent_workers_and_torchvision_decoding(tmp_path):
+    """One loader per split and batch size, its workers alive across epochs; decode_jpeg gives the same batches
+    (order, crops, flips) as PIL up to resizing's last bits."""
+    write_clothing1m(tmp_path)
+    size = 8
+    pil = Clothing1MSplit(tmp_path, "train", "cpu", augment=True, num_workers=2, image_size=size)
+    tv = Clothing1MSplit(tmp_path, "train", "cpu", augment=True, num_workers=2, image_size=size, decode="torchvision")
+
+    def epoch(split, seed):
+        return list(split.batches(10, generator=torch.Generator().manual_seed(seed), shuffle=True, augment=True))
+
+    first = epoch(pil, 1)
+    workers = pil.loaders[10]._iterator._workers
+    second = epoch(pil, 2)
+    assert pil.loaders[10]._iterator._workers == workers and all(w.is_alive() for w in workers)
+    assert not torch.equal(first[0][0], second[0][0])  # a new epoch's order through the same workers
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, epoch(pil, 1)))
+    for (i_pil, x_pil), (i_tv, x_tv) in zip(epoch(pil, 3), epoch(tv, 3)):
+        assert torch.equal(i_pil, i_tv)
+        assert (x_pil - x_tv).abs().mean() < 0.1  # normalised units: a few grey levels on average

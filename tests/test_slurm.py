@@ -247,3 +247,27 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     for first, second in (bad_jobs, flaky_jobs):
         assert "mem=1000M" in finished[first]["Tres"] and finished[first]["TimeLimit"] == "10"
         assert "mem=2000M" in finished[second]["Tres"] and finished[second]["TimeLimit"] == "15"
+
+
+def test_a_pack_is_one_slurm_job(slurm_cluster, fmnist_dir, fast_config, tmp_path):
+    """training.<dataset>.pack: 4 trains the test config's 10 runs as 3 packs (4 + 2 runs, and the 4 runs that start
+    from a CE run): 3 Slurm jobs, each with the threads and memory of all its members and one job id for all."""
+    packed = tmp_path / "pack.yaml"
+    packed.write_text(yaml.safe_dump({"training": {"fashion_mnist": {"pack": 4}}}))
+    workdir = tmp_path / "work"
+    rc, output = run_snakemake(workdir, fmnist_dir, "results/runs.csv", config_files=[fast_config, packed])
+    assert rc == 0, output[-6000:]
+    runs = expected_runs()
+    job_of = {run_id: json.loads((workdir / row["run_dir"] / "job.json").read_text())["slurm_job_id"]
+              for run_id, row in runs.items()}
+    members = {}
+    for run_id, job_id in job_of.items():
+        assert job_id is not None, run_id
+        members.setdefault(job_id, []).append(run_id)
+    assert sorted(len(m) for m in members.values()) == [2, 4, 4], members
+    finished = jobcomp(slurm_cluster)
+    for job_id, runs_of_job in members.items():
+        record = finished[job_id]
+        assert record["JobState"] == "COMPLETED", record
+        assert f"cpu={len(runs_of_job)}," in record["Tres"] and f"mem={1000 * len(runs_of_job)}M" in record["Tres"]
+    assert output.count("submitted with SLURM jobid") == 3, output[-6000:]

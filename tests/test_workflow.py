@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from limit.grid import expand_runs
+from limit.grid import expand_runs, pack_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -40,8 +40,15 @@ def test_paper_config_builds_the_full_grid(tmp_path):
     result = snakemake(tmp_path, "-n", configfile="config/paper.yaml", timeout=300)
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    assert counts["train"] == 5271 and counts["mlflow_init"] == 1 and counts["aggregate"] == 1
-    runs = pd.DataFrame(expand_runs(load_config("config/paper.yaml")))
+    rows = expand_runs(load_config("config/paper.yaml"))
+    packs = pack_runs(rows)
+    # MNIST (and Figure 1's MNIST MLP) is packed 16 runs to a job; every other run is its own job
+    assert {m["dataset"] for members in packs.values() for m in members} == {"mnist"}
+    assert sum(len(members) for members in packs.values()) == 4884 + 12
+    assert max(len(members) for members in packs.values()) == 16
+    assert counts["train"] == 5271 - 4896 and counts["mlflow_init"] == 1 and counts["aggregate"] == 1
+    assert sum(n for rule, n in counts.items() if rule.startswith("train_pack_")) == len(packs)
+    runs = pd.DataFrame(rows)
     mnist = runs[runs.experiment.str.startswith("mnist")].groupby("method").size().to_dict()
     # spec section 8: MNIST 4,884 runs
     assert mnist == {"ce": 60, "mae": 60, "fw": 60, "ce_gn": 240, "ce_ln": 240, "dmi": 240, "limit_g": 480,

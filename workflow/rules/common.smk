@@ -13,6 +13,7 @@ from limit.grid import (  # noqa: E402
     check_schema,
     expand_runs,
     figure_facts,
+    pack_runs,
     run_tags,
     selection_groups,
     setting_path,
@@ -33,7 +34,9 @@ except ConfigError as exc:
     sys.exit(2)
 RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
+RUN_OUTPUTS = ("metrics.json", "history.csv", "test_outputs.npz", "best.pt")
 GROUPS = selection_groups(RUN_ROWS)
+PACKS = pack_runs(RUN_ROWS)
 SETTINGS = {
     setting_path(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
 }
@@ -60,7 +63,11 @@ def tracking_arguments(run):
 
 
 def train_inputs(wildcards):
-    row = RUNS[wildcards.run]
+    return run_inputs(wildcards.run)
+
+
+def run_inputs(run):
+    row = RUNS[run]
     inputs = {"labels": row["labels"]}
     if TRACKING:
         # ancient: recreating the store must not retrain everything
@@ -71,10 +78,36 @@ def train_inputs(wildcards):
 
 
 def train_command(wildcards):
-    row = RUNS[wildcards.run]
+    return run_command(wildcards.run)
+
+
+def run_command(run):
+    row = RUNS[run]
     # one shell-quoted string: config values (paths, names) never reach the shell unquoted
-    return shlex.join([*train_arguments(row, config["data_dir"]), "--out", row["run_dir"],
-                       *tracking_arguments(wildcards.run)])
+    return shlex.join([*train_arguments(row, config["data_dir"]), "--out", row["run_dir"], *tracking_arguments(run)])
+
+
+def pack_inputs(members):
+    """The inputs of every member of a pack (labels files, CE models, the MLflow experiments file)."""
+    return sorted({path for m in members for path in run_inputs(m["run_id"]).values()}, key=str)
+
+
+def pack_resource(members, key):
+    """A pack's job resources: threads and memory of all its members; GPUs and time limit of one job."""
+    per_job = key in ("gpus", "runtime")
+
+    def get(wildcards, attempt):
+        value = members[0][key] if per_job else sum(m[key] for m in members)
+        if key == "runtime":  # capped like a single run's: a retry resumes every member
+            return min(value * attempt, members[0]["max_runtime"])
+        return value if key == "gpus" else value * attempt
+
+    return get
+
+
+def pack_setting(members, key):
+    """A Slurm setting of a pack's dataset (None when unset: Snakemake then drops it)."""
+    return lambda wildcards: members[0][key]
 
 
 def run_resource(key, scale_with_attempt=False):
