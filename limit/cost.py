@@ -187,10 +187,10 @@ def plan(config, device, runs_csv=None, out=print):
         block = [r for r in rows if r["experiment"] == experiment]
         unpacked = [start + seconds[r["run_id"]] for r in block]
         block_packs = {packed_of[r["run_id"]] for r in block if r["run_id"] in packed_of}
-        # a pack that spans two blocks is counted in each in proportion to its members there
+        # a pack that spans two blocks is counted in each in proportion to its members' time there
         packed = [start + seconds[r["run_id"]] for r in block if r["run_id"] not in packed_of]
-        packed += [pack_seconds[p] * sum(packed_of.get(r["run_id"]) == p for r in block) / len(packs[p])
-                   for p in block_packs]
+        packed += [pack_seconds[p] * sum(seconds[r["run_id"]] for r in block if packed_of.get(r["run_id"]) == p)
+                   / sum(seconds[m["run_id"]] for m in packs[p]) for p in block_packs]
         jobs = len(block) - sum(r["run_id"] in packed_of for r in block) + len(block_packs)
         largest = max([start + seconds[r["run_id"]] for r in block if r["run_id"] not in packed_of]
                       + [pack_seconds[p] for p in block_packs])
