@@ -141,6 +141,21 @@ def cmd_bench(args):
     main(args)
 
 
+def cmd_find_label_issues(args):
+    from limit.label_issues import find_label_issues, print_summary
+    if args.config:  # train the LIMIT run first (resumes if it was killed)
+        import yaml
+        from limit.train import train
+        train(yaml.safe_load(Path(args.config).read_text()), args.run)
+    summary = find_label_issues(args.run, args.out, top_k=args.top_k, device=args.device)
+    print_summary(summary, args.out)
+
+
+def cmd_detect_bench(args):
+    from limit.detect_bench import main
+    main(args)
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="python -m limit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -235,6 +250,35 @@ def build_parser():
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("find-label-issues", help="rank the training examples of a LIMIT run by how likely their "
+                                                 "labels are wrong",
+                       description="Writes label_issues.csv (every training example ranked by ||mu - g_CE||, with "
+                                   "the CE-loss and margin baselines), gallery.png (the top-k suspects) and "
+                                   "summary.json into --out, and prints a short summary.")
+    s.add_argument("run", help="a finished LIMIT run directory (or where to train one with --config)")
+    s.add_argument("--config", help="YAML/JSON training config (the keys of a run's config.json) to train the run "
+                                    "first")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--top-k", type=int, default=24, help="examples in the gallery (default 24)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_find_label_issues)
+
+    s = sub.add_parser("detect-bench", help="mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss")
+    s.add_argument("--out", default="results/detect_bench", help="output directory (runs, tables)")
+    s.add_argument("--data-dir", default="data")
+    s.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    s.add_argument("--n", type=int, default=5000, help="training examples (default 5000)")
+    s.add_argument("--val-size", type=int, default=1000, help="noisy validation examples (default 1000)")
+    s.add_argument("--epochs", type=int, default=12, help="most epochs of the LIMIT and CE runs (default 12)")
+    s.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--folds", type=int, default=5, help="cleanlab's cross-validation folds (default 5)")
+    s.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
+    s.add_argument("--beta", type=float, default=1.0, help="its beta (default 1)")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_detect_bench)
     return p
 
 

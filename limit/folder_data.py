@@ -1,0 +1,3 @@
+"""placeholder"""
+def is_image_cache(name):
+    return False
