@@ -19,6 +19,15 @@ def cmd_prepare(args):
     print(f"{args.dataset}: files present in {args.data_dir}")
 
 
+def cmd_import_images(args):
+    from limit.folder_data import import_images
+    info = import_images(args.source, args.out, test=args.test, classes=args.classes, size=args.size,
+                         channels=args.channels, mean=args.mean, std=args.std)
+    print(f"{args.out}: {info['num_train']} training and {info['num_test']} test images, {len(info['classes'])} "
+          f"classes, {info['channels']} x {info['size']} x {info['size']}, mean {info['mean']}, std {info['std']}; "
+          f"train with --dataset {args.out}")
+
+
 def _n_arg(value):
     return None if value in (None, "all") else int(value)
 
@@ -29,9 +38,14 @@ def cmd_corrupt(args):
         from limit.clothing1m import clothing1m_labels
         arrays = clothing1m_labels(args.data_dir)
     else:
+        from limit.noise import HUMAN_NOISE
         train_labels = D.load_arrays(args.dataset, args.data_dir).train_y.numpy()
+        human = None
+        if args.noise in HUMAN_NOISE:
+            from limit.cifar_n import human_labels
+            human = human_labels(args.data_dir, args.dataset, args.noise, train_labels)
         arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
-                                     n=_n_arg(args.n), val_size=args.val_size)
+                                     n=_n_arg(args.n), val_size=args.val_size, human_labels=human)
     meta = {"dataset": args.dataset, "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
             "val_size": args.val_size}
     meta = D.write_labels_file(args.out, arrays, meta)
@@ -166,10 +180,29 @@ def build_parser():
     s.add_argument("--download", action="store_true", help="download missing files (needs internet)")
     s.set_defaults(func=cmd_prepare)
 
+    s = sub.add_parser("import-images", help="check your own images and decode them once into a dataset cache",
+                       description="SOURCE is an ImageFolder tree (root/<class>/<image>) or a CSV with the columns "
+                                   "path,label (paths relative to the CSV). The cache directory --out is then a "
+                                   "dataset: `corrupt --dataset OUT --noise given --rate 0`, `train --dataset OUT`.")
+    s.add_argument("source", help="ImageFolder root or CSV file of the training images")
+    s.add_argument("--test", help="optional test images (same layout and classes); without them, runs report "
+                                  "accuracy on the validation split")
+    s.add_argument("--classes", nargs="+", help="the class list, in label order (default: sorted names)")
+    s.add_argument("--size", type=int, help="resize every image to SIZE x SIZE (default: all must share one size)")
+    s.add_argument("--channels", type=int, choices=(1, 3), help="1 (greyscale) or 3 (RGB); default: 1 if every "
+                                                                "image is greyscale")
+    s.add_argument("--mean", type=float, nargs="+", help="per-channel mean on the 0-1 scale (default: computed "
+                                                         "over the training images)")
+    s.add_argument("--std", type=float, nargs="+", help="per-channel std (default: computed likewise)")
+    s.add_argument("--out", required=True, help="cache directory to write")
+    s.set_defaults(func=cmd_import_images)
+
     s = sub.add_parser("corrupt", help="split and corrupt the labels of one data setting into a labels file")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--data-dir", default="data")
-    s.add_argument("--noise", required=True, help="uniform, symmetric, pair (CIFAR-10) or asymmetric-mnist")
+    s.add_argument("--dataset", required=True, help="a dataset name or an image cache (import-images)")
+    s.add_argument("--data-dir", default="data", help="dataset directory (also holds the CIFAR-N label files)")
+    s.add_argument("--noise", required=True, help="given (labels as they are), uniform, symmetric, pair (CIFAR-10), "
+                                                  "asymmetric-mnist, asymmetric-fashion-mnist, human-aggre, "
+                                                  "human-worst, human-random1..3 (CIFAR-10N), human (CIFAR-100N)")
     s.add_argument("--rate", type=float, required=True, help="noise rate p in [0, 1)")
     s.add_argument("--n", default="all", help="training-set size: an integer or 'all' (default)")
     s.add_argument("--seed", type=int, required=True, help="seed of the split and of the noise")

@@ -86,8 +86,10 @@ def render_figures(runs, out_dir, data_dir):
             F.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}")
         elif setting.dataset != "clothing1m":
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
+            import json
             from limit.data import load_arrays
-            images = load_arrays(setting.dataset, data_dir).train_x.numpy()
+            dataset = json.loads((Path(run.run_dir) / "config.json").read_text())["dataset"]  # or an image cache
+            images = load_arrays(dataset, data_dir).train_x.numpy()
             F.figure_top_examples(run.run_dir, images, out / f"figure4_top_examples_{name}")
 
 
