@@ -160,7 +160,7 @@ def cmd_find_label_issues(args):
     if args.config:  # train the LIMIT run first (resumes if it was killed)
         import yaml
         from limit.train import train
-        train(yaml.safe_load(Path(args.config).read_text()), args.run)
+        train({"data_dir": "data", **yaml.safe_load(Path(args.config).read_text())}, args.run)
     summary = find_label_issues(args.run, args.out, top_k=args.top_k, device=args.device)
     print_summary(summary, args.out)
 
@@ -297,9 +297,12 @@ def build_parser():
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_find_label_issues)
 
+    from limit.detect_bench import SETTINGS
     s = sub.add_parser("detect-bench", help="mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss")
     s.add_argument("--out", default="results/detect_bench", help="output directory (runs, tables)")
     s.add_argument("--data-dir", default="data")
+    s.add_argument("--settings", nargs="+", default=SETTINGS, metavar="NOISE:RATE",
+                   help=f"noise settings (default: {' '.join(SETTINGS)})")
     s.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
     s.add_argument("--n", type=int, default=5000, help="training examples (default 5000)")
     s.add_argument("--val-size", type=int, default=1000, help="noisy validation examples (default 1000)")

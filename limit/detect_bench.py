@@ -25,8 +25,8 @@ from limit.label_issues import example_scores, load_models
 from limit.train import pick_device, predict, train
 
 DATASET = "fashion_mnist"
-# (noise model, rate): the issue's two uniform rates and one asymmetric (class-dependent) noise.
-SETTINGS = [("uniform", 0.2), ("uniform", 0.5), ("asymmetric-fashion-mnist", 0.4)]
+# noise model:rate: two uniform rates and one asymmetric (class-dependent) noise.
+SETTINGS = ["uniform:0.2", "uniform:0.5", "asymmetric-fashion-mnist:0.4"]
 METHODS = {"limit": "LIMIT ‖μ − g_CE‖ (1 run)", "cleanlab": "cleanlab find_label_issues (CE run + 5 folds)",
            "ce_loss": "CE loss (1 run)"}
 
@@ -132,7 +132,8 @@ def main(args):
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = []
-    for noise, rate in SETTINGS:
+    for noise, _, rate in (setting.partition(":") for setting in args.settings):
+        rate = float(rate)
         for seed in args.seeds:
             result = bench_setting(noise, rate, seed, args, out / f"{noise}-{rate:g}" / f"seed{seed}")
             results.append(result)

@@ -91,7 +91,8 @@ def plot_gallery(images, titles, path, caption):
         ax.axis("off")
     for ax, image, title in zip(axes.flat, images, titles):
         image = image.transpose(1, 2, 0)
-        ax.imshow(image[..., 0] if image.shape[2] == 1 else image, cmap="gray" if image.shape[2] == 1 else None)
+        grey = image.shape[2] == 1
+        ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255)
         ax.set_title(title, fontsize=7)
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
@@ -130,7 +131,8 @@ def find_label_issues(run_dir, out_dir, top_k=24, device="cpu"):
     titles = [f"#{r} given: {names[scores['given_label'][i]]}\npredicted: {names[scores['predicted_label'][i]]}"
               for r, i in enumerate(top, 1)]
     plot_gallery(images, titles, out / "gallery.png",
-                 f"The {len(top)} training examples whose labels LIMIT finds most suspect (largest ||mu - g_CE||)")
+                 f"The {len(top)} training examples whose labels LIMIT finds most suspect "
+                 r"(largest $\|\mu - g_{\mathrm{CE}}\|$)")
     summary = {"run_dir": str(run_dir), "examples": len(order), "top_k": len(top)}
     if known:
         summary["corrupted"] = int(scores["is_corrupted"].sum())

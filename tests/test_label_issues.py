@@ -48,7 +48,7 @@ def test_find_label_issues_ranks_a_planted_mislabeled_image_near_the_top(image_t
     planted = int(np.flatnonzero(np.char.endswith(np.load(cache / "images.npz")["train_paths"], "planted.png"))[0])
     assert planted in arrays["train_idx"]
     assert main(["train", "--dataset", str(cache), "--labels", str(labels), "--method", "limit_l", "--beta", "1",
-                 "--epochs", "15", "--patience", "15", "--batch-size", "32", "--seed", "1", "--out", str(run),
+                 "--epochs", "6", "--patience", "6", "--batch-size", "32", "--seed", "1", "--out", str(run),
                  "--no-tracking"]) == 0
     capsys.readouterr()
     assert main(["find-label-issues", str(run), "--out", str(out), "--top-k", "8"]) == 0
@@ -73,10 +73,12 @@ def test_synthetic_noise_on_own_images_reports_detection_metrics(image_tree, tmp
     main(["import-images", str(image_tree), "--out", str(cache)])
     assert main(["corrupt", "--dataset", str(cache), "--noise", "uniform", "--rate", "0.3", "--seed", "2",
                  "--val-size", "20", "--out", str(labels)]) == 0
-    assert main(["train", "--dataset", str(cache), "--labels", str(labels), "--method", "limit_l", "--beta", "1",
-                 "--epochs", "4", "--batch-size", "32", "--seed", "2", "--out", str(run), "--no-tracking"]) == 0
+    config = tmp_path / "train.yaml"  # find-label-issues trains the run from a config first
+    config.write_text(json.dumps({"dataset": str(cache), "labels": str(labels), "method": "limit_l",
+                                  "hparams": {"beta": 1}, "epochs": 4, "batch_size": 32, "seed": 2}))
     capsys.readouterr()
-    assert main(["find-label-issues", str(run), "--out", str(out)]) == 0
+    assert main(["find-label-issues", str(run), "--config", str(config), "--out", str(out)]) == 0
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 4
     assert "true labels known" in capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     corrupted = int(np.load(labels)["is_corrupted"].sum())
