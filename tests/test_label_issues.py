@@ -105,5 +105,7 @@ def test_detection_metrics_on_a_known_ranking():
     perfect = detection_metrics(np.array([0.9, 0.8, 0.1, 0.2, 0.3, 0.4]), is_corrupted)
     assert perfect == {"roc_auc": 1.0, "average_precision": 1.0, "precision_at_k": 1.0, "k": 2}
     half = detection_metrics(np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.4]), is_corrupted)
-    assert half["precision_at_k"] == 0.5 and half["roc_auc"] == pytest.approx(5 / 8)
+    # corrupted ranks 1 and 6: 4 of 8 (corrupted, clean) pairs in order; precision 1/1 and 2/6 at the hits
+    assert half["precision_at_k"] == 0.5 and half["roc_auc"] == 0.5
+    assert half["average_precision"] == pytest.approx((1 + 2 / 6) / 2)
     assert np.isnan(detection_metrics(np.ones(6), np.zeros(6))["roc_auc"])
