@@ -144,7 +144,7 @@ def find_label_issues(run_dir, out_dir, top_k=24, device="cpu"):
 
 def print_summary(summary, out_dir, rows=10):
     """The short summary: where the files are, the top suspects, and detection quality when it is known."""
-    print(f"{summary['examples']} training examples ranked by ||mu - g_CE|| in {out_dir}/label_issues.csv; "
+    print(f"{summary['examples']} training examples ranked by ‖μ − g_CE‖ in {out_dir}/label_issues.csv; "
           f"the top {summary['top_k']} in {out_dir}/gallery.png")
     with open(Path(out_dir) / "label_issues.csv", newline="") as f:
         for row, _ in zip(csv.DictReader(f), range(rows)):
