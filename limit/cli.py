@@ -286,7 +286,7 @@ def build_parser():
 
     s = sub.add_parser("find-label-issues", help="rank the training examples of a LIMIT run by how likely their "
                                                  "labels are wrong",
-                       description="Writes label_issues.csv (every training example ranked by ||mu - g_CE||, with "
+                       description="Writes label_issues.csv (every training example ranked by ‖μ − g_CE‖, with "
                                    "the CE-loss and margin baselines), gallery.png (the top-k suspects) and "
                                    "summary.json into --out, and prints a short summary.")
     s.add_argument("run", help="a finished LIMIT run directory (or where to train one with --config)")

@@ -1,5 +1,6 @@
 """The report stage: every table and figure the run table can fill (``python -m limit report``)."""
 import html
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -86,7 +87,6 @@ def render_figures(runs, out_dir, data_dir):
             F.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}")
         elif setting.dataset != "clothing1m":
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
-            import json
             from limit.data import load_arrays
             dataset = json.loads((Path(run.run_dir) / "config.json").read_text())["dataset"]  # or an image cache
             images = load_arrays(dataset, data_dir).train_x.numpy()
