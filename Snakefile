@@ -16,6 +16,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/mlflow.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/select.smk"
+include: "workflow/rules/label_issues.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -19,6 +19,15 @@ def cmd_prepare(args):
     print(f"{args.dataset}: files present in {args.data_dir}")
 
 
+def cmd_import_images(args):
+    from limit.folder_data import import_images
+    info = import_images(args.source, args.out, test=args.test, classes=args.classes, size=args.size,
+                         channels=args.channels, mean=args.mean, std=args.std)
+    print(f"{args.out}: {info['num_train']} training and {info['num_test']} test images, {len(info['classes'])} "
+          f"classes, {info['channels']} x {info['size']} x {info['size']}, mean {info['mean']}, std {info['std']}; "
+          f"train with --dataset {args.out}")
+
+
 def _n_arg(value):
     return None if value in (None, "all") else int(value)
 
@@ -58,9 +67,14 @@ def cmd_corrupt(args):
         from limit.clothing1m import clothing1m_labels
         arrays = clothing1m_labels(args.data_dir)
     else:
+        from limit.noise import HUMAN_NOISE
         train_labels = D.load_arrays(args.dataset, args.data_dir).train_y.numpy()
+        human = None
+        if args.noise in HUMAN_NOISE:
+            from limit.cifar_n import human_labels
+            human = human_labels(args.data_dir, args.dataset, args.noise, train_labels)
         arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
-                                     n=_n_arg(args.n), val_size=args.val_size)
+                                     n=_n_arg(args.n), val_size=args.val_size, human_labels=human)
     meta = {"dataset": args.dataset, "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
             "val_size": args.val_size}
     meta = D.write_labels_file(args.out, arrays, meta)
@@ -200,6 +214,21 @@ def cmd_bench(args):
     main(args)
 
 
+def cmd_find_label_issues(args):
+    from limit.label_issues import find_label_issues, print_summary
+    if args.config:  # train the LIMIT run first (resumes if it was killed)
+        import yaml
+        from limit.train import train
+        train({"data_dir": "data", **yaml.safe_load(Path(args.config).read_text())}, args.run)
+    summary = find_label_issues(args.run, args.out, top_k=args.top_k, device=args.device)
+    print_summary(summary, args.out)
+
+
+def cmd_detect_bench(args):
+    from limit.detect_bench import main
+    main(args)
+
+
 class Parser(argparse.ArgumentParser):
     """Bad arguments: one line ``error: ...`` and exit status 2, as every other bad input."""
 
@@ -217,10 +246,29 @@ def build_parser():
     s.add_argument("--download", action="store_true", help="download missing files (needs internet)")
     s.set_defaults(func=cmd_prepare)
 
+    s = sub.add_parser("import-images", help="check your own images and decode them once into a dataset cache",
+                       description="SOURCE is an ImageFolder tree (root/<class>/<image>) or a CSV with the columns "
+                                   "path,label (paths relative to the CSV). The cache directory --out is then a "
+                                   "dataset: `corrupt --dataset OUT --noise given --rate 0`, `train --dataset OUT`.")
+    s.add_argument("source", help="ImageFolder root or CSV file of the training images")
+    s.add_argument("--test", help="optional test images (same layout and classes); without them, runs report "
+                                  "accuracy on the validation split")
+    s.add_argument("--classes", nargs="+", help="the class list, in label order (default: sorted names)")
+    s.add_argument("--size", type=int, help="resize every image to SIZE x SIZE (default: all must share one size)")
+    s.add_argument("--channels", type=int, choices=(1, 3), help="1 (greyscale) or 3 (RGB); default: 1 if every "
+                                                                "image is greyscale")
+    s.add_argument("--mean", type=float, nargs="+", help="per-channel mean on the 0-1 scale (default: computed "
+                                                         "over the training images)")
+    s.add_argument("--std", type=float, nargs="+", help="per-channel std (default: computed likewise)")
+    s.add_argument("--out", required=True, help="cache directory to write")
+    s.set_defaults(func=cmd_import_images)
+
     s = sub.add_parser("corrupt", help="split and corrupt the labels of one data setting into a labels file")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--data-dir", default="data")
-    s.add_argument("--noise", required=True, help="uniform, symmetric, pair (CIFAR-10) or asymmetric-mnist")
+    s.add_argument("--dataset", required=True, help="a dataset name or an image cache (import-images)")
+    s.add_argument("--data-dir", default="data", help="dataset directory (also holds the CIFAR-N label files)")
+    s.add_argument("--noise", required=True, help="given (labels as they are), uniform, symmetric, pair (CIFAR-10), "
+                                                  "asymmetric-mnist, asymmetric-fashion-mnist, human-aggre, "
+                                                  "human-worst, human-random1..3 (CIFAR-10N), human (CIFAR-100N)")
     s.add_argument("--rate", type=float, required=True, help="noise rate p in [0, 1)")
     s.add_argument("--n", type=_count, default="all", help="training-set size: an integer or 'all' (default)")
     s.add_argument("--seed", type=int, required=True, help="seed of the split and of the noise")
@@ -336,6 +384,38 @@ def build_parser():
     s.add_argument("--pack", type=int, metavar="K", help="images/s of K runs packed against K separate runs")
     s.add_argument("--threads", type=int, default=1, help="with --pack: CPU threads per run (default 1)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("find-label-issues", help="rank the training examples of a LIMIT run by how likely their "
+                                                 "labels are wrong",
+                       description="Writes label_issues.csv (every training example ranked by ‖μ − g_CE‖, with "
+                                   "the CE-loss and margin baselines), gallery.png (the top-k suspects) and "
+                                   "summary.json into --out, and prints a short summary.")
+    s.add_argument("run", help="a finished LIMIT run directory (or where to train one with --config)")
+    s.add_argument("--config", help="YAML/JSON training config (the keys of a run's config.json) to train the run "
+                                    "first")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--top-k", type=int, default=24, help="examples in the gallery (default 24)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_find_label_issues)
+
+    from limit.detect_bench import SETTINGS
+    s = sub.add_parser("detect-bench", help="mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss")
+    s.add_argument("--out", default="results/detect_bench", help="output directory (runs, tables)")
+    s.add_argument("--data-dir", default="data")
+    s.add_argument("--settings", nargs="+", default=SETTINGS, metavar="NOISE:RATE",
+                   help=f"noise settings (default: {' '.join(SETTINGS)})")
+    s.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    s.add_argument("--n", type=int, default=5000, help="training examples (default 5000)")
+    s.add_argument("--val-size", type=int, default=1000, help="noisy validation examples (default 1000)")
+    s.add_argument("--epochs", type=int, default=12, help="most epochs of the LIMIT and CE runs (default 12)")
+    s.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--folds", type=int, default=5, help="cleanlab's cross-validation folds (default 5)")
+    s.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
+    s.add_argument("--beta", type=float, default=1.0, help="its beta (default 1)")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_detect_bench)
     return p
 
 

@@ -36,6 +36,8 @@ class DatasetInfo:
     size: int
     torchvision_class: str
     augment: bool  # random crop + flip in training (CIFAR only, spec 2.3)
+    mean: tuple | None = None  # per-channel normalisation; None: ImageNet statistics
+    std: tuple | None = None
 
 
 DATASETS = {
@@ -61,15 +63,25 @@ class DataError(ValueError):
 
 
 def dataset_info(name):
+    """A built-in dataset by name, or your own: the directory of an image cache (``python -m limit import-images``)."""
+    from limit import folder_data
+    if name not in DATASETS and folder_data.is_image_cache(name):
+        return folder_data.cache_info(name)
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or an image cache directory "
+                        f"written by `python -m limit import-images`")
     return DATASETS[name]
 
 
 def normalisation(name):
     """(mean, std) per channel, as tensors shaped (C, 1, 1)."""
-    channels = dataset_info(name).channels
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (IMAGENET_MEAN[1:2], IMAGENET_STD[1:2])
+    info = dataset_info(name)
+    if info.mean is not None:
+        mean, std = info.mean, info.std
+    elif info.channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = IMAGENET_MEAN[1:2], IMAGENET_STD[1:2]
     return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
 
 
@@ -93,6 +105,8 @@ def prepare_dataset(name, data_dir, download=False):
     Raises DataError naming the missing files and how to get them.
     """
     dataset_info(name)
+    if name not in DATASETS:
+        return  # an image cache: dataset_info has checked it
     if name == "clothing1m":
         from limit.clothing1m import check_clothing1m_dir
         check_clothing1m_dir(data_dir)
@@ -127,6 +141,9 @@ def load_arrays(name, data_dir):
     """Read MNIST / Fashion-MNIST / CIFAR through torchvision into uint8 tensors (N, C, H, W)."""
     import torchvision
     prepare_dataset(name, data_dir)
+    if name not in DATASETS:
+        from limit.folder_data import cache_classes, read_cache
+        return ImageArrays(*(torch.as_tensor(a) for a in read_cache(name)[:4]), classes=cache_classes(name))
     cls = getattr(torchvision.datasets, DATASETS[name].torchvision_class)
     out = []
     for train in (True, False):
@@ -157,15 +174,27 @@ def split_indices(num_train, rng, n=None, val_size=None, val_ratio=0.2):
     return train_idx, val_idx
 
 
-def make_noisy_labels(train_labels, num_classes, dataset, noise, rate, seed, n=None, val_size=None):
-    """Split and corrupt one data setting. Returns a dict of numpy arrays (the labels file's content)."""
+def make_noisy_labels(train_labels, num_classes, dataset, noise, rate, seed, n=None, val_size=None,
+                      human_labels=None):
+    """Split and corrupt one data setting. Returns a dict of numpy arrays (the labels file's content).
+
+    ``human_labels``: noisy labels of the whole training set from a file (CIFAR-N) instead of synthetic noise;
+    the transition matrix is then the empirical one of the whole training set.
+    """
     noise_models.check_noise(noise, rate, dataset, num_classes)
-    matrix = noise_models.transition_matrix(noise, rate, num_classes)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = split_indices(len(train_labels), rng, n=n, val_size=val_size)
     true_train, true_val = train_labels[train_idx], train_labels[val_idx]
-    noisy_train, is_corrupted = noise_models.corrupt_labels(true_train, matrix, rng)
-    noisy_val, val_corrupted = noise_models.corrupt_labels(true_val, matrix, rng)
+    if human_labels is None:
+        matrix = noise_models.transition_matrix(noise, rate, num_classes)
+        noisy_train, is_corrupted = noise_models.corrupt_labels(true_train, matrix, rng)
+        noisy_val, val_corrupted = noise_models.corrupt_labels(true_val, matrix, rng)
+    else:
+        counts = np.zeros((num_classes, num_classes))
+        np.add.at(counts, (train_labels, human_labels), 1)
+        matrix = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        noisy_train, noisy_val = human_labels[train_idx], human_labels[val_idx]
+        is_corrupted, val_corrupted = noisy_train != true_train, noisy_val != true_val
     return {
         "train_idx": train_idx, "val_idx": val_idx,
         "train_true": true_train, "train_noisy": noisy_train, "is_corrupted": is_corrupted,

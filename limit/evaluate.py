@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 # The Figure-1 block (MLP, clean validation) shares a data setting with Table 1 but is not a table entry.
 FIGURE1_EXPERIMENT = "figure1"
@@ -43,6 +43,19 @@ def detection_auc(scores, is_corrupted):
     if is_corrupted.all() or not is_corrupted.any():
         return float("nan")
     return float(roc_auc_score(is_corrupted, np.asarray(scores)))
+
+
+def detection_metrics(scores, is_corrupted):
+    """ROC AUC, average precision and precision@k of ``scores`` (higher = more likely mislabeled), with
+    k = the number of examples actually corrupted (precision@k then equals recall@k)."""
+    is_corrupted = np.asarray(is_corrupted, dtype=bool)
+    k = int(is_corrupted.sum())
+    if k in (0, len(is_corrupted)):
+        return {"roc_auc": float("nan"), "average_precision": float("nan"), "precision_at_k": float("nan"), "k": k}
+    top_k = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return {"roc_auc": detection_auc(scores, is_corrupted),
+            "average_precision": float(average_precision_score(is_corrupted, np.asarray(scores))),
+            "precision_at_k": float(is_corrupted[top_k].mean()), "k": k}
 
 
 def normalise_runs(runs):

@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 
 from limit import data as D
-from limit.methods import GENERIC_HPARAMS, get_method, hparam_problem
-from limit.noise import check_noise
+from limit.folder_data import check_arch, check_sources
+from limit.methods import GENERIC_HPARAMS, get_method, hparam_problem, is_limit
+from limit.noise import HUMAN_NOISE, check_noise
 
 HPARAM_COLUMNS = ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
@@ -43,13 +44,40 @@ def labels_path(results, dataset, noise, rate, n, seed):
     return f"{results}/labels/{setting_path(dataset, noise, rate, n, seed)}.npz"
 
 
-def _check_experiment(name, exp, config):
+def image_dataset_dir(results, name):
+    """Where the workflow decodes an image dataset of the config (the ``--dataset`` of its jobs)."""
+    return f"{results}/data/{name}"
+
+
+def check_image_datasets(config):
+    """Check every image of the config's own datasets (headers only) before any job: name -> (classes, side)."""
+    checked = {}
+    for name, spec in config.get("image_datasets", {}).items():
+        if name in D.DATASETS:
+            raise ConfigError(f"image_datasets.{name}: the name of a built-in dataset; choose another")
+        try:
+            train, _, _, size = check_sources(spec["source"], spec.get("test"), spec.get("classes"),
+                                              spec.get("size"), spec.get("channels"))
+        except ValueError as exc:
+            raise ConfigError(f"image_datasets.{name}: {exc}") from None
+        checked[name] = (len(train.classes), size)
+    return checked
+
+
+def _check_experiment(name, exp, config, image_datasets):
     where = f"experiments.{name}"
     for dataset in exp["datasets"]:
-        try:
-            info = D.dataset_info(dataset)
-        except ValueError as exc:
-            raise ConfigError(f"{where}.datasets: {exc}") from None
+        if dataset in image_datasets:
+            num_classes, size = image_datasets[dataset]
+            try:
+                check_arch(exp.get("arch", config["training"].get(dataset, {}).get("arch", "cnn")), size)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.datasets: {dataset}: {exc}") from None
+        else:
+            try:
+                num_classes = D.dataset_info(dataset).num_classes
+            except ValueError as exc:
+                raise ConfigError(f"{where}.datasets: {exc}") from None
         if dataset not in config["training"]:
             raise ConfigError(f"{where}.datasets: {dataset!r} has no entry under training "
                               f"(epochs, patience, resources)")
@@ -64,9 +92,15 @@ def _check_experiment(name, exp, config):
                 continue
             for rate in exp["rates"]:
                 try:
-                    check_noise(noise, rate, dataset, info.num_classes)
+                    check_noise(noise, rate, dataset, num_classes)
                 except ValueError as exc:
                     raise ConfigError(f"{where}.noise/rates: {exc}") from None
+            if noise in HUMAN_NOISE:
+                from limit.cifar_n import label_file
+                try:
+                    label_file(config["data_dir"], dataset)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}.noise: {exc}") from None
     for variant, spec in exp["methods"].items():
         try:
             method = get_method(spec.get("method", variant))
@@ -106,9 +140,10 @@ def expand_runs(config):
     except ValueError as exc:
         raise ConfigError(exc) from None
     results = config["results"]
+    image_datasets = check_image_datasets(config)
     rows = []
     for name, exp in config["experiments"].items():
-        _check_experiment(name, exp, config)
+        _check_experiment(name, exp, config, image_datasets)
         for dataset, noise, rate, n, seed in itertools.product(
                 exp["datasets"], exp["noise"], exp["rates"], exp["n"], exp["seeds"]):
             train = {**config["training"][dataset], **{k: exp[k] for k in ("arch", "epochs", "patience") if k in exp}}
@@ -123,6 +158,9 @@ def expand_runs(config):
                     rows.append({
                         "run_id": run_id, "experiment": name, "dataset": dataset, "noise": noise,
                         "rate": float(rate), "n": str(n), "seed": int(seed), "variant": variant, "method": method,
+                        "dataset_arg": (image_dataset_dir(results, dataset) if dataset in image_datasets
+                                        else dataset),
+                        "label_issues": bool(exp.get("label_issues")) and is_limit(method),
                         "hparams": label, **{c: hparams.get(c) for c in HPARAM_COLUMNS},
                         "clean_validation": bool(exp.get("clean_validation", False)),
                         "arch": train["arch"],
@@ -162,7 +200,7 @@ def _link_ce_runs(rows):
 
 def train_arguments(row, data_dir):
     """The ``python -m limit train`` arguments of a run (everything but --out and tracking)."""
-    args = ["--dataset", row["dataset"], "--data-dir", data_dir, "--labels", row["labels"],
+    args = ["--dataset", row["dataset_arg"], "--data-dir", data_dir, "--labels", row["labels"],
             "--method", row["method"], "--arch", row["arch"], "--epochs", str(row["epochs"]),
             "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]), "--seed", str(row["seed"]),
             "--bn-init", row["bn_init"]]
@@ -248,7 +286,7 @@ def read_run(run_dir):
     tags = config.get("tracking", {}).get("tags", {})
     name = config.get("tracking", {}).get("run_id", run_dir.name)
     row = {"run_id": f"{tags['experiment']}/{name}" if "experiment" in tags else name, **tags,
-           "method": config["method"], "dataset": config["dataset"], "seed": config["seed"],
+           "method": config["method"], "dataset": tags.get("dataset", config["dataset"]), "seed": config["seed"],
            "run_dir": str(run_dir), **metrics}
     for column in HPARAM_COLUMNS:
         row[column] = float(tags[column]) if column in tags else None

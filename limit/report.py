@@ -1,5 +1,6 @@
 """The report stage: every table and figure the run table can fill (``python -m limit report``)."""
 import html
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -90,7 +91,8 @@ def render_figures(runs, out_dir, data_dir):
         elif setting.dataset != "clothing1m":
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
             from limit.data import load_arrays
-            arrays = load_arrays(setting.dataset, data_dir)
+            dataset = json.loads((Path(run.run_dir) / "config.json").read_text())["dataset"]  # or an image cache
+            arrays = load_arrays(dataset, data_dir)
             F.figure_top_examples(run.run_dir, arrays.train_x.numpy(), out / f"figure4_top_examples_{name}",
                                   class_names=arrays.classes,
                                   title=f"Largest ‖μ − g$_{{CE}}$‖ per given label: {title}")

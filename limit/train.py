@@ -57,7 +57,10 @@ def resolve_config(config):
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update(copy.deepcopy(config))
     method = get_method(cfg["method"])
-    D.dataset_info(cfg["dataset"])
+    info = D.dataset_info(cfg["dataset"])
+    if cfg["dataset"] not in D.DATASETS:  # your own images: their size must suit the architecture
+        from limit.folder_data import check_arch
+        check_arch(cfg["arch"], info.size)
     unknown = set(cfg["hparams"]) - set(HPARAM_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {sorted(HPARAM_DEFAULTS)}")
@@ -118,6 +121,8 @@ def load_run_data(cfg, device):
         splits.append(splits[2])
     else:
         images = D.load_arrays(cfg["dataset"], cfg["data_dir"])
+        if len(images.test_x) == 0:  # your own images without a test set: the validation images, labels as given
+            images.test_x, images.test_y = images.train_x[arrays["val_idx"]], t(arrays["val_true"]).cpu()
         curve_size = cfg["test_curve_size"] or len(images.test_x)
         splits = [D.InMemorySplit(images.train_x[arrays["train_idx"]], cfg["dataset"], device, info.augment),
                   D.InMemorySplit(images.train_x[arrays["val_idx"]], cfg["dataset"], device),

@@ -41,6 +41,8 @@ SETTINGS = {
     setting_path(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
+IMAGE_DATASETS = config["image_datasets"]
+LABEL_ISSUE_RUNS = [r["run_id"] for r in RUN_ROWS if r["label_issues"]]
 EXPERIMENTS = list(config["experiments"])
 TRACKING = config["mlflow"]["enabled"]
 # MLFLOW_TRACKING_URI, when set, reaches every job through the environment and stays there (it may hold a
@@ -124,12 +126,42 @@ def train_runtime(wildcards, attempt):
     return min(row["runtime"] * attempt, row["max_runtime"])
 
 
+def data_ready(dataset):
+    """The file that says a dataset is ready: a built-in one's check, or the decoded cache of your images."""
+    if dataset in IMAGE_DATASETS:
+        return f"{RESULTS}/data/{dataset}/dataset.json"
+    return f"{RESULTS}/data/{dataset}.ready"
+
+
+def image_sources(wildcards):
+    spec = IMAGE_DATASETS[wildcards.name]
+    return [spec[k] for k in ("source", "test") if k in spec]
+
+
+def import_arguments(wildcards):
+    """The ``python -m limit import-images`` arguments of an image dataset (all but --out)."""
+    spec = IMAGE_DATASETS[wildcards.name]
+    args = [spec["source"]]
+    for key in ("test", "size", "channels"):
+        if key in spec:
+            args += [f"--{key}", str(spec[key])]
+    for key in ("classes", "mean", "std"):
+        if key in spec:
+            args += [f"--{key}", *map(str, spec[key])]
+    return args
+
+
+def label_issue_files(name):
+    return expand(f"{RESULTS}/label_issues/{{run}}/{name}", run=LABEL_ISSUE_RUNS)
+
+
 def group_run_dirs(wildcards):
     return [RUNS[r["run_id"]]["run_dir"] for r in GROUPS[wildcards.group]]
 
 
 def all_outputs():
     outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/selected.csv", f"{RESULTS}/tables", f"{RESULTS}/figures"]
+    outputs += label_issue_files("label_issues.csv")
     if config["readme_figures"]:
         outputs += expand("docs/img/{name}", name=README_FIGURES)
     return outputs

@@ -14,16 +14,37 @@ rule prepare_data:
         "{params.download} > {log:q} 2>&1"
 
 
+rule import_images:
+    input:
+        image_sources,
+    output:
+        info=f"{RESULTS}/data/{{name}}/dataset.json",
+        images=f"{RESULTS}/data/{{name}}/images.npz",
+    log:
+        f"{RESULTS}/logs/import_images/{{name}}.log",
+    wildcard_constraints:
+        name="[A-Za-z0-9_-]+",
+    params:
+        args=import_arguments,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m limit import-images {params.args:q} --out $(dirname {output.info:q}) > {log} 2>&1"
+
+
 rule corrupt_labels:
     input:
-        lambda wc: f"{RESULTS}/data/{SETTINGS[wc.setting]['dataset']}.ready",
+        lambda wc: data_ready(SETTINGS[wc.setting]["dataset"]),
     output:
         f"{RESULTS}/labels/{{setting}}.npz",
     log:
         f"{RESULTS}/logs/labels/{{setting}}.log",
     params:
         # the data setting only: training settings and resources must not redo the labels
-        row=lambda wc: {k: SETTINGS[wc.setting][k] for k in ("dataset", "noise", "rate", "n", "seed")},
+        row=lambda wc: {
+            k: SETTINGS[wc.setting][k]
+            for k in ("dataset_arg", "noise", "rate", "n", "seed")
+        },
         data_dir=config["data_dir"],
         val_size=lambda wc: (
             ["--val-size", SETTINGS[wc.setting]["val_size"]] if SETTINGS[wc.setting]["val_size"] else []
@@ -32,6 +53,6 @@ rule corrupt_labels:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit corrupt --dataset {params.row[dataset]:q} --data-dir {params.data_dir:q} "
+        "python -m limit corrupt --dataset {params.row[dataset_arg]:q} --data-dir {params.data_dir:q} "
         "--noise {params.row[noise]:q} --rate {params.row[rate]:q} --n {params.row[n]:q} "
         "--seed {params.row[seed]:q} {params.val_size:q} --out {output:q} > {log:q} 2>&1"
