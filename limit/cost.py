@@ -2,7 +2,7 @@
 
 1. Times a few real training steps (the package's networks, methods, optimizer and precision) of every
    (architecture, method family, batch size, precision) of the grid, and evaluation steps, on the present
-   device. On a CPU every network is timed at a small batch (``CPU_TIMING_BATCH``) and scaled per image
+   device, with the run's threads on a CPU. On a CPU every network is timed at a small batch (``CPU_TIMING_BATCH``) and scaled per image
    (a CPU step's time grows with its images), so the plan takes about a minute on a 2-core CPU.
 2. Expected epochs of a run under early stopping: the run stops ``patience`` epochs after its best
    validation epoch, so E = min(epochs, ceil(BEST_EPOCH_FRACTION * epochs) + patience + 1), with the best
@@ -17,6 +17,7 @@
    count; on a CPU a step already keeps the cores busy, so a pack costs the sum of its members.
 """
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def device_name(device):
         return torch.cuda.get_device_name(device)
     model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                   if line.startswith("model name")), platform.processor() or "CPU")
-    return f"{model}, {torch.get_num_threads()} threads"
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def expected_epochs(row, previous):
@@ -149,6 +150,8 @@ def plan(config, device, runs_csv=None, out=print):
         q = get_method(r["method"]).q_network
         key = (r["arch"], q, r["batch_size"], r["precision"])  # the dataset changes only the head: not timed apart
         if key not in timings:
+            if device.type == "cpu":  # a CPU run uses its job's threads (contended extra threads only slow it)
+                torch.set_num_threads(min(r["threads"], os.cpu_count()))
             batch = r["batch_size"] if device.type == "cuda" else min(r["batch_size"],
                                                                        CPU_TIMING_BATCH.get(r["arch"], r["batch_size"]))
             train_s, eval_s = time_steps(r["arch"], r["dataset"], q, batch, r["precision"], device)
