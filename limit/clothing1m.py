@@ -126,7 +126,7 @@ class _JpegDataset(torch.utils.data.Dataset):
     def __getitem__(self, key):
         index, seed = key
         if self.raw:
-            return index, seed, torchvision.io.read_file(self.files[index])
+            return index, seed, Path(self.files[index]).read_bytes()  # bytes: no tensor through the queue
         with Image.open(self.files[index]) as img:
             img = img.convert("RGB")
         return index, TF.pil_to_tensor(_resize_crop_flip(img, seed, self.image_size, self.resize_size))
@@ -190,7 +190,8 @@ class Clothing1MSplit:
         pin = self.device.type == "cuda"
         for batch in self.loaders[batch_size]:
             if self.decode == "torchvision":
-                idx, seeds, data = batch
+                idx, seeds, files = batch
+                data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
                 images = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=self.device)
                 x = torch.stack([_resize_crop_flip(img, seed, self.image_size, self.resize_size)
                                  for img, seed in zip(images, seeds)])
