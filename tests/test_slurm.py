@@ -26,7 +26,7 @@ CLUSTER = REPO / "tests" / "cluster"
 TEST_CONFIG = REPO / "config" / "test.yaml"
 # A hung workflow gets one SIGINT (Snakemake then scancels its jobs), SIGKILL 30 s later. --foreground: plain
 # `timeout` also signals its whole process group, and that second SIGINT can interrupt the plugin's scancel.
-WORKFLOW_TIMEOUT = 480
+WORKFLOW_TIMEOUT = 1200
 
 pytestmark = [pytest.mark.system, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("apt-get") is None,
