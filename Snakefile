@@ -1,5 +1,5 @@
 # limit-pipeline: the LIMIT paper (ICML 2020) and its noisy-label baselines, end to end.
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -11,14 +11,12 @@ if not workflow.overwrite_configfiles:
     configfile: "config/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
-
-
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/mlflow.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/select.smk"
+include: "workflow/rules/label_issues.smk"
 include: "workflow/rules/report.smk"
 
 

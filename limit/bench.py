@@ -3,7 +3,12 @@
 Compares the package's own training code (``limit.train.run_epoch``) for CE and LIMIT with a bare
 PyTorch loop over the same preloaded tensors (the floor) and with a per-item torchvision DataLoader
 pipeline (PIL -> ToTensor -> Normalize, what the authors' code does). Random images: speed only.
+
+``--pack K`` instead compares K runs packed (K processes at once, as ``python -m limit train-pack``)
+with the same K runs one after another, and with K models taking turns in one process.
 """
+import subprocess
+import sys
 import time
 
 import torch
@@ -31,8 +36,8 @@ def images_per_second(epoch, n_images, device, repeats=3):
     return n_images / best
 
 
-def package_rate(method_name, images, labels, device, batch_size):
-    """Whole epochs of the package's training loop over preloaded tensors."""
+def package_epoch(method_name, images, labels, device, batch_size):
+    """One epoch of the package's training loop over preloaded tensors, as a function."""
     torch.manual_seed(0)
     method = get_method(method_name)
     ctx = Context(mnist_cnn().to(device), mnist_cnn(fc_batchnorm=True).to(device) if method.q_network else None)
@@ -42,10 +47,12 @@ def package_rate(method_name, images, labels, device, batch_size):
     run_data = RunData(split, None, None, None, y, y, torch.zeros_like(y, dtype=torch.bool), None, None, None, 10, {})
     cfg = {"batch_size": batch_size, "hparams": {"beta": 1.0, "lamb": 1.0, "sigma": 0.0}}
     gen = torch.Generator().manual_seed(0)
+    return lambda: run_epoch(ctx, LOSSES[method_name], run_data, cfg, optimizer, gen)
 
-    def epoch():
-        run_epoch(ctx, LOSSES[method_name], run_data, cfg, optimizer, gen)
-    return images_per_second(epoch, len(split), device)
+
+def package_rate(method_name, images, labels, device, batch_size):
+    """Whole epochs of the package's training loop over preloaded tensors."""
+    return images_per_second(package_epoch(method_name, images, labels, device, batch_size), len(images), device)
 
 
 def bare_rate(two_networks, images, labels, device, batch_size):
@@ -110,12 +117,98 @@ def dataloader_rate(two_networks, images, labels, device, batch_size):
     return images_per_second(epoch, len(arr), device)
 
 
-def main(args):
-    device = pick_device(args.device)
-    n = args.steps * args.batch_size
+def random_mnist(n):
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=gen)
-    labels = torch.randint(0, 10, (n,), generator=gen)
+    return images, torch.randint(0, 10, (n,), generator=gen)
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# The methods of a benchmark pack's members, in turn: a pack mixes one-network and two-network runs.
+PACK_METHODS = ("ce", "limit_l")
+
+
+def pack_worker(method_name, steps, batch_size, device_name):
+    """One benchmark run in its own process: a warm-up epoch, "ready", wait for "go", one timed epoch, "done"."""
+    device = pick_device(device_name)
+    epoch = package_epoch(method_name, *random_mnist(steps * batch_size), device, batch_size)
+    epoch()
+    _synchronize(device)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    epoch()
+    _synchronize(device)
+    print("done", flush=True)
+
+
+def processes_rate(k, args, together):
+    """images/s of K benchmark runs, each its own process with ``args.threads`` threads: all at once (a pack)
+    or one after another (K separate jobs). Start-up and warm-up are not timed."""
+    from limit.pack import start_member
+
+    def wait_for(proc, word):
+        lines = []
+        for line in proc.stdout:  # warnings may come first
+            if line.strip() == word:
+                return
+            lines.append(line)
+        raise RuntimeError(f"a benchmark run failed:\n{''.join(lines)}")
+
+    def start(i):
+        argv = [sys.executable, "-m", "limit.bench", PACK_METHODS[i % len(PACK_METHODS)], str(args.steps),
+                str(args.batch_size), args.device]
+        proc = start_member(argv, args.threads, stdin=subprocess.PIPE)
+        wait_for(proc, "ready")
+        return proc
+
+    def go(procs):
+        t0 = time.perf_counter()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        for proc in procs:
+            wait_for(proc, "done")
+        seconds = time.perf_counter() - t0
+        for proc in procs:
+            proc.wait()
+        return seconds
+
+    seconds = go([start(i) for i in range(k)]) if together else sum(go([start(i)]) for i in range(k))
+    return k * args.steps * args.batch_size / seconds
+
+
+def one_process_rate(k, args, device):
+    """images/s of K models taking turns in this process (``args.threads`` threads), an epoch each in turn."""
+    torch.set_num_threads(args.threads)
+    images, labels = random_mnist(args.steps * args.batch_size)
+    epochs = [package_epoch(PACK_METHODS[i % len(PACK_METHODS)], images, labels, device, args.batch_size)
+              for i in range(k)]
+    return k * images_per_second(lambda: [epoch() for epoch in epochs], len(images), device, repeats=1)
+
+
+def pack_main(args, device):
+    k = args.pack
+    print(f"device {device}, torch {torch.__version__}, {k} runs of the MNIST CNN ({', '.join(PACK_METHODS)} in "
+          f"turn), {args.threads} thread(s) per run, {args.steps} steps of batch {args.batch_size} per run")
+    rows = {f"{k} separate runs, one after another": processes_rate(k, args, together=False),
+            f"{k} runs packed (train-pack: {k} processes)": processes_rate(k, args, together=True),
+            f"{k} models taking turns in one process": one_process_rate(k, args, device)}
+    for name, rate in rows.items():
+        print(f"{name:48s} {rate:10.0f} images/s")
+    separate, packed = list(rows.values())[:2]
+    print(f"packed / separate: {packed / separate:.2f}x")
+
+
+def main(args):
+    device = pick_device(args.device)
+    if args.pack:
+        return pack_main(args, device)
+    n = args.steps * args.batch_size
+    images, labels = random_mnist(n)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"{args.steps} steps of batch {args.batch_size} per measurement")
     rows = {
@@ -133,3 +226,7 @@ def main(args):
     print(f"package CE / package LIMIT (LIMIT's cost in CE steps): "
           f"{rows['package, CE'] / rows['package, LIMIT']:.2f}x (target <= 2.2x)")
     print(f"package CE / per-item DataLoader CE: {rows['package, CE'] / rows['per-item DataLoader, CE']:.2f}x")
+
+
+if __name__ == "__main__":  # a member of `bench --pack`: METHOD STEPS BATCH_SIZE DEVICE
+    pack_worker(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from limit import rundir
-from limit.registry import BN_INIT, DATASETS, HPARAMS, METHODS, TRAINING_DEFAULTS
+from limit.registry import BN_INIT, DATASETS, HPARAMS, METHODS, PRECISIONS, TRAINING_DEFAULTS
 
 
 def cmd_prepare(args):
@@ -22,8 +22,46 @@ def cmd_prepare(args):
     print(f"{args.dataset}: files present in {args.data_dir}")
 
 
+def cmd_import_images(args):
+    from limit.folder_data import import_images
+    info = import_images(args.source, args.out, test=args.test, classes=args.classes, size=args.size,
+                         channels=args.channels, mean=args.mean, std=args.std)
+    print(f"{args.out}: {info['num_train']} training and {info['num_test']} test images, {len(info['classes'])} "
+          f"classes, {info['channels']} x {info['size']} x {info['size']}, mean {info['mean']}, std {info['std']}; "
+          f"train with --dataset {args.out}")
+
+
 def _n_arg(value):
     return None if value in (None, "all") else int(value)
+
+
+def _count(text):
+    """argparse type of --n: a positive integer or 'all'."""
+    if text != "all" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return text
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _experiment_id(path, name):
+    """The MLflow experiment id of ``name`` in the experiments file written by ``mlflow-init``."""
+    try:
+        ids = json.loads(Path(path).read_text())["experiments"]
+    except (ValueError, KeyError, TypeError):
+        raise ValueError(f"--experiments-file {path} is not a file written by `python -m limit mlflow-init`") from None
+    if name not in ids:
+        raise ValueError(f"--experiment {name!r} is not in {path} (it has {sorted(ids)}); "
+                         f"add it to the config's experiments and rerun mlflow-init")
+    return ids[name]
 
 
 def cmd_corrupt(args):
@@ -33,9 +71,14 @@ def cmd_corrupt(args):
         from limit.clothing1m import clothing1m_labels
         arrays = clothing1m_labels(args.data_dir)
     else:
+        from limit.noise import HUMAN_NOISE
         train_labels = D.load_arrays(args.dataset, args.data_dir).train_y.numpy()
+        human = None
+        if args.noise in HUMAN_NOISE:
+            from limit.cifar_n import human_labels
+            human = human_labels(args.data_dir, args.dataset, args.noise, train_labels)
         arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
-                                     n=_n_arg(args.n), val_size=args.val_size)
+                                     n=_n_arg(args.n), val_size=args.val_size, human_labels=human)
     meta = {"dataset": args.dataset, "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
             "val_size": args.val_size}
     meta = D.write_labels_file(args.out, arrays, meta)
@@ -53,12 +96,15 @@ def cmd_train(args):
               "init_from": args.init_from, "device": args.device, "eval_test_each_epoch": not args.no_test_curve,
               "test_curve_size": args.test_curve_size,
               "imagenet_weights": args.imagenet_weights, "num_workers": args.num_workers, "bn_init": args.bn_init,
+              "precision": args.precision, "deterministic": not args.nondeterministic,
+              "checkpoint_every": args.checkpoint_every, "test_curve_every": args.test_curve_every,
+              "decode": args.decode, "log_checkpoints": not args.no_checkpoint_artifacts,
               "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
     tracker = None
     if not args.no_tracking:
         experiment_id = args.experiment_id
         if args.experiments_file:  # written by `limit mlflow-init` before any job starts
-            experiment_id = rundir.read_json(args.experiments_file)["experiments"][args.experiment]
+            experiment_id = _experiment_id(args.experiments_file, args.experiment)
         tracker = Tracker(args.out, args.tracking_uri, experiment_id)
     metrics = train(config, args.out, tracker)
     print(json.dumps(metrics))
@@ -70,7 +116,8 @@ def _run_table(run_dirs):
 
 
 def cmd_select(args):
-    """Pick the hyperparameters with the best mean validation accuracy over seeds."""
+    """Pick the hyperparameters with the best mean noisy-validation accuracy over seeds."""
+    import pandas as pd
     from limit.evaluate import select_configurations
     from limit.tracking import tag_selected
     runs = _run_table(args.run_dirs)
@@ -82,7 +129,10 @@ def cmd_select(args):
               "all_run_dirs": sorted(runs["run_dir"])}
     rundir.write_json(args.out, result)
     if not args.no_tracking:
-        tag_selected(runs["run_dir"], set(result["run_dirs"]), args.tracking_uri)
+        hparams = {f"selected.{k}": rundir.fmt(chosen[k]) for k in HPARAMS if k in chosen and pd.notna(chosen[k])}
+        summary = {"tags": {"selected_hparams": chosen["hparams"], **hparams},
+                   "metrics": {k: float(chosen[k]) for k in ("test_acc_mean", "test_acc_std", "best_val_acc_mean", "seeds")}}
+        tag_selected(runs["run_dir"], set(result["run_dirs"]), summary, args.tracking_uri)
     print(f"{args.out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
           f"over {chosen['seeds']} seeds)")
 
@@ -119,14 +169,34 @@ def cmd_mlflow_sync(args):
 
 def cmd_mlflow_init(args):
     """Create the store and the experiments before any job starts (MLflow races otherwise)."""
-    from limit.tracking import _client, get_or_create_experiment, tracking_uri
+    from limit.tracking import _client, get_or_create_experiment, get_or_create_parent, redact, tracking_uri
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
     ids = {name: get_or_create_experiment(client, name, uri) for name in args.experiments}
-    rundir.write_json(args.out, {"tracking_uri": uri, "experiments": ids})
-    print(json.dumps(ids))
+    for group in args.groups:  # the parent runs, before parallel jobs would race to create them
+        get_or_create_parent(client, ids[group.split("/", 1)[0]], group)
+    rundir.write_json(args.out, {"tracking_uri": redact(uri), "experiments": ids})
+    print(f"{json.dumps(ids)}; {len(args.groups)} parent runs")
+
+
+def cmd_train_pack(args):
+    """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
+    import shlex
+    from limit.pack import run_pack
+    parser = build_parser()
+    for run in args.runs:  # bad arguments stop the pack before any member starts
+        parser.parse_args(["train", *shlex.split(run)])
+    failed = run_pack(args.runs, args.threads)
+    if failed:
+        raise rundir.TrainingError(f"{len(failed)} of {len(args.runs)} packed runs failed: {', '.join(failed)}")
+    print(f"{len(args.runs)} packed runs finished")
+
+
+def cmd_cost(args):
+    from limit.cost import main
+    main(args)
 
 
 def cmd_bench(args):
@@ -134,8 +204,30 @@ def cmd_bench(args):
     main(args)
 
 
+def cmd_find_label_issues(args):
+    from limit.label_issues import find_label_issues, print_summary
+    if args.config:  # train the LIMIT run first (resumes if it was killed)
+        import yaml
+        from limit.train import train
+        train({"data_dir": "data", **yaml.safe_load(Path(args.config).read_text())}, args.run)
+    summary = find_label_issues(args.run, args.out, top_k=args.top_k, device=args.device)
+    print_summary(summary, args.out)
+
+
+def cmd_detect_bench(args):
+    from limit.detect_bench import main
+    main(args)
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad arguments: one line ``error: ...`` and exit status 2, as every other bad input."""
+
+    def error(self, message):
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(prog="limit", description=__doc__)
+    p = Parser(prog="limit", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("prepare", help="check (or download) a dataset's files")
@@ -144,14 +236,33 @@ def build_parser():
     s.add_argument("--download", action="store_true", help="download missing files (needs internet)")
     s.set_defaults(func=cmd_prepare)
 
+    s = sub.add_parser("import-images", help="check your own images and decode them once into a dataset cache",
+                       description="SOURCE is an ImageFolder tree (root/<class>/<image>) or a CSV with the columns "
+                                   "path,label (paths relative to the CSV). The cache directory --out is then a "
+                                   "dataset: `corrupt --dataset OUT --noise given --rate 0`, `train --dataset OUT`.")
+    s.add_argument("source", help="ImageFolder root or CSV file of the training images")
+    s.add_argument("--test", help="optional test images (same layout and classes); without them, runs report "
+                                  "accuracy on the validation split")
+    s.add_argument("--classes", nargs="+", help="the class list, in label order (default: sorted names)")
+    s.add_argument("--size", type=int, help="resize every image to SIZE x SIZE (default: all must share one size)")
+    s.add_argument("--channels", type=int, choices=(1, 3), help="1 (greyscale) or 3 (RGB); default: 1 if every "
+                                                                "image is greyscale")
+    s.add_argument("--mean", type=float, nargs="+", help="per-channel mean on the 0-1 scale (default: computed "
+                                                         "over the training images)")
+    s.add_argument("--std", type=float, nargs="+", help="per-channel std (default: computed likewise)")
+    s.add_argument("--out", required=True, help="cache directory to write")
+    s.set_defaults(func=cmd_import_images)
+
     s = sub.add_parser("corrupt", help="split and corrupt the labels of one data setting into a labels file")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--data-dir", default="data")
-    s.add_argument("--noise", required=True, help="uniform, symmetric, pair (CIFAR-10) or asymmetric-mnist")
+    s.add_argument("--dataset", required=True, help="a dataset name or an image cache (import-images)")
+    s.add_argument("--data-dir", default="data", help="dataset directory (also holds the CIFAR-N label files)")
+    s.add_argument("--noise", required=True, help="given (labels as they are), uniform, symmetric, pair (CIFAR-10), "
+                                                  "asymmetric-mnist, asymmetric-fashion-mnist, human-aggre, "
+                                                  "human-worst, human-random1..3 (CIFAR-10N), human (CIFAR-100N)")
     s.add_argument("--rate", type=float, required=True, help="noise rate p in [0, 1)")
-    s.add_argument("--n", default="all", help="training-set size: an integer or 'all' (default)")
+    s.add_argument("--n", type=_count, default="all", help="training-set size: an integer or 'all' (default)")
     s.add_argument("--seed", type=int, required=True, help="seed of the split and of the noise")
-    s.add_argument("--val-size", type=int, default=None, help="keep only this many validation examples")
+    s.add_argument("--val-size", type=_positive_int, default=None, help="keep only this many validation examples")
     s.add_argument("--out", required=True, help="labels file to write (.npz)")
     s.set_defaults(func=cmd_corrupt)
 
@@ -176,7 +287,7 @@ def build_parser():
     s.add_argument("--init-from", help="CE run directory (FW, DMI, +init)")
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
     s.add_argument("--no-test-curve", action="store_true", help="skip the clean test accuracy of every epoch")
-    s.add_argument("--test-curve-size", type=int, help="log every epoch's test accuracy on the first N test "
+    s.add_argument("--test-curve-size", type=_positive_int, help="log every epoch's test accuracy on the first N test "
                                                        "examples only (the final test accuracy uses all)")
     s.add_argument("--bn-init", choices=BN_INIT, default=TRAINING_DEFAULTS["bn_init"],
                    help="authors: BatchNorm statistics warmed on noise as the authors' network builder leaves them "
@@ -184,16 +295,36 @@ def build_parser():
     s.add_argument("--imagenet-weights", help="ResNet-50 only: path to a torchvision ImageNet state dict")
     s.add_argument("--num-workers", type=int, default=TRAINING_DEFAULTS["num_workers"],
                    help="Clothing1M image-decoding workers")
+    s.add_argument("--decode", choices=["pil", "torchvision"], default=TRAINING_DEFAULTS["decode"],
+                   help="Clothing1M JPEG decoding: PIL in the workers, or torchvision.io.decode_jpeg "
+                        "(on the GPU when training on one)")
+    s.add_argument("--precision", choices=PRECISIONS, default=TRAINING_DEFAULTS["precision"],
+                   help="bf16: the networks under bfloat16 autocast, channels_last; losses in float32")
+    s.add_argument("--checkpoint-every", default=str(TRAINING_DEFAULTS["checkpoint_every"]), metavar="N|Nmin",
+                   help="write state.pt every N epochs or every N minutes (e.g. 30min); default every epoch")
+    s.add_argument("--test-curve-every", type=int, default=TRAINING_DEFAULTS["test_curve_every"], metavar="N",
+                   help="log the clean test accuracy every N epochs (default 1)")
+    s.add_argument("--nondeterministic", action="store_true",
+                   help="allow nondeterministic (faster) GPU kernels; a resumed run may then differ")
     s.add_argument("--out", required=True, help="run directory")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                          "sqlite:///results/mlflow.db)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI without a password (default: $MLFLOW_TRACKING_URI, "
+                                          "else sqlite:///results/mlflow.db)")
     s.add_argument("--experiment", default="manual",
                    help="the config's experiment block, also the MLflow experiment (default: manual)")
     s.add_argument("--variant", help="the block's method variant (default: the method)")
     s.add_argument("--experiment-id", help="MLflow experiment id (pass it: creating experiments races)")
     s.add_argument("--experiments-file", help="JSON of experiment ids from `limit mlflow-init`")
     s.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    s.add_argument("--no-checkpoint-artifacts", action="store_true",
+                   help="do not log best.pt and train_scores.npz to MLflow (large checkpoints)")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("train-pack", help="train several runs at the same time in one job (one GPU)",
+                       description="Train several runs at the same time, each in its own `train` process; "
+                                   "started again with the same command, every member resumes.")
+    s.add_argument("runs", nargs="+", metavar="RUN", help="the arguments of one `python -m limit train`, quoted")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default 1)")
+    s.set_defaults(func=cmd_train_pack)
 
     s = sub.add_parser("select", help="select the hyperparameters of one setting and method variant")
     s.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the group")
@@ -225,23 +356,68 @@ def build_parser():
     s = sub.add_parser("mlflow-init", help="create the MLflow store and experiments")
     s.add_argument("--tracking-uri")
     s.add_argument("--experiments", nargs="+", required=True)
+    s.add_argument("--groups", nargs="*", default=[], help="selection groups (experiment/setting/variant): "
+                                                           "one parent run each")
     s.add_argument("--out", required=True, help="JSON file of experiment ids")
     s.set_defaults(func=cmd_mlflow_init)
+
+    s = sub.add_parser("cost", help="device-hours of a config's grid on this device, packed and unpacked",
+                       description="Times a few real training steps of every architecture, method family and "
+                                   "batch size of the config on this device and prints device-hours per block.")
+    s.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
+    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
+    s.add_argument("--runs", help="runs.csv of a previous run: its mean epochs per variant replace the estimate")
+    s.set_defaults(func=cmd_cost)
 
     s = sub.add_parser("bench", help="images/s of training steps on this device")
     s.add_argument("--steps", type=int, default=30)
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--device", default="auto")
+    s.add_argument("--pack", type=int, metavar="K", help="images/s of K runs packed against K separate runs")
+    s.add_argument("--threads", type=int, default=1, help="with --pack: CPU threads per run (default 1)")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("find-label-issues", help="rank the training examples of a LIMIT run by how likely their "
+                                                 "labels are wrong",
+                       description="Writes label_issues.csv (every training example ranked by ‖μ − g_CE‖, with "
+                                   "the CE-loss and margin baselines), gallery.png (the top-k suspects) and "
+                                   "summary.json into --out, and prints a short summary.")
+    s.add_argument("run", help="a finished LIMIT run directory (or where to train one with --config)")
+    s.add_argument("--config", help="YAML/JSON training config (the keys of a run's config.json) to train the run "
+                                    "first")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--top-k", type=int, default=24, help="examples in the gallery (default 24)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_find_label_issues)
+
+    s = sub.add_parser("detect-bench", help="mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss")
+    s.add_argument("--out", default="results/detect_bench", help="output directory (runs, tables)")
+    s.add_argument("--data-dir", default="data")
+    s.add_argument("--settings", nargs="+", metavar="NOISE:RATE",
+                   help="noise settings (default: the three of docs/label-issues.md)")
+    s.add_argument("--seeds", type=int, nargs="+", default=[42, 43])
+    s.add_argument("--n", type=int, default=5000, help="training examples (default 5000)")
+    s.add_argument("--val-size", type=int, default=1000, help="noisy validation examples (default 1000)")
+    s.add_argument("--epochs", type=int, default=12, help="most epochs of the LIMIT and CE runs (default 12)")
+    s.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--folds", type=int, default=5, help="cleanlab's cross-validation folds (default 5)")
+    s.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
+    s.add_argument("--beta", type=float, default=1.0, help="its beta (default 1)")
+    s.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_detect_bench)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    from limit.tracking import check_no_password, redact
     warnings.simplefilter("default", RuntimeWarning)
     try:
+        check_no_password(getattr(args, "tracking_uri", None), "--tracking-uri")
         args.func(args)
     except (ValueError, rundir.TrainingError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
     return 0

@@ -3,12 +3,16 @@
 Train = ``noisy_train_key_list.txt`` with noisy labels; validation and test = the clean lists with clean
 labels (the authors select models on the clean validation set). JPEGs are decoded and resized
 in DataLoader workers and sent to the device as uint8; normalisation runs there, as for ``InMemorySplit``.
+Each split keeps one loader whose workers persist across epochs. ``decode="torchvision"`` has the workers
+only read the files and decodes, resizes, crops and flips with ``torchvision.io.decode_jpeg`` and tensor
+ops on the training device (the GPU when there is one); its resizing differs from PIL's in the last bits.
 """
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
 import torch
+import torchvision
 from PIL import Image
 from torchvision.transforms import functional as TF
 
@@ -98,29 +102,53 @@ def clothing1m_labels(root):
             "transition_matrix": np.eye(NUM_CLASSES)}
 
 
-class _JpegDataset(torch.utils.data.Dataset):
-    """Keyed by (index, augmentation seed); seed -1 means no augmentation. Returns uint8 (3, S, S)."""
+def _resize_crop_flip(img, seed, image_size, resize_size):
+    """Evaluation (seed -1): Resize((S, S)). Training: Resize((256, 256)) -> RandomCrop(224) ->
+    RandomHorizontalFlip, drawn from the example's seed. ``img``: a PIL image or a (3, H, W) uint8 tensor."""
+    if seed < 0:
+        return TF.resize(img, [image_size, image_size])
+    img = TF.resize(img, [resize_size, resize_size])
+    gen = torch.Generator().manual_seed(seed)
+    top, left = torch.randint(0, resize_size - image_size + 1, (2,), generator=gen).tolist()
+    img = TF.crop(img, top, left, image_size, image_size)
+    return TF.hflip(img) if torch.rand(1, generator=gen).item() < 0.5 else img
 
-    def __init__(self, files, image_size, resize_size):
-        self.files, self.image_size, self.resize_size = files, image_size, resize_size
+
+class _JpegDataset(torch.utils.data.Dataset):
+    """Keyed by (index, augmentation seed); seed -1 means no augmentation. Returns uint8 (3, S, S), or with
+    ``raw`` the file's bytes (decoded in the main process)."""
+
+    def __init__(self, files, image_size, resize_size, raw=False):
+        self.files, self.image_size, self.resize_size, self.raw = files, image_size, resize_size, raw
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, key):
         index, seed = key
+        if self.raw:
+            return index, seed, Path(self.files[index]).read_bytes()  # bytes: no tensor through the queue
         with Image.open(self.files[index]) as img:
             img = img.convert("RGB")
-        if seed < 0:
-            img = TF.resize(img, [self.image_size, self.image_size])
-        else:  # Resize((256,256)) -> RandomCrop(224) -> RandomHorizontalFlip, drawn from the example's seed
-            img = TF.resize(img, [self.resize_size, self.resize_size])
-            gen = torch.Generator().manual_seed(seed)
-            top, left = torch.randint(0, self.resize_size - self.image_size + 1, (2,), generator=gen).tolist()
-            img = TF.crop(img, top, left, self.image_size, self.image_size)
-            if torch.rand(1, generator=gen).item() < 0.5:
-                img = TF.hflip(img)
-        return index, TF.pil_to_tensor(img)
+        return index, TF.pil_to_tensor(_resize_crop_flip(img, seed, self.image_size, self.resize_size))
+
+
+class _EpochKeys(torch.utils.data.Sampler):
+    """The (index, seed) keys of the current epoch: set before each pass, so a persistent loader can be reused."""
+
+    def __init__(self):
+        self.keys = []
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __len__(self):
+        return len(self.keys)
+
+
+def _raw_batch(items):
+    indices, seeds, data = zip(*items)
+    return torch.tensor(indices), list(seeds), list(data)
 
 
 class Clothing1MSplit:
@@ -129,14 +157,21 @@ class Clothing1MSplit:
     ``labels`` / ``true_labels`` (numpy) hold the split's labels, as from ``read_clothing1m_split``.
     """
 
-    def __init__(self, root, split, device, augment=False, num_workers=4, image_size=224):
+    def __init__(self, root, split, device, augment=False, num_workers=4, image_size=224, decode="pil"):
         self.paths, self.labels, self.true_labels = read_clothing1m_split(root, split)
         self.device = torch.device(device)
         self.augment = augment
-        self.num_workers = num_workers
+        self.decode = decode
         self.mean, self.std = (t.to(self.device) for t in normalisation("clothing1m"))
-        resize_size = round(image_size * 256 / 224)
-        self.dataset = _JpegDataset([str(Path(root) / p) for p in self.paths], image_size, resize_size)
+        self.image_size, self.resize_size = image_size, round(image_size * 256 / 224)
+        dataset = _JpegDataset([str(Path(root) / p) for p in self.paths], self.image_size, self.resize_size,
+                               raw=decode == "torchvision")
+        self.keys = _EpochKeys()
+        self.loaders = {}  # batch size -> loader whose workers persist across epochs
+        self.make_loader = lambda size: torch.utils.data.DataLoader(
+            dataset, batch_size=size, sampler=self.keys, num_workers=num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
+            collate_fn=_raw_batch if decode == "torchvision" else None)
 
     def __len__(self):
         return len(self.paths)
@@ -150,11 +185,19 @@ class Clothing1MSplit:
             seeds = torch.randint(0, 2 ** 62, (n,), generator=generator)
         else:
             seeds = torch.full((n,), -1, dtype=torch.int64)
-        keys = list(zip(order.tolist(), seeds.tolist()))
+        self.keys.keys = list(zip(order.tolist(), seeds.tolist()))
+        if batch_size not in self.loaders:
+            self.loaders[batch_size] = self.make_loader(batch_size)
         pin = self.device.type == "cuda"
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size, sampler=keys,
-                                             num_workers=self.num_workers, pin_memory=pin)
-        for idx, x in loader:
+        for batch in self.loaders[batch_size]:
+            if self.decode == "torchvision":
+                idx, seeds, files = batch
+                data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
+                images = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=self.device)
+                x = torch.stack([_resize_crop_flip(img, seed, self.image_size, self.resize_size)
+                                 for img, seed in zip(images, seeds)])
+            else:
+                idx, x = batch
             idx = idx.to(self.device, non_blocking=pin)
             x = x.to(self.device, non_blocking=pin)
             yield idx, to_float(x, self.mean, self.std)

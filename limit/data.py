@@ -41,8 +41,13 @@ _REQUIRED_FILES = {
 
 def normalisation(name):
     """(mean, std) per channel, as tensors shaped (C, 1, 1)."""
-    channels = dataset_info(name).channels
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else (IMAGENET_MEAN[1:2], IMAGENET_STD[1:2])
+    info = dataset_info(name)
+    if info.mean is not None:
+        mean, std = info.mean, info.std
+    elif info.channels == 3:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
+        mean, std = IMAGENET_MEAN[1:2], IMAGENET_STD[1:2]
     return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
 
 
@@ -63,6 +68,8 @@ def prepare_dataset(name, data_dir, download=False):
     Raises DataError naming the missing files and how to get them. (Clothing1M: ``check_clothing1m_dir``.)
     """
     dataset_info(name)
+    if name not in DATASETS:
+        return  # an image cache: dataset_info has checked it
     if name not in _REQUIRED_FILES:
         raise DataError(f"{name} is not a torchvision dataset")
     if name == "fashion_mnist":
@@ -88,12 +95,16 @@ class ImageArrays:
     train_y: torch.Tensor
     test_x: torch.Tensor
     test_y: torch.Tensor
+    classes: list  # class names, indexed by label (torchvision's, e.g. "T-shirt/top", "airplane", "0 - zero")
 
 
 def load_arrays(name, data_dir):
     """Read MNIST / Fashion-MNIST / CIFAR through torchvision into uint8 tensors (N, C, H, W)."""
     import torchvision
     prepare_dataset(name, data_dir)
+    if name not in DATASETS:
+        from limit.folder_data import cache_classes, read_cache
+        return ImageArrays(*(torch.as_tensor(a) for a in read_cache(name)[:4]), classes=cache_classes(name))
     cls = getattr(torchvision.datasets, DATASETS[name].torchvision_class)
     out = []
     for train in (True, False):
@@ -101,7 +112,7 @@ def load_arrays(name, data_dir):
         x = torch.as_tensor(np.asarray(ds.data))
         x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
         out += [x.contiguous(), torch.as_tensor(np.asarray(ds.targets), dtype=torch.int64)]
-    return ImageArrays(*out)
+    return ImageArrays(*out, classes=list(ds.classes))
 
 
 def split_indices(num_train, rng, n=None, val_size=None, val_ratio=0.2):
@@ -124,15 +135,27 @@ def split_indices(num_train, rng, n=None, val_size=None, val_ratio=0.2):
     return train_idx, val_idx
 
 
-def make_noisy_labels(train_labels, num_classes, dataset, noise, rate, seed, n=None, val_size=None):
-    """Split and corrupt one data setting. Returns a dict of numpy arrays (the labels file's content)."""
+def make_noisy_labels(train_labels, num_classes, dataset, noise, rate, seed, n=None, val_size=None,
+                      human_labels=None):
+    """Split and corrupt one data setting. Returns a dict of numpy arrays (the labels file's content).
+
+    ``human_labels``: noisy labels of the whole training set from a file (CIFAR-N) instead of synthetic noise;
+    the transition matrix is then the empirical one of the whole training set.
+    """
     noise_models.check_noise(noise, rate, dataset, num_classes)
-    matrix = noise_models.transition_matrix(noise, rate, num_classes)
     rng = np.random.default_rng(seed)
     train_idx, val_idx = split_indices(len(train_labels), rng, n=n, val_size=val_size)
     true_train, true_val = train_labels[train_idx], train_labels[val_idx]
-    noisy_train, is_corrupted = noise_models.corrupt_labels(true_train, matrix, rng)
-    noisy_val, val_corrupted = noise_models.corrupt_labels(true_val, matrix, rng)
+    if human_labels is None:
+        matrix = noise_models.transition_matrix(noise, rate, num_classes)
+        noisy_train, is_corrupted = noise_models.corrupt_labels(true_train, matrix, rng)
+        noisy_val, val_corrupted = noise_models.corrupt_labels(true_val, matrix, rng)
+    else:
+        counts = np.zeros((num_classes, num_classes))
+        np.add.at(counts, (train_labels, human_labels), 1)
+        matrix = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        noisy_train, noisy_val = human_labels[train_idx], human_labels[val_idx]
+        is_corrupted, val_corrupted = noisy_train != true_train, noisy_val != true_val
     return {
         "train_idx": train_idx, "val_idx": val_idx,
         "train_true": true_train, "train_noisy": noisy_train, "is_corrupted": is_corrupted,
@@ -156,11 +179,32 @@ def write_labels_file(path, arrays, meta):
     return meta
 
 
+LABELS_KEYS = ("train_idx", "val_idx", "train_true", "train_noisy", "is_corrupted", "val_true", "val_noisy")
+
+
 def read_labels_file(path):
-    """Read a labels file, verifying its hash. Returns (arrays, meta)."""
-    with np.load(path, allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"]))
-        arrays = {k: f[k] for k in f.files if k != "meta"}
+    """Read a labels file, verifying its hash. Returns (arrays, meta); a DataError says what is wrong."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"labels file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise DataError(f"labels file {path} is empty")
+    not_ours = f"labels file {path} is not a labels file (write one with `python -m limit corrupt`)"
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            contents = {k: f[k] for k in f.files}
+    except Exception as exc:  # numpy and zipfile raise many types for torn or foreign files
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"  # .npz archives start so
+        raise DataError(f"labels file {path} is truncated or corrupt ({type(exc).__name__}: {exc})" if is_zip
+                        else f"{not_ours}: {type(exc).__name__}") from None
+    if "meta" not in contents or not set(LABELS_KEYS) <= set(contents):
+        raise DataError(not_ours)
+    try:
+        meta = json.loads(str(contents.pop("meta")))
+    except ValueError:
+        raise DataError(f"{not_ours}: unreadable metadata") from None
+    arrays = contents
     if labels_hash(arrays) != meta.get("sha256"):
         raise DataError(f"labels file {path} is corrupt: its content does not match its sha256")
     return arrays, meta

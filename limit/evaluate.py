@@ -7,7 +7,7 @@ which share data settings with Table 1 but are not table entries.
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from limit import rundir
 from limit.registry import HPARAMS, LIMIT_METHODS
@@ -52,6 +52,17 @@ def read_train_scores(run_dir):
     """A LIMIT run's per-example scores (``limit.train.limit_train_scores``) as a dict of arrays."""
     with np.load(Path(run_dir) / rundir.TRAIN_SCORES) as scores:
         return {key: scores[key] for key in scores.files}
+def detection_metrics(scores, is_corrupted):
+    """ROC AUC, average precision and precision@k of ``scores`` (higher = more likely mislabeled), with
+    k = the number of examples actually corrupted (precision@k then equals recall@k)."""
+    is_corrupted = np.asarray(is_corrupted, dtype=bool)
+    k = int(is_corrupted.sum())
+    if k in (0, len(is_corrupted)):
+        return {"roc_auc": float("nan"), "average_precision": float("nan"), "precision_at_k": float("nan"), "k": k}
+    top_k = np.argsort(-np.asarray(scores), kind="stable")[:k]
+    return {"roc_auc": detection_auc(scores, is_corrupted),
+            "average_precision": float(average_precision_score(is_corrupted, np.asarray(scores))),
+            "precision_at_k": float(is_corrupted[top_k].mean()), "k": k}
 
 
 def normalise_runs(runs):

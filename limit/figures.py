@@ -1,7 +1,8 @@
 """The paper's figures from a run table and run directories; each is saved as ``out_prefix``.png and .pdf.
 
-Curves are smoothed with a 1-D Gaussian filter (sigma = 2 epochs, as the authors' plotting helper), the raw
-curve drawn faintly behind.
+Accuracy curves (Figures 1, 3, A0) are the mean over seeds with seaborn's bootstrap 95% confidence band
+(1000 resamples of the seeds, fixed seed: the figure is reproducible); a dot marks each seed's selected
+(best-validation) epoch, the checkpoint evaluated on the test set. Smoothing is off unless asked for.
 """
 from pathlib import Path
 
@@ -12,13 +13,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.ndimage import gaussian_filter1d  # noqa: E402
 
+from limit import rundir  # noqa: E402
 from limit.evaluate import detection_auc, normalise_runs, read_train_scores, selected_runs  # noqa: E402
 from limit.fano import fano_lower_bound, label_entropy  # noqa: E402
-from limit.paper import label, math_label, setting_title, variant_order  # noqa: E402
+from limit.paper import (configuration_label, math_label, number_text, setting_title,  # noqa: E402
+                         variant_order)
+from limit.registry import HPARAMS  # noqa: E402
 
-SMOOTHING_SIGMA = 2  # epochs
+BAND = ("ci", 95)  # seaborn: bootstrap confidence interval of the mean over seeds
+N_BOOT = 1000
+BAND_SEED = 0
+SMOOTHING_SIGMA = 2  # epochs, when smoothing is asked for (the authors' plotting helper used 2)
+SELECTED_EPOCH = dict(marker="o", s=28, edgecolor="black", linewidth=0.6, zorder=4)
 
 
 def save_figure(fig, out_prefix):
@@ -43,35 +53,85 @@ def smooth(values, sigma=SMOOTHING_SIGMA):
     return gaussian_filter1d(np.asarray(values, dtype=float), sigma, mode="nearest")
 
 
-def plot_curve(ax, epochs, values, curve_label, color):
-    """Raw curve (faint) with its smoothed version (labelled) on top."""
-    ax.plot(epochs, values, color=color, alpha=0.25, linewidth=0.8)
-    ax.plot(epochs, smooth(values), color=color, linewidth=1.6, label=curve_label)
-
-
 def read_history(run_dir):
-    return pd.read_csv(Path(run_dir) / "history.csv")
+    return pd.read_csv(Path(run_dir) / rundir.HISTORY)
+
+
+def run_hparams(run):
+    """The hyperparameters a run's grid set (name -> value)."""
+    return {c: getattr(run, c) for c in HPARAMS if pd.notna(getattr(run, c, np.nan))}
 
 
 def _curve_label(run):
-    name = math_label(label(run.variant, run.method))
-    return name if run.hparams == "default" else f"{name} ({run.hparams})"
+    return math_label(configuration_label(run.variant, run.method, run_hparams(run)))
 
 
-def _first_seeds(chosen):
-    """First-seed run of each variant, in the paper's method order."""
-    first = chosen.sort_values("seed", kind="stable").drop_duplicates("variant").set_index("variant", drop=False)
-    return first.loc[variant_order(dict(zip(first["variant"], first["method"])))]
+def _in_method_order(runs):
+    """Runs sorted by variant in the paper's method order, then by seed."""
+    order = variant_order(dict(zip(runs["variant"], runs["method"])))
+    return runs.assign(_order=runs["variant"].map(order.index)).sort_values(["_order", "seed"], kind="stable")
 
 
-def _accuracy_panels(axes, runs, columns, titles, ylabel="accuracy"):
-    colors = sns.color_palette("tab10" if len(runs) <= 10 else "husl", len(runs))
-    for color, run in zip(colors, runs.itertuples()):
+def run_curves(runs, curve_labels, smoothing=None):
+    """Every epoch of every run in one long frame: history columns, ``curve`` (its label), ``seed``,
+    ``best_epoch`` (the run table's) and ``test_curve_size`` (the run's config.json); ``smoothing``: optional Gaussian sigma in epochs."""
+    frames = []
+    for run, curve in zip(runs.itertuples(), curve_labels):
         history = read_history(run.run_dir)
-        for ax, column in zip(axes, columns):
-            plot_curve(ax, history["epoch"], history[column], _curve_label(run), color)
-    for ax, title in zip(axes, titles):
-        ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+        if smoothing:
+            for column in history.columns.drop("epoch"):
+                history[column] = smooth(history[column], smoothing)
+        config = rundir.read_json(Path(run.run_dir) / rundir.CONFIG)
+        frames.append(history.assign(curve=curve, seed=run.seed, best_epoch=int(run.best_epoch),
+                                     test_curve_size=config.get("test_curve_size")))
+    return pd.concat(frames, ignore_index=True)
+
+
+def plot_mean_curves(ax, curves, column, palette):
+    """Mean over seeds per curve with the bootstrap band; a dot at each seed's selected epoch on the mean."""
+    order = list(palette)
+    sns.lineplot(curves, x="epoch", y=column, hue="curve", hue_order=order, palette=palette, errorbar=BAND,
+                 n_boot=N_BOOT, seed=BAND_SEED, linewidth=1.6, legend=False, ax=ax)
+    means = curves.groupby(["curve", "epoch"])[column].mean()
+    for curve, epochs in curves.groupby("curve")["best_epoch"]:
+        selected = sorted(set(epochs))
+        ax.scatter(selected, means.loc[curve].reindex(selected), color=palette[curve], **SELECTED_EPOCH)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def curve_legend(ax, palette, curves, **kwargs):
+    """One entry per curve (with "1 seed" where a curve has one seed among curves with more), plus the
+    selected-epoch dot."""
+    seeds = curves.groupby("curve")["seed"].nunique()
+    mixed = seeds.max() > 1
+    handles = [Line2D([], [], color=color, linewidth=1.6,
+                      label=f"{curve} (1 seed)" if mixed and seeds[curve] == 1 else curve)
+               for curve, color in palette.items()]
+    handles.append(Line2D([], [], color="white", marker="o", markerfacecolor="grey", markeredgecolor="black",
+                          label="selected epoch (best validation)"))
+    ax.legend(handles=handles, fontsize=8, **kwargs)
+
+
+def seeds_note(curves, smoothing=None):
+    """What the curves are: which seeds, the band, the test subset, smoothing."""
+    seeds = sorted(curves["seed"].unique())
+    if curves.groupby("curve")["seed"].nunique().max() > 1:
+        note = (f"mean over seeds {', '.join(map(str, seeds))}; band: bootstrap 95% CI of the mean "
+                f"({N_BOOT} resamples)")
+    else:
+        note = f"1 seed ({', '.join(map(str, seeds))}), no band"
+    if "test_acc" in curves and curves["test_acc"].notna().any():
+        sizes = curves["test_curve_size"].dropna().unique()
+        note += (f"; test accuracy per epoch on the first {int(sizes[0]):,} test images" if len(sizes) == 1
+                 else "; test accuracy per epoch on the full test set")
+    if smoothing:
+        note += f"; smoothed (Gaussian, σ = {smoothing:g} epochs)"
+    return note
+
+
+def _palette(curve_labels, name="tab10"):
+    colors = sns.color_palette(name if len(curve_labels) <= 10 else "husl", len(curve_labels))
+    return dict(zip(curve_labels, colors))
 
 
 def _setting_runs(chosen, dataset, noise, rate, n):
@@ -100,63 +160,83 @@ def figure_fano(out_prefix, k=10, rates=(0.2, 0.4, 0.6, 0.8)):
     return curves
 
 
-def figure_memorisation(runs, out_prefix, rate=0.8):
-    """Figure 1: noisy-label training accuracy and clean validation accuracy of the Figure-1 blocks' selected
-    configuration of each variant (first seed), with the 1 - p optimum of the training accuracy."""
+def _accuracy_figure(runs, columns, titles, title, smoothing, figsize, legend_panel, **legend):
+    """Panels of mean curves (one column of the history each) for the given runs, one curve per variant."""
+    runs = _in_method_order(runs)
+    labels = [_curve_label(run) for run in runs.itertuples()]
+    curves = run_curves(runs, labels, smoothing)
+    palette = _palette(list(dict.fromkeys(labels)))
+    fig, axes = _subplots(1, len(columns), figsize=figsize)
+    for ax, column, panel_title in zip(axes[0], columns, titles):
+        plot_mean_curves(ax, curves, column, palette)
+        ax.set(title=panel_title, xlabel="epoch", ylabel="accuracy")
+    fig.suptitle(f"{title}\n{seeds_note(curves[['curve', 'seed', 'test_curve_size'] + columns], smoothing)}",
+                 fontsize=10)
+    curve_legend(axes[0, legend_panel], palette, curves, **legend)
+    return fig, axes, runs
+
+
+def figure_memorisation(runs, out_prefix, rate=0.8, smoothing=None):
+    """Figure 1: noisy-label training accuracy and clean validation accuracy of the Figure-1 block's selected
+    configuration of each variant (mean over seeds), with the 1 - p optimum of the training accuracy."""
     runs = normalise_runs(runs)
     block = runs[runs["figure1"] & np.isclose(runs["rate"], rate)]
     if block.empty:
         raise ValueError(f"no runs of a Figure-1 block at rate {rate}")
-    first = _first_seeds(selected_runs(block, experiments=tuple(block["experiment"].unique())))
-    fig, axes = _subplots(1, 2, figsize=(11, 4))
-    _accuracy_panels(axes[0], first, ["train_acc", "val_acc"],
-                     ["training accuracy (noisy labels)", "validation accuracy (clean labels)"])
-    axes[0, 0].axhline(1 - rate, color="black", linestyle="--", linewidth=1,
-                       label=f"optimum (1 − p = {1 - rate:.0%})")
-    row = first.iloc[0]
-    fig.suptitle(f"Memorisation vs. regularisation: {setting_title(row.dataset, row.noise, rate, row.n)}")
-    axes[0, 0].legend(fontsize=8)
-    axes[0, 1].legend(fontsize=8)
+    chosen = selected_runs(block, experiments=tuple(block["experiment"].unique()))
+    row = chosen.iloc[0]
+    fig, axes, shown = _accuracy_figure(
+        chosen, ["train_acc", "val_acc"],
+        ["training accuracy (noisy labels)", "validation accuracy (clean labels)"],
+        f"Memorisation vs. regularisation: {setting_title(row.dataset, row.noise, rate, row.n)}", smoothing,
+        (11, 4.2), 1, loc="lower right")
+    axes[0, 0].axhline(1 - rate, color="black", linestyle="--", linewidth=1)
+    axes[0, 0].annotate(f"optimum 1 − p = {1 - rate:.0%}", (0, 1 - rate), xytext=(2, 3),
+                        textcoords="offset points", fontsize=8)
     save_figure(fig, out_prefix)
-    return first
+    return shown
 
 
-def figure_curves(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n="all"):
-    """Figure 3: training and test accuracy per epoch of each method's selected configuration (first seed)."""
-    first = _first_seeds(_setting_runs(selected_runs(runs), dataset, noise, rate, n))
-    fig, axes = _subplots(1, 2, figsize=(12, 4.5))
-    _accuracy_panels(axes[0], first, ["train_acc", "test_acc"],
-                     ["training accuracy (noisy labels)", "test accuracy (clean labels)"])
-    fig.suptitle(f"Training and test accuracy: {setting_title(dataset, noise, rate, n)}")
-    axes[0, 1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+def figure_curves(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n="all", smoothing=None):
+    """Figure 3: training and test accuracy per epoch of each method's selected configuration (mean over
+    seeds)."""
+    chosen = _setting_runs(selected_runs(runs), dataset, noise, rate, n)
+    fig, axes, shown = _accuracy_figure(
+        chosen, ["train_acc", "test_acc"],
+        ["training accuracy (noisy labels)", "test accuracy (clean labels)"],
+        f"Training and test accuracy: {setting_title(dataset, noise, rate, n)}", smoothing, (12, 4.5), 1,
+        loc="center left", bbox_to_anchor=(1.02, 0.5))
     save_figure(fig, out_prefix)
-    return first
+    return shown
 
 
-def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n="all", variants=("limit_g", "limit_l")):
-    """Figure A0: LIMIT's training and test accuracy per epoch for every beta run (first seed each);
-    one row of panels per variant."""
-    runs = normalise_runs(runs)
+def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n="all", variants=("limit_g", "limit_l"),
+                smoothing=None):
+    """Figure A0: LIMIT's training and test accuracy per epoch for every β (mean over seeds); one row of
+    panels per variant; the β selected on validation is marked in the legend."""
+    runs = normalise_runs(runs)  # its ``selected`` column: the decisions of `limit select`
     runs = _setting_runs(runs[~runs["figure1"]], dataset, noise, rate, n)
     runs = runs[runs["variant"].isin(variants)]
     shown = [v for v in variants if v in set(runs["variant"])]
     if not shown:
         raise ValueError(f"none of the variants {variants} ran at {dataset} {noise} p={rate} n={n}")
     fig, axes = _subplots(len(shown), 2, figsize=(11, 3.8 * len(shown)))
+    notes = []
     for panels, variant in zip(axes, shown):
         block = runs[runs["variant"] == variant].sort_values(["beta", "seed"], kind="stable")
-        first = block.drop_duplicates("hparams")
-        colors = sns.color_palette("viridis", len(first))
-        for color, run in zip(colors, first.itertuples()):
-            history = read_history(run.run_dir)
-            curve_label = f"β = {run.beta:g}" if np.isfinite(run.beta) else run.hparams
-            plot_curve(panels[0], history["epoch"], history["train_acc"], curve_label, color)
-            plot_curve(panels[1], history["epoch"], history["test_acc"], curve_label, color)
-        name = math_label(label(variant))
-        panels[0].set(title=f"{name}: training accuracy (noisy labels)", xlabel="epoch", ylabel="accuracy")
-        panels[1].set(title=f"{name}: test accuracy", xlabel="epoch", ylabel="accuracy")
-        panels[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.suptitle(f"Effect of β: {setting_title(dataset, noise, rate, n)}")
+        labels = [f"β = {number_text(run.beta)}" + (" (selected)" if run.selected else "")
+                  if np.isfinite(run.beta) else run.hparams for run in block.itertuples()]
+        curves = run_curves(block, labels, smoothing)
+        palette = _palette(list(dict.fromkeys(labels)), "viridis")
+        name = math_label(configuration_label(variant, None, {}))
+        for ax, column, what in zip(panels, ["train_acc", "test_acc"],
+                                    ["training accuracy (noisy labels)", "test accuracy (clean labels)"]):
+            plot_mean_curves(ax, curves, column, palette)
+            ax.set(title=f"{name}: {what}", xlabel="epoch", ylabel="accuracy")
+        curve_legend(panels[1], palette, curves, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        notes.append(seeds_note(curves, smoothing))
+    fig.suptitle(f"Effect of β: {setting_title(dataset, noise, rate, n)}\n"
+                 + "; ".join(dict.fromkeys(notes)), fontsize=10)
     save_figure(fig, out_prefix)
     return runs
 

@@ -5,28 +5,60 @@ datasets x noise models x rates x training-set sizes x seeds x method variants x
 Checks that need the package (method names, noise limits) live here and name the offending key.
 """
 import itertools
+from pathlib import Path
 
-from limit.noise import check_noise
-from limit.registry import GENERIC_HPARAMS, HPARAMS, TRAINING_DEFAULTS, DataError, dataset_info, get_method
-from limit.rundir import fmt, hparam_label, run_id, setting_path
+from limit.folder_data import check_arch, check_sources
+from limit.noise import HUMAN_NOISE, check_noise
+from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, JOB_DEFAULTS, TRAINING_DEFAULTS, dataset_info,
+                            get_method, hparam_problem, is_limit)
+from limit.rundir import fmt, group_key, hparam_label, run_id
 
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
+SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
+# Per-dataset training settings of how a run uses its job (defaults: limit.registry.TRAINING_DEFAULTS).
+DEVICE_SETTINGS = ("precision", "checkpoint_every", "test_curve_every", "deterministic", "decode")
 
 
 class ConfigError(ValueError):
     """A config that is valid JSON-schema-wise but makes no sense for the package."""
 
 
-def _check_experiment(name, exp, config):
+def check_image_datasets(config):
+    """Check every image of the config's own datasets (headers only) before any job: name -> (classes, side)."""
+    checked = {}
+    for name, spec in config.get("image_datasets", {}).items():
+        if name in DATASETS:
+            raise ConfigError(f"image_datasets.{name}: the name of a built-in dataset; choose another")
+        try:
+            train, _, _, size = check_sources(spec["source"], spec.get("test"), spec.get("classes"),
+                                              spec.get("size"), spec.get("channels"))
+        except ValueError as exc:
+            raise ConfigError(f"image_datasets.{name}: {exc}") from None
+        checked[name] = (len(train.classes), size)
+    return checked
+
+
+def _check_experiment(name, exp, config, image_datasets):
     where = f"experiments.{name}"
     for dataset in exp["datasets"]:
-        try:
-            info = dataset_info(dataset)
-        except DataError as exc:
-            raise ConfigError(f"{where}.datasets: {exc}") from None
+        if dataset in image_datasets:
+            num_classes, size = image_datasets[dataset]
+            try:
+                check_arch(exp.get("arch", config["training"].get(dataset, {}).get("arch", "cnn")), size)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.datasets: {dataset}: {exc}") from None
+        else:
+            try:
+                num_classes = dataset_info(dataset).num_classes
+            except ValueError as exc:
+                raise ConfigError(f"{where}.datasets: {exc}") from None
         if dataset not in config["training"]:
             raise ConfigError(f"{where}.datasets: {dataset!r} has no entry under training "
                               f"(epochs, patience, resources)")
+        train = config["training"][dataset]
+        if train.get("max_runtime", train["runtime"]) < train["runtime"]:
+            raise ConfigError(f"training.{dataset}.max_runtime: {train['max_runtime']} is less than runtime "
+                              f"({train['runtime']})")
         for noise in exp["noise"]:
             if dataset == "clothing1m":
                 if noise != "real":
@@ -34,9 +66,15 @@ def _check_experiment(name, exp, config):
                 continue
             for rate in exp["rates"]:
                 try:
-                    check_noise(noise, rate, dataset, info.num_classes)
+                    check_noise(noise, rate, dataset, num_classes)
                 except ValueError as exc:
                     raise ConfigError(f"{where}.noise/rates: {exc}") from None
+            if noise in HUMAN_NOISE:
+                from limit.cifar_n import label_file
+                try:
+                    label_file(config["data_dir"], dataset)
+                except ValueError as exc:
+                    raise ConfigError(f"{where}.noise: {exc}") from None
     for variant, spec in exp["methods"].items():
         try:
             method = get_method(spec.get("method", variant))
@@ -47,18 +85,39 @@ def _check_experiment(name, exp, config):
             if key not in allowed:
                 raise ConfigError(f"{where}.methods.{variant}.{key}: not a hyperparameter of "
                                   f"{spec.get('method', variant)!r} (allowed: {sorted(allowed)})")
+        for key, grid in spec.items():
+            for value in grid if key in HPARAMS else ():
+                problem = hparam_problem(spec.get("method", variant), key, value)
+                if problem:
+                    raise ConfigError(f"{where}.methods.{variant}.{key}: {value} {problem}")
         for needed in method.hparams:
             if needed not in spec:
                 raise ConfigError(f"{where}.methods.{variant}: {spec.get('method', variant)!r} needs a "
                                   f"grid for {needed!r}")
 
 
+def check_schema(config, schema_path):
+    """The first violation of the JSON schema, as a ConfigError naming its key."""
+    import jsonschema
+    import yaml
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        raise ConfigError(f"{'.'.join(map(str, error.absolute_path)) or 'config'}: {error.message}")
+
+
 def expand_runs(config):
     """One dict per training run: its grid coordinates, training settings, resources and the CE run it starts
-    from (``init_from``, a run id)."""
+    from (``init_from``, a run id). File paths are the workflow's (``workflow/rules/common.smk``)."""
+    from limit.tracking import check_no_password
+    try:
+        check_no_password(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
+    except ValueError as exc:
+        raise ConfigError(exc) from None
+    image_datasets = check_image_datasets(config)
     rows = []
     for name, exp in config["experiments"].items():
-        _check_experiment(name, exp, config)
+        _check_experiment(name, exp, config, image_datasets)
         for dataset, noise, rate, n, seed in itertools.product(
                 exp["datasets"], exp["noise"], exp["rates"], exp["n"], exp["seeds"]):
             train = {**config["training"][dataset], **{k: exp[k] for k in ("arch", "epochs", "patience") if k in exp}}
@@ -70,6 +129,8 @@ def expand_runs(config):
                     row = {
                         "experiment": name, "dataset": dataset, "noise": noise,
                         "rate": float(rate), "n": str(n), "seed": int(seed), "variant": variant, "method": method,
+                        "image_dataset": dataset in image_datasets,
+                        "label_issues": bool(exp.get("label_issues")) and is_limit(method),
                         "hparams": hparam_label(hparams), **{c: hparams.get(c) for c in HPARAMS},
                         "clean_validation": bool(exp.get("clean_validation", False)),
                         "arch": train["arch"],
@@ -79,7 +140,12 @@ def expand_runs(config):
                         "test_curve_size": train.get("test_curve_size"),
                         "bn_init": train.get("bn_init", TRAINING_DEFAULTS["bn_init"]),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
-                        "runtime": int(train["runtime"]), "gpus": int(train["gpus"]), "init_from": None,
+                        "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
+                        "max_runtime": int(train.get("max_runtime", train["runtime"])),
+                        **{k: train.get(k) for k in SLURM_RESOURCES},
+                        **{k: train.get(k, TRAINING_DEFAULTS[k]) for k in DEVICE_SETTINGS},
+                        "pack": int(train.get("pack", JOB_DEFAULTS["pack"])),
+                        "init_from": None,
                     }
                     rows.append({"run_id": run_id(row), **row})
     _link_ce_runs(rows)
@@ -105,8 +171,9 @@ def _link_ce_runs(rows):
 
 
 def train_arguments(row):
-    """The training settings of a run as ``python -m limit train`` arguments (the workflow adds its files)."""
-    args = ["--dataset", row["dataset"], "--method", row["method"], "--arch", row["arch"],
+    """The training settings of a run as ``python -m limit train`` arguments (the workflow adds its files:
+    --dataset, --data-dir, --labels, --init-from, --out)."""
+    args = ["--method", row["method"], "--arch", row["arch"],
             "--epochs", str(row["epochs"]), "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]),
             "--seed", str(row["seed"]), "--bn-init", row["bn_init"], "--experiment", row["experiment"],
             "--variant", row["variant"]]
@@ -115,15 +182,53 @@ def train_arguments(row):
             args += [f"--{name.replace('_', '-')}", fmt(row[name])]
     if row["test_curve_size"]:
         args += ["--test-curve-size", str(row["test_curve_size"])]
+    for key in ("precision", "checkpoint_every", "test_curve_every"):
+        if row[key] != TRAINING_DEFAULTS[key]:
+            args += [f"--{key.replace('_', '-')}", str(row[key])]
+    if not row["deterministic"]:
+        args.append("--nondeterministic")
+    if row["dataset"] == "clothing1m":  # loader workers = the job's threads
+        args += ["--num-workers", str(row["threads"]), "--decode", row["decode"]]
     if row["clean_validation"]:
         args.append("--clean-validation")
     return args
+
+
+def pack_runs(rows):
+    """Packs of runs trained together in one job: {name: rows}, for datasets whose ``pack`` is above 1.
+
+    Consecutive runs (same data setting and seed first) of a dataset, ``pack`` at a time. Runs that start from a
+    CE run are packed apart from the CE runs, so no pack waits for one of its own members.
+    """
+    chunks = {}
+    for r in rows:
+        if r["pack"] > 1:
+            chunks.setdefault((r["dataset"], bool(r["init_from"])), []).append(r)
+    packs = {}
+    for (dataset, from_ce), members in chunks.items():
+        size = members[0]["pack"]
+        for i in range(0, len(members), size):
+            packs[f"{dataset}{'_from_ce' if from_ce else ''}_{i // size + 1:04d}"] = members[i:i + size]
+    return packs
 
 
 def selection_groups(rows):
     """Run rows grouped by experiment, data setting (all seeds) and variant: the unit of selection."""
     groups = {}
     for r in rows:
-        key = f"{r['experiment']}/{setting_path(r['dataset'], r['noise'], r['rate'], r['n'])}/{r['variant']}"
+        key = group_key(r["experiment"], r["dataset"], r["noise"], r["rate"], r["n"], r["variant"])
         groups.setdefault(key, []).append(r)
     return groups
+
+
+def figure_facts(rows):
+    """What the report's figure captions state about a grid: the seeds of each experiment block and the test
+    examples whose accuracy is drawn per epoch, per dataset."""
+    seeds, subsets = {}, {}
+    for r in rows:
+        seeds.setdefault(r["experiment"], set()).add(r["seed"])
+        size = r["test_curve_size"]
+        subsets[r["dataset"]] = f"the first {size:,} test images" if size else "the whole test set"
+    return {"seeds": "; ".join(f"{block}: {', '.join(map(str, sorted(s)))}" + (" (1 seed)" if len(s) == 1 else "")
+                               for block, s in seeds.items()),
+            "test_subset": "; ".join(f"{dataset}: {text}" for dataset, text in subsets.items())}

@@ -6,6 +6,7 @@ and 3 GB), waits until ``/health`` answers, prints the URL of each experiment's 
 server (its whole process group) on Ctrl+C or SIGTERM.
 """
 import argparse
+import asyncio
 import os
 import signal
 import socket
@@ -16,6 +17,8 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from limit.tracking import SAVED_VIEW
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -59,8 +62,10 @@ def base_url(host, port):
 
 
 def runs_url(url, experiment_id):
-    """The runs table of an experiment (``#/experiments/<id>`` alone lands on the traces overview)."""
-    return f"{url}/#/experiments/{experiment_id}/runs"
+    """The runs table of an experiment in the UI's model-training view, with the pipeline's saved view of it
+    (``#/experiments/<id>`` alone lands on the traces overview; ``workflowType`` is the UI's GenAI / model
+    training switch)."""
+    return f"{url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={SAVED_VIEW}"
 
 
 def wait_until_ready(url, timeout=90, proc=None):
@@ -177,6 +182,58 @@ def _is_empty(path, experiment_id):
         return db.execute("SELECT COUNT(*) FROM runs WHERE experiment_id = ?", (experiment_id,)).fetchone()[0] == 0
 
 
+# Every row of the rendered runs table (ag-grid splits pinned and scrolled columns into two row elements):
+# cell texts by column id, plus the Run Name cell's nesting (indent in px, whether it has an expander).
+_ROWS_JS = """(() => {
+  const rows = {};
+  for (const row of document.querySelectorAll('.ag-row')) {
+    const cells = rows[row.getAttribute('row-index')] ||= {};
+    for (const cell of row.querySelectorAll('.ag-cell')) cells[cell.getAttribute('col-id')] = cell.innerText.trim();
+    const name = row.querySelector('[col-id="attributes.`Run Name`"]');
+    if (name) {
+      cells['attributes.`Run Name`'] = name.querySelector('a').innerText;
+      cells.indent = parseInt(name.querySelector('[style*="width"]').style.width);
+      cells.parent = !!name.querySelector('button[data-component-id$="runnamecellrenderer.tsx_46"]');
+    }
+  }
+  return Object.keys(rows).sort((a, b) => a - b).map(k => rows[k]);
+})()"""
+_EXPANDERS = "document.querySelectorAll('button[data-component-id$=\"runnamecellrenderer.tsx_46\"]')"
+
+
+def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100, search=None):
+    """Render an experiment's runs table (``runs_url``) in headless Chromium, expand the first ``expand`` parent
+    runs (all when None) and return its rows (see ``_ROWS_JS``); ``screenshot``: also save a PNG there;
+    ``search``: a filter for the search box (the table is then flat)."""
+    from urllib.parse import quote
+    from limit import browser
+
+    async def script(page):
+        await page.wait_for("document.querySelectorAll('.ag-row').length > 0")
+        await page.evaluate("document.querySelector('button[data-component-id=\"mlflow.assistant.chat_panel.close\"]')"
+                            "?.click()")
+        await page.evaluate(f"Array.from({_EXPANDERS}).slice(0, {'undefined' if expand is None else expand})"
+                            ".forEach(b => b.click())")
+        rows = None
+        while rows != (rows := await page.evaluate(_ROWS_JS)):  # until the table stops changing
+            await asyncio.sleep(1)
+        if screenshot:
+            await page.screenshot(screenshot)
+        return rows
+
+    page = runs_url(url, experiment_id) + (f"&searchFilter={quote(search)}" if search else "")
+    return browser.run(page, script, width=width)
+
+
+def _mark_experiments(url, names):
+    """Give experiments of an older store the model-training mark and the saved view that ``runs_url`` opens."""
+    from mlflow.tracking import MlflowClient
+    from limit.tracking import get_or_create_experiment
+    client = MlflowClient(url)
+    for name in names:
+        get_or_create_experiment(client, name, url)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m limit.mlflow_server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -186,6 +243,9 @@ def main(argv=None):
                                                                        "results/mlartifacts)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000))
+    p.add_argument("--screenshot", metavar="PNG", help="save the runs table of --experiment (first parents "
+                                                       "expanded) there, then stop (needs Debian's chromium)")
+    p.add_argument("--experiment", default="main", help="experiment of --screenshot (default: main)")
     args, extra = p.parse_known_args(argv)  # the rest goes to `mlflow server` (e.g. --allowed-hosts ...)
     extra = [a for a in extra if a != "--"]
     store = Path(args.store)
@@ -214,10 +274,19 @@ def main(argv=None):
         url = base_url(args.host, args.port)
         wait_until_ready(url, proc=proc)
         experiments = sqlite_experiments(store)
+        _mark_experiments(url, [name for _, name in experiments])
         for experiment_id, name in experiments:
             print(f"runs of experiment {name!r}: {runs_url(url, experiment_id)}", flush=True)
         if not experiments:
             print(f"experiments: {url}/#/experiments", flush=True)
+        if args.screenshot:
+            experiment_id = dict((name, i) for i, name in experiments).get(args.experiment)
+            if experiment_id is None:
+                print(f"error: no experiment {args.experiment!r} in {store}", file=sys.stderr)
+                return 2
+            rows = runs_table(url, experiment_id, expand=2, screenshot=args.screenshot)
+            print(f"{args.screenshot}: runs table of {args.experiment!r}, {len(rows)} rows shown", flush=True)
+            return 0
         print("Ctrl+C stops the server.", flush=True)
         return proc.wait()
     except KeyboardInterrupt:

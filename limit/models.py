@@ -40,6 +40,14 @@ def mlp(num_classes=10, in_features=784, width=512, depth=4, dropout=0.0):
     return Classifier(nn.Sequential(*layers), nn.Linear(width, num_classes))
 
 
+class GlobalAvgPool(nn.Module):
+    """Mean over the spatial dimensions: adaptive average pooling to 1x1 and flatten, with a deterministic
+    CUDA backward (``nn.AdaptiveAvgPool2d`` has none)."""
+
+    def forward(self, x):
+        return x.mean((2, 3))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -64,7 +72,7 @@ def resnet34_cifar(num_classes=10):
         for i in range(blocks):
             layers.append(BasicBlock(cin, width, stride if i == 0 else 1))
             cin = width
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers.append(GlobalAvgPool())
     return Classifier(nn.Sequential(*layers), nn.Linear(512, num_classes))
 
 
@@ -79,7 +87,7 @@ def resnet50(num_classes=14, imagenet_weights=None):
     if imagenet_weights:
         net.load_state_dict(torch.load(imagenet_weights, map_location="cpu", weights_only=True))
     head = nn.Linear(net.fc.in_features, num_classes)
-    net.fc = nn.Identity()
+    net.avgpool, net.fc = GlobalAvgPool(), nn.Identity()
     return Classifier(net, head)
 
 

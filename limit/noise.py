@@ -8,6 +8,14 @@ import numpy as np
 CIFAR10_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5}
 # Patrini et al. (2017) MNIST flips: 2->7, 3->8, 5<->6, 7->1.
 MNIST_PAIRS = {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+# Fashion-MNIST flips between look-alike classes: T-shirt/top->Shirt, Pullover->Coat, Sandal->Sneaker.
+FASHION_MNIST_PAIRS = {0: 6, 2: 4, 5: 7}
+# CIFAR-N human labels (Wei et al., ICLR 2022): noise model -> (dataset, key in the release's .pt file).
+HUMAN_NOISE = {
+    "human-aggre": ("cifar10", "aggre_label"), "human-worst": ("cifar10", "worse_label"),
+    "human-random1": ("cifar10", "random_label1"), "human-random2": ("cifar10", "random_label2"),
+    "human-random3": ("cifar10", "random_label3"), "human": ("cifar100", "noisy_label"),
+}
 
 
 def _uniform(k, p):
@@ -29,12 +37,22 @@ def _flips(pairs):
     return build
 
 
-# name -> (matrix builder, datasets it applies to (None = all), rate limit (exclusive), why)
+def _zero_rate_only(k):
+    return np.nextafter(0.0, 1.0)  # the smallest positive rate is already too large: only p = 0 is valid
+
+
+# name -> (matrix builder, datasets it applies to (None = all), rate limit (exclusive), why).
+# A builder of None: the noisy labels come from a file, not from a matrix (CIFAR-N).
 NOISE_MODELS = {
+    "given": (lambda k, p: np.eye(k), None, _zero_rate_only,
+              "labels are used as given: p = 0 (choose a synthetic model to add noise on top)"),
     "uniform": (_uniform, None, lambda k: (k - 1) / k, "a wrong class must stay less likely than the true one: p < (K-1)/K"),
     "symmetric": (_symmetric, None, lambda k: 1.0, "p < 1"),
     "pair": (_flips(CIFAR10_PAIRS), ("cifar10",), lambda k: 0.5, "a flipped class must stay less likely than the true one: p < 0.5"),
     "asymmetric-mnist": (_flips(MNIST_PAIRS), ("mnist",), lambda k: 0.5, "p < 0.5"),
+    "asymmetric-fashion-mnist": (_flips(FASHION_MNIST_PAIRS), ("fashion_mnist",), lambda k: 0.5, "p < 0.5"),
+    **{name: (None, (dataset,), _zero_rate_only, "the human labels set the noise: p = 0")
+       for name, (dataset, _) in HUMAN_NOISE.items()},
 }
 
 
@@ -57,6 +75,8 @@ def transition_matrix(noise, rate, num_classes, dataset=None):
         check_noise(noise, rate, dataset, num_classes)
     elif noise not in NOISE_MODELS:
         raise ValueError(f"unknown noise model {noise!r}; choose one of {sorted(NOISE_MODELS)}")
+    if NOISE_MODELS[noise][0] is None:
+        raise ValueError(f"noise model {noise!r} has no synthetic matrix: its labels come from a file")
     return NOISE_MODELS[noise][0](num_classes, rate)
 
 

@@ -79,6 +79,35 @@ def variant_order(variant_methods):
         position.get(variant_methods[v], len(position)), v not in position, v))
 
 
+# How a hyperparameter reads in a legend.
+HPARAM_SYMBOLS = {"beta": "β", "lamb": "λ", "sigma": "σ", "lr": "lr", "dropout": "dropout",
+                  "weight_decay": "weight decay"}
+
+
+def number_text(value):
+    """0.5, 10, 0.003, 1e-4: ``:g`` without exponent padding, exponents below 1e-3."""
+    if value != 0 and abs(value) < 1e-3:
+        mantissa, exponent = f"{value:e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{value:g}"
+
+
+def configuration_label(variant, method, hparams):
+    """A configuration as a legend entry: 'LIMIT_L (β = 10)', 'CE + dropout 0.5', 'DMI (lr = 1e-4)'.
+
+    ``hparams``: the hyperparameters set by the grid (name -> value). LIMIT's " − S" is dropped: in a figure
+    the sampling variants are the ones marked ("+ S")."""
+    name = label(variant, method).removesuffix(" − S")
+    shown = []
+    for key, value in hparams.items():
+        symbol = HPARAM_SYMBOLS.get(key, key)
+        if name.endswith(f" + {symbol}"):  # the variant names its hyperparameter: 'CE + dropout 0.5'
+            name = f"{name} {number_text(value)}"
+        else:
+            shown.append(f"{symbol} = {number_text(value)}")
+    return f"{name} ({', '.join(shown)})" if shown else name
+
+
 def math_label(text):
     """'LIMIT_G − S' -> 'LIMIT$_G$ − S' for matplotlib's mathtext."""
     return re.sub(r"LIMIT_(\w)", r"LIMIT$_\1$", text)

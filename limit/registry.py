@@ -3,6 +3,7 @@
 Torch-free, so that the workflow (grid expansion, config checks) parses without the scientific stack.
 The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.clothing1m``.
 """
+import math
 from dataclasses import dataclass
 
 
@@ -18,6 +19,8 @@ class DatasetInfo:
     size: int
     torchvision_class: str
     augment: bool  # random crop + flip in training (CIFAR and Clothing1M)
+    mean: tuple | None = None  # per-channel normalisation; None: ImageNet statistics
+    std: tuple | None = None
 
 
 DATASETS = {
@@ -30,18 +33,28 @@ DATASETS = {
 
 
 def dataset_info(name):
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}")
-    return DATASETS[name]
+    """A built-in dataset by name, or your own: the directory of an image cache (``python -m limit import-images``)."""
+    if name in DATASETS:
+        return DATASETS[name]
+    from limit import folder_data
+    if folder_data.is_image_cache(name):
+        return folder_data.cache_info(name)
+    raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or an image cache directory "
+                    f"written by `python -m limit import-images`")
 
 
 # Training settings of a run that its config does not give (the paper's MNIST setup). The train CLI and
 # limit.train take them from here; the config schema repeats them as its defaults (a test checks it).
 TRAINING_DEFAULTS = {"arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42, "num_workers": 4,
-                     "bn_init": "authors"}
+                     "bn_init": "authors",
+                     # how a run uses its device and job (docs/cluster.md)
+                     "precision": "fp32", "checkpoint_every": 1, "test_curve_every": 1, "deterministic": True,
+                     "decode": "pil"}
+JOB_DEFAULTS = {"pack": 1}  # runs trained together in one job (workflow only)
 # "authors": BatchNorm statistics warmed on noise as the authors' network builder leaves them (docs/reproduction.md,
 # limit.models.authors_bn_warmup); "standard": PyTorch's (0, 1).
 BN_INIT = ("authors", "standard")
+PRECISIONS = ("fp32", "bf16")  # bf16: the networks under autocast, losses in float32 (limit.device)
 
 # Every hyperparameter a run can set: name -> (default, meaning). The train CLI's options, the training
 # defaults, the run table's columns and the selection's columns all come from this table; the config schema
@@ -64,6 +77,7 @@ class Method:
     q_network: bool = False        # trains an auxiliary label-free network q
     init_from_ce: str | None = None  # "classifier" (FW, DMI) or "q" (+init): parameters from the best CE model
     head_bias: bool = True         # Soft reg.'s last layer U has no bias
+    sampling: bool = False         # lamb is a sampling precision (noise std ~ 1/sqrt(lamb)): it must be > 0
     description: str = ""
 
 
@@ -77,8 +91,8 @@ METHODS = {
     "soft_reg": Method(("lamb", "beta"), q_network=True, head_bias=False, description="soft regularisation, Eq. (11)"),
     "limit_g": Method(("beta",), q_network=True, description="LIMIT_G without sampling"),
     "limit_l": Method(("beta",), q_network=True, description="LIMIT_L without sampling"),
-    "limit_g_s": Method(("beta", "lamb"), q_network=True, description="LIMIT_G with Gaussian sampling"),
-    "limit_l_s": Method(("beta", "lamb"), q_network=True, description="LIMIT_L with Laplace sampling"),
+    "limit_g_s": Method(("beta", "lamb"), q_network=True, sampling=True, description="LIMIT_G with Gaussian sampling"),
+    "limit_l_s": Method(("beta", "lamb"), q_network=True, sampling=True, description="LIMIT_L with Laplace sampling"),
     "limit_g_init": Method(("beta",), q_network=True, init_from_ce="q",
                            description="LIMIT_G, q initialised from the best CE model"),
     "limit_l_init": Method(("beta",), q_network=True, init_from_ce="q",
@@ -87,7 +101,26 @@ METHODS = {
 LIMIT_METHODS = tuple(name for name in METHODS if name.startswith("limit_"))
 
 
+def is_limit(name):
+    return name in LIMIT_METHODS
+
+
 def get_method(name):
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
     return METHODS[name]
+
+
+def hparam_problem(method, name, value):
+    """What is wrong with a hyperparameter value of a method (None if nothing): checked before any job runs."""
+    if not math.isfinite(value):
+        return "must be a finite number"
+    if name == "lr" and value <= 0:
+        return "must be > 0"
+    if name == "dropout" and not 0 <= value < 1:
+        return "must be in [0, 1)"
+    if name == "lamb" and get_method(method).sampling and value <= 0:
+        return f"must be > 0 for {method} (the sampling precision)"
+    if value < 0:
+        return "must be >= 0"
+    return None

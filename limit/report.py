@@ -6,6 +6,7 @@ import pandas as pd
 
 from limit import figures, rundir, tables
 from limit.evaluate import best_limit_run, normalise_runs, selected_runs
+from limit.paper import configuration_label, math_label, setting_title
 
 
 def setting_name(dataset, noise, rate, n):
@@ -78,13 +79,19 @@ def render_figures(runs, out_dir, data_dir):
         if run is None or not (Path(run.run_dir) / rundir.TRAIN_SCORES).exists():
             continue
         name = setting_name(*setting)
+        title = math_label(f"{setting_title(*setting)}: "
+                           f"{configuration_label(run.variant, run.method, figures.run_hparams(run))}, seed {run.seed}")
         if setting.rate > 0:
-            figures.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}")
+            figures.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}",
+                                      title=f"Training set, {title}")
         elif setting.dataset != "clothing1m":
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
             from limit.data import load_arrays
-            images = load_arrays(setting.dataset, data_dir).train_x.numpy()
-            figures.figure_top_examples(run.run_dir, images, out / f"figure4_top_examples_{name}")
+            dataset = rundir.read_json(Path(run.run_dir) / rundir.CONFIG)["dataset"]  # or an image cache
+            arrays = load_arrays(dataset, data_dir)
+            figures.figure_top_examples(run.run_dir, arrays.train_x.numpy(), out / f"figure4_top_examples_{name}",
+                                        class_names=arrays.classes,
+                                        title=f"Largest ‖μ − g$_{{CE}}$‖ per given label: {title}")
 
 
 def render_report(runs_csv, tables_dir, figures_dir, data_dir):

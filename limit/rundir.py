@@ -14,7 +14,8 @@ from limit.registry import HPARAMS
 
 CONFIG = "config.json"
 JOB = "job.json"
-STATE = "state.pt"  # the full training state after the last complete epoch
+STATE = "state.pt"  # the full training state after the last checkpointed epoch
+STATE_PREV = "state.prev.pt"  # the one before: the fallback if a crash ever tears state.pt
 HISTORY = "history.csv"
 TEST_OUTPUTS = "test_outputs.npz"
 BEST = "best.pt"
@@ -80,6 +81,30 @@ def load_checkpoint(path):
         raise TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
 
 
+def save_state(run_dir, state):
+    """Write state.pt, keeping the previous one as state.prev.pt."""
+    run_dir = Path(run_dir)
+    if (run_dir / STATE).exists():
+        os.replace(run_dir / STATE, run_dir / STATE_PREV)
+    save_torch(run_dir / STATE, state)
+
+
+def load_state(run_dir):
+    """The training state to resume from (None if there is none): state.pt, else state.prev.pt (one checkpoint
+    older) with a warning."""
+    import warnings
+    path, prev = Path(run_dir) / STATE, Path(run_dir) / STATE_PREV
+    if not path.exists() and not prev.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except TrainingError as exc:
+        if not prev.exists():
+            raise
+        warnings.warn(f"{exc}; resuming from {prev}, one checkpoint earlier", RuntimeWarning)
+        return load_checkpoint(prev)
+
+
 def read_json(path):
     return json.loads(Path(path).read_text())
 
@@ -106,6 +131,11 @@ def setting_path(dataset, noise, rate, n, seed=None):
     """Readable, path-safe name of a data setting: fashion_mnist/uniform-0.5/n1000/seed42."""
     noise_part = noise if dataset == "clothing1m" else f"{noise}-{fmt(rate)}"
     return f"{dataset}/{noise_part}/n{n}" + ("" if seed is None else f"/seed{seed}")
+
+
+def group_key(experiment, dataset, noise, rate, n, variant):
+    """The unit of selection (and an MLflow parent run): experiment/dataset/noise-rate/nN/variant."""
+    return f"{experiment}/{setting_path(dataset, noise, rate, n)}/{variant}"
 
 
 def run_name(row):

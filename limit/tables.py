@@ -62,9 +62,13 @@ class TableSpec:
 
 
 def setting_key(dataset, noise, rate, n):
-    """Hashable identity of a data setting; Clothing1M's rate is undefined."""
+    """Hashable identity of a data setting; Clothing1M's rate is undefined. Rate 0 is noise-agnostic: the clean
+    labels of a (cifar10, pair, 0.0) run fill the paper's (cifar10, uniform, 0.0) cells."""
     undefined = noise == "real" or rate is None or (isinstance(rate, float) and math.isnan(rate))
-    return dataset, noise, None if undefined else round(float(rate), 6), str(n)
+    if undefined:
+        return dataset, noise, None, str(n)
+    rate = round(float(rate), 6)
+    return dataset, None if rate == 0 else noise, rate, str(n)
 
 
 def _rate_text(rate):
@@ -117,10 +121,12 @@ def setting_table_spec(name, dataset, noise, rates, ns, variants, experiments=No
 def paper_table_spec(table):
     """The layout of one of the paper's tables (rows and columns in its order), read from its numbers."""
     numbers = paper_numbers(table)
-    keys = zip(numbers["dataset"], numbers["noise"], numbers["rate"], numbers["n"])
-    settings = list(dict.fromkeys(setting_key(*k) for k in keys))  # NaN rates would not deduplicate
+    settings = {}  # one column per setting, as the paper names it
+    for key in zip(numbers["dataset"], numbers["noise"], numbers["rate"], numbers["n"]):
+        settings.setdefault(setting_key(*key), (key[0], key[1], None if key[1] == "real" else key[2], key[3]))
     layout = "seeds" if table in ("table1", "table4", "table5") else "bootstrap"
-    return TableSpec(table, PAPER_TITLES[table], layout, tuple(numbers["method"].unique()), make_columns(settings))
+    return TableSpec(table, PAPER_TITLES[table], layout, tuple(numbers["method"].unique()),
+                     make_columns(settings.values()))
 
 
 def _spec_cells(spec):

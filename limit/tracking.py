@@ -4,10 +4,21 @@ Training never fails because of tracking: the first error (server down, database
 about once and tracking stops for that run; ``sync_run`` (``python -m limit mlflow-sync``) later puts
 whatever is missing into MLflow, idempotently, continuing the same MLflow run (or creating it, in its experiment,
 with its name and tags derived from config.json, if the job never reached MLflow). ``RUN_DIR/mlflow.json`` records
-the run id, store, experiment, name and tags, including the ``selected`` tag of the select stage.
+the run id, store, experiment, name and tags, including the ``selected`` tag of the select stage and the summary it
+gives the parent run.
+
+Every grid run is nested (``mlflow.parentRunId``) under one parent run per selection group (experiment block,
+data setting, method variant), found by its ``limit.group`` tag; ``mlflow-init`` creates the parents before any
+job starts (parallel jobs would race), the first child to start gives it the group's grid tags, and the select
+stage gives it the selected hyperparameters and the selected runs' test accuracy.
+
+A password in a tracking URI (``http://user:password@host``) is a secret: it is read only from
+``MLFLOW_TRACKING_URI``, and every URI or message this module writes or prints shows ``user:***@host``.
 """
+import json
 import math
 import os
+import re
 import time
 import uuid
 import warnings
@@ -18,7 +29,25 @@ from limit import rundir
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 ARTIFACTS = (rundir.HISTORY, rundir.METRICS, rundir.TEST_OUTPUTS, rundir.CONFIG)
+CHECKPOINT_ARTIFACTS = (rundir.BEST, rundir.TRAIN_SCORES)  # unless mlflow.log_checkpoints is false
 RUN_KEY_TAG = "limit.run_key"  # see _ensure_run
+GROUP_TAG = "limit.group"  # the selection group of a parent run
+PARENT_TAG = "mlflow.parentRunId"
+PARENT_TAGS = ("experiment", "dataset", "noise", "rate", "n", "variant", "method", "arch", "clean_validation")
+# job.json key -> tag: where and with what the latest attempt ran
+JOB_TAGS = {"git_commit": "mlflow.source.git.commit", "torch_version": "torch_version",
+            "limit_version": "limit_version", "host": "host", "device": "device", "device_name": "device_name",
+            "slurm_job_id": "slurm_job_id"}
+# MLflow 3's UI shows an experiment of this kind as model training (runs table), not as a GenAI app (traces).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# A saved view of the runs table (``#/experiments/<id>/runs?viewStateShareKey=limit``): the selection, the
+# hyperparameters and the test accuracy as columns, run names in full.
+SAVED_VIEW = "limit"
+VIEW_COLUMNS = (["tags.`selected`", "tags.`selected_hparams`"]
+                + [f"params.`hparams.{h}`" for h in ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")]
+                + ["metrics.`final_test_acc`", "metrics.`test_acc_mean`", "metrics.`test_acc_std`"])
+VIEW_STATE = {"selectedColumns": VIEW_COLUMNS, "columnOrder": ["attributes.`Run Name`"],
+              "columnWidths": {"attributes.`Run Name`": 430}}
 MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
 
 # Fail fast enough that a dead server costs a job seconds, not minutes (users may override).
@@ -31,6 +60,31 @@ def tracking_uri(uri=None):
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+_PASSWORD = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
+
+
+def redact(text):
+    """``text`` with the password of every URI in it replaced: ``http://user:***@host``."""
+    return _PASSWORD.sub(r"\1:***@", str(text))
+
+
+def check_no_password(uri, where):
+    """A URI given on a command line or in a config must not hold a password (it would be stored and shown)."""
+    if uri and redact(uri) != uri:
+        raise ValueError(f"{where}: the tracking URI holds a password; set it only in the environment "
+                         f"(export MLFLOW_TRACKING_URI='{redact(uri)}' with the real password)")
+
+
+def recorded_uri(recorded):
+    """The store a run directory recorded (password redacted): the environment's URI when it is that store."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env and redact(env) == recorded:
+        return env
+    if recorded and ":***@" in recorded:
+        raise ValueError(f"the run was tracked at {recorded}: set MLFLOW_TRACKING_URI to it, with its password")
+    return recorded
+
+
 def artifact_root(uri):
     """Where a SQLite store keeps artifacts: ``mlartifacts/`` next to the database file."""
     parsed = urlparse(uri)
@@ -41,16 +95,85 @@ def artifact_root(uri):
 
 
 def get_or_create_experiment(client, name, uri):
-    """Experiment id for ``name``; creates it (with a known artifact location) if missing."""
+    """Experiment id for ``name``; creates it (with a known artifact location) if missing. Either way it is
+    marked as a model-training experiment and has the saved view of the runs table."""
     from mlflow.exceptions import MlflowException
     found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    root = artifact_root(uri)
+    if found is None:
+        root = artifact_root(uri)
+        try:
+            client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None, tags=EXPERIMENT_KIND)
+        except MlflowException:  # created meanwhile by another process
+            pass
+        found = client.get_experiment_by_name(name)
+    for key, value in EXPERIMENT_KIND.items():
+        if found.tags.get(key) != value:
+            client.set_experiment_tag(found.experiment_id, key, value)
+    view_key = f"mlflow.sharedViewState.{SAVED_VIEW}"
+    if json.loads(json.loads(found.tags.get(view_key, '{"state": "{}"}'))["state"]) != VIEW_STATE:
+        now = int(time.time() * 1000)
+        client.set_experiment_tag(found.experiment_id, view_key, json.dumps(
+            {"name": SAVED_VIEW, "createdAt": now, "updatedAt": now, "state": json.dumps(VIEW_STATE)}))
+    return found.experiment_id
+
+
+def get_or_create_parent(client, experiment_id, group):
+    """Run id of the parent run of a selection group (``experiment/setting/variant``); created if missing."""
+    found = client.search_runs([experiment_id], f"tags.`{GROUP_TAG}` = '{group}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    return client.create_run(experiment_id, run_name=group.split("/", 1)[-1], tags={GROUP_TAG: group}).info.run_id
+
+
+def _sync_parent(client, parent_id, tags, summary):
+    """Give a parent run its group's grid tags and, once selected, the selection summary (idempotent)."""
+    parent = client.get_run(parent_id)
+    wanted = {**{k: tags[k] for k in PARENT_TAGS if k in tags}, **summary.get("tags", {})}
+    _log_missing(client, parent_id, parent, tags=wanted, metrics=summary.get("metrics", {}))
+    if summary and parent.info.status != "FINISHED":
+        client.set_terminated(parent_id, "FINISHED")
+
+
+def _log_missing(client, run_id, run, params=None, tags=None, metrics=None):
+    """Log the params a run lacks (params never change), and the tags and final (step 0) metrics whose value
+    differs from the run's."""
+    from mlflow.entities import Metric, Param, RunTag
+    params = [Param(k, str(v)[:6000]) for k, v in (params or {}).items() if k not in run.data.params]
+    tags = [RunTag(k, str(v)) for k, v in (tags or {}).items() if run.data.tags.get(k) != str(v)]
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+               if v is not None and not math.isnan(float(v)) and run.data.metrics.get(k) != float(v)]
+    for start in range(0, len(params), 100):
+        client.log_batch(run_id, params=params[start:start + 100])
+    if tags or metrics:
+        client.log_batch(run_id, metrics=metrics, tags=tags)
+
+
+def _group(tags):
+    """The selection group of a grid run from its tags, or None (a run started by hand)."""
     try:
-        return client.create_experiment(name, artifact_location=f"{root}/{name}" if root else None)
-    except MlflowException:  # created meanwhile by another process
-        return client.get_experiment_by_name(name).experiment_id
+        return rundir.group_key(tags["experiment"], tags["dataset"], tags["noise"], float(tags["rate"]), tags["n"],
+                         tags["variant"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _job_tags(run_dir):
+    path = Path(run_dir) / rundir.JOB
+    job = rundir.read_json(path) if path.exists() else {}
+    return {tag: str(job[key]) for key, tag in JOB_TAGS.items() if job.get(key) is not None}
+
+
+def _run_metadata(client, run_dir, uri, experiment, tags):
+    """(experiment id, tags) of a run: its grid tags, the job's tags and its parent run (created if missing)."""
+    experiment_id = experiment.get("id") or get_or_create_experiment(client, experiment["name"], uri)
+    tags = {**tags, **_job_tags(run_dir)}
+    group = _group(tags)
+    if group:
+        parent_id = get_or_create_parent(client, experiment_id, group)
+        _sync_parent(client, parent_id, tags, rundir.read_mlflow(run_dir).get("parent", {}))
+        tags[PARENT_TAG] = parent_id
+    return {"id": experiment_id, "name": experiment.get("name")}, tags
 
 
 def flatten(d, prefix=""):
@@ -66,6 +189,8 @@ def flatten(d, prefix=""):
 
 def _client(uri):
     from mlflow.tracking import MlflowClient
+    if redact(uri) != uri:  # MLflow prints "View run ... at: URI" links, password included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
@@ -86,7 +211,7 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
     """
     from mlflow.exceptions import MlflowException
     info = rundir.read_mlflow(run_dir)
-    same_store = info.get("tracking_uri") == uri
+    same_store = info.get("tracking_uri") == redact(uri)
     if info.get("run_id") and same_store:
         try:
             client.get_run(info["run_id"])
@@ -103,38 +228,35 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
         run_id = found[0].info.run_id
     else:
         key = key or uuid.uuid4().hex
-        rundir.write_mlflow(run_dir, {**info, "run_id": None, "tracking_uri": uri, "run_key": key, "tags": tags})
+        rundir.write_mlflow(run_dir, {**info, "run_id": None, "tracking_uri": redact(uri), "run_key": key, "tags": tags})
         run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}).info.run_id
-    rundir.write_mlflow(run_dir, {"run_id": run_id, "tracking_uri": uri, "experiment_id": experiment_id,
+    rundir.write_mlflow(run_dir, {"run_id": run_id, "tracking_uri": redact(uri), "experiment_id": experiment_id,
                               "run_name": run_name, "tags": tags, "run_key": key})
     return run_id
 
 
 def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
-    """Put a run directory into MLflow: params, every epoch of history, final metrics, artifacts.
+    """Put a run directory into MLflow: its parent, tags, params, every epoch of history, final metrics, artifacts.
 
     Only what is missing is logged, so a second call adds nothing. Returns the number of epochs added.
     """
     import csv
-    from mlflow.entities import Param, RunTag
     run_dir = Path(run_dir)
     info = rundir.read_mlflow(run_dir)
     config = rundir.read_json(run_dir / rundir.CONFIG)
-    uri = tracking_uri(uri or info.get("tracking_uri"))
+    uri = tracking_uri(uri or recorded_uri(info.get("tracking_uri")))
     # A job that never reached MLflow has no mlflow.json: its name and tags come from config.json.
     # Later tags (``selected``, set by the select stage) live in mlflow.json.
     tags = {k: str(v) for k, v in {**rundir.run_tags(config), **info.get("tags", {}), **(tags or {})}.items()}
     if not experiment:  # an experiment id only means something in the store that gave it
-        same_store = info.get("tracking_uri") == uri
+        same_store = info.get("tracking_uri") == redact(uri)
         experiment = {"id": info.get("experiment_id") if same_store else None, "name": config["run"]["experiment"]}
     run_name = run_name or info.get("run_name") or rundir.run_name(rundir.identity(config))
     client = _client(uri)
+    experiment, tags = _run_metadata(client, run_dir, uri, experiment, tags)
     run_id = _ensure_run(client, run_dir, uri, experiment, run_name, tags)
     run = client.get_run(run_id)
-    stale = [RunTag(k, v) for k, v in tags.items() if run.data.tags.get(k) != v]
-    if stale:
-        client.log_batch(run_id, tags=stale)
-    params = [Param(k, str(v)[:6000]) for k, v in flatten(config).items() if k not in run.data.params]
+    _log_missing(client, run_id, run, params=flatten(config), tags=tags)
     logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
     history_path = run_dir / rundir.HISTORY
     rows = []
@@ -144,8 +266,6 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
     elif (run_dir / rundir.STATE).exists():  # an unfinished run: its epochs so far live in state.pt
         rows = rundir.load_checkpoint(run_dir / rundir.STATE)["history"]
     missing = [r for r in rows if int(r["epoch"]) not in logged]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100])
     metrics = [m for r in missing for m in _metrics_of(r, int(r["epoch"]))]
     for start in range(0, len(metrics), 900):
         client.log_batch(run_id, metrics=metrics[start:start + 900])
@@ -156,7 +276,8 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
         client.log_batch(run_id, metrics=[m for m in _metrics_of({f"final_{k}": v for k, v in done.items()}, 0)
                                           if m.key not in have])
         present = {a.path for a in client.list_artifacts(run_id)}
-        for name in ARTIFACTS:
+        names = ARTIFACTS + (CHECKPOINT_ARTIFACTS if config.get("log_checkpoints", True) else ())
+        for name in names:
             if (run_dir / name).exists() and name not in present:
                 client.log_artifact(run_id, str(run_dir / name))
         if run.info.status != "FINISHED":
@@ -187,9 +308,9 @@ class Tracker:
             if self.failed:
                 return
             self.failed = True
-            warnings.warn(f"MLflow tracking to {self.uri} failed ({type(exc).__name__}: {exc}); training goes on "
-                          f"and {self.run_dir} stays complete. Later: python -m limit mlflow-sync {self.run_dir}",
-                          RuntimeWarning, stacklevel=2)
+            warnings.warn(redact(f"MLflow tracking to {self.uri} failed ({type(exc).__name__}: {exc}); training "
+                                 f"goes on and {self.run_dir} stays complete. Later: python -m limit mlflow-sync "
+                                 f"{self.run_dir}"), RuntimeWarning, stacklevel=2)
 
     def start(self, config, history):
         self.experiment = {"id": self.experiment_id, "name": config["run"]["experiment"]}
@@ -198,7 +319,11 @@ class Tracker:
 
         def begin():
             self.client = _client(self.uri)
-            self.run_id = _ensure_run(self.client, self.run_dir, self.uri, self.experiment, self.run_name, self.tags)
+            experiment, tags = _run_metadata(self.client, self.run_dir, self.uri, self.experiment, self.tags)
+            self.run_id = _ensure_run(self.client, self.run_dir, self.uri, experiment, self.run_name, tags)
+            # params now, so that a long job shows them while it trains
+            _log_missing(self.client, self.run_id, self.client.get_run(self.run_id), params=flatten(config),
+                         tags=tags)
             self.client.update_run(self.run_id, status="RUNNING")
         self._guard(begin)
 
@@ -210,24 +335,32 @@ class Tracker:
         self._guard(sync_run, run_dir, self.uri, self.experiment, self.run_name, self.tags, retry=True)
 
 
-def tag_selected(run_dirs, selected, uri=None):
-    """Tag each run of a selection group ``selected=true|false`` in MLflow; warn (never fail) if unreachable.
+def tag_selected(run_dirs, selected, summary, uri=None):
+    """Tag each run of a selection group ``selected=true|false`` and give the group's parent run the ``summary``
+    (``{"tags": ..., "metrics": ...}``) in MLflow; warn (never fail) if unreachable.
 
-    The tag is first written into each run's mlflow.json, so that ``sync_run`` sets it later if MLflow
+    Both are first written into each run's mlflow.json, so that ``sync_run`` sets them later if MLflow
     cannot be reached now.
     """
     try:
         for run_dir in run_dirs:
             info = rundir.read_mlflow(run_dir)
             info.setdefault("tags", {})["selected"] = str(run_dir in selected).lower()
+            info["parent"] = summary
             rundir.write_mlflow(run_dir, info)
     except OSError as exc:
         warnings.warn(f"could not record the selected runs in their run directories ({exc})", RuntimeWarning)
     try:
+        parents = {}
         for run_dir in run_dirs:
             info = rundir.read_mlflow(run_dir)
             if info.get("run_id"):
-                client = _client(tracking_uri(uri or info.get("tracking_uri")))
+                client = _client(tracking_uri(uri or recorded_uri(info.get("tracking_uri"))))
                 client.set_tag(info["run_id"], "selected", str(run_dir in selected).lower())
+                if PARENT_TAG in info["tags"]:
+                    parents[info["tags"][PARENT_TAG]] = (client, info["tags"])
+        for parent_id, (client, tags) in parents.items():
+            _sync_parent(client, parent_id, tags, summary)
     except Exception as exc:
-        warnings.warn(f"could not tag the selected runs in MLflow ({type(exc).__name__}: {exc})", RuntimeWarning)
+        warnings.warn(redact(f"could not tag the selected runs in MLflow ({type(exc).__name__}: {exc})"),
+                      RuntimeWarning)

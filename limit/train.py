@@ -1,18 +1,25 @@
 """The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
 
-The run directory's files are described in ``limit.rundir``; ``state.pt`` is rewritten atomically after every
-epoch, and a killed run resumes from it.
+A run directory (file names: ``limit.rundir``) holds the resolved config, ``state.pt`` (the full training state,
+rewritten atomically every ``checkpoint_every`` epochs or minutes and when training ends; the one before is kept
+as ``state.prev.pt``, the fallback if a crash tears it), ``best.pt`` (rewritten when validation improves), and
+when the run is complete ``history.csv``, ``test_outputs.npz``, ``train_scores.npz`` (LIMIT runs) and, last,
+``metrics.json``.
 """
 import copy
 import csv
 import hashlib
+import importlib.metadata
 import io
 import json
 import math
 import os
+import platform
 import socket
+import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,20 +28,25 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
+from limit import device as devices
 from limit import rundir
+from limit.cadence import CheckpointCadence, parse_checkpoint_every
 from limit.methods import LOSSES, Context, forward_correction_matrix
 from limit.models import authors_bn_warmup, build_model
-from limit.registry import BN_INIT, HPARAM_DEFAULTS, LIMIT_METHODS, TRAINING_DEFAULTS, dataset_info, get_method
+from limit.registry import (BN_INIT, DATASETS, HPARAM_DEFAULTS, PRECISIONS, TRAINING_DEFAULTS, dataset_info,
+                            get_method, hparam_problem, is_limit)
 from limit.rundir import TrainingError, load_checkpoint
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
 # Keys that do not change what a run computes (more epochs extend it); everything else must match to resume.
-NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "run", "num_workers", "epochs"}
+NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "run", "num_workers", "epochs", "checkpoint_every",
+                     "decode", "log_checkpoints"}
 
 DEFAULTS = {
     **TRAINING_DEFAULTS, "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
     "eval_test_each_epoch": True, "test_curve_size": None, "imagenet_weights": None, "run": {},
+    "log_checkpoints": True,  # best.pt and train_scores.npz as MLflow artifacts
 }
 
 
@@ -46,14 +58,27 @@ def resolve_config(config):
     cfg = copy.deepcopy(DEFAULTS)
     cfg.update(copy.deepcopy(config))
     method = get_method(cfg["method"])
-    dataset_info(cfg["dataset"])
+    info = dataset_info(cfg["dataset"])
+    if cfg["dataset"] not in DATASETS:  # your own images: their size must suit the architecture
+        from limit.folder_data import check_arch
+        check_arch(cfg["arch"], info.size)
     unknown = set(cfg["hparams"]) - set(HPARAM_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown hyperparameters {sorted(unknown)}; known: {sorted(HPARAM_DEFAULTS)}")
     cfg["run"] = {"experiment": "manual", "variant": cfg["method"], **cfg["run"], "hparams": sorted(cfg["hparams"])}
     cfg["hparams"] = {**HPARAM_DEFAULTS, **cfg["hparams"]}
+    parse_checkpoint_every(cfg["checkpoint_every"])
+    if cfg["precision"] not in PRECISIONS:
+        raise ValueError(f"unknown precision {cfg['precision']!r}; choose one of {list(PRECISIONS)}")
     if cfg["bn_init"] not in BN_INIT:
         raise ValueError(f"bn_init must be one of {list(BN_INIT)}, not {cfg['bn_init']!r}")
+    for name, value in cfg["hparams"].items():
+        problem = hparam_problem(cfg["method"], name, value)
+        if problem:
+            raise ValueError(f"{name} = {value}: {problem}")
+    for key in ("epochs", "patience", "batch_size"):
+        if not (isinstance(cfg[key], int) and cfg[key] >= 1):
+            raise ValueError(f"{key} = {cfg[key]!r}: must be an integer >= 1")
     if method.init_from_ce and not cfg["init_from"]:
         raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
     return cfg
@@ -92,11 +117,14 @@ def load_run_data(cfg, device):
     if cfg["dataset"] == "clothing1m":
         from limit.clothing1m import Clothing1MSplit
         splits = [Clothing1MSplit(cfg["data_dir"], s, device, augment=s == "train" and info.augment,
-                                  num_workers=cfg["num_workers"]) for s in ("train", "val", "test")]
+                                  num_workers=cfg["num_workers"], decode=cfg["decode"])
+                  for s in ("train", "val", "test")]
         test_labels = splits[2].labels
         splits.append(splits[2])
     else:
         images = D.load_arrays(cfg["dataset"], cfg["data_dir"])
+        if len(images.test_x) == 0:  # your own images without a test set: the validation images, labels as given
+            images.test_x, images.test_y = images.train_x[arrays["val_idx"]], t(arrays["val_true"]).cpu()
         curve_size = cfg["test_curve_size"] or len(images.test_x)
         splits = [D.InMemorySplit(images.train_x[arrays["train_idx"]], cfg["dataset"], device, info.augment),
                   D.InMemorySplit(images.train_x[arrays["val_idx"]], cfg["dataset"], device),
@@ -162,10 +190,7 @@ def prepare_method(cfg, ctx, run_data, device):
     method = get_method(cfg["method"])
     if not method.init_from_ce:
         return
-    ce_path = Path(cfg["init_from"]) / rundir.BEST
-    if not ce_path.exists():
-        raise TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
-    ce_state = load_checkpoint(ce_path)["classifier"]
+    ce_state = load_checkpoint(Path(cfg["init_from"]) / rundir.BEST)["classifier"]
     if cfg["method"] == "fw":
         # The full CE model (BatchNorm statistics included) estimates T on the noisy training set.
         ce_model = copy.deepcopy(ctx.classifier)
@@ -179,10 +204,29 @@ def prepare_method(cfg, ctx, run_data, device):
     copy_parameters(ce_state, target, "the q-network" if method.init_from_ce == "q" else "the classifier")
 
 
-def fingerprint(cfg, labels_sha256):
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def init_checkpoint_sha256(cfg):
+    """sha256 of the CE model a run starts from (FW, DMI, +init), None for other methods."""
+    if not get_method(cfg["method"]).init_from_ce:
+        return None
+    ce_path = Path(cfg["init_from"]) / rundir.BEST
+    if not ce_path.exists():
+        raise TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
+    return file_sha256(ce_path)
+
+
+def fingerprint(cfg, labels_sha256, init_sha256=None):
+    """What a run computes: its semantic config, its labels and the CE model it starts from."""
     semantic = {k: v for k, v in cfg.items() if k not in NON_SEMANTIC_KEYS}
-    blob = json.dumps({"config": semantic, "labels": labels_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    inputs = {"config": semantic, "labels": labels_sha256, **({"init": init_sha256} if init_sha256 else {})}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _rng_state(generator):
@@ -295,33 +339,74 @@ class EpochReporter:
             self.bar.close()
 
 
+def stale_initialisation(state, cfg, labels_sha256, init_sha256):
+    """Whether a saved state differs from this run only by the CE model it started from."""
+    old = state.get("init_sha256")
+    return bool(old) and old != init_sha256 and state["fingerprint"] == fingerprint(cfg, labels_sha256, old)
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        return next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or device.type
+
+
+def _git_commit():
+    """The commit of the package's checkout, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def job_info(device):
+    """Where and with what this attempt runs (``job.json``; MLflow tags)."""
+    try:
+        version = importlib.metadata.version("limit-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device),
+            "device_name": _device_name(device), "git_commit": _git_commit(), "torch_version": torch.__version__,
+            "limit_version": version}
+
+
 def train(config, out_dir, tracker=None):
     """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics."""
     cfg = resolve_config(config)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     device = pick_device(cfg["device"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = False
-        torch.backends.cudnn.deterministic = True
-    rundir.write_json(out / rundir.JOB, {
-        "slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device)})
+    devices.configure(device, cfg["deterministic"])
 
     torch.manual_seed(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
-    run_data = load_run_data(cfg, device)
+    run_data = load_run_data(cfg, device)  # bad input stops here, before anything is written
+    init_sha256 = init_checkpoint_sha256(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(out / rundir.JOB, job_info(device))
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
+    for model in _models(ctx).values():
+        devices.set_precision(model, cfg["precision"], device)
     meta = run_data.labels_meta
     cfg["run"].update(noise=meta["noise"], rate=meta["rate"], n=str(meta["n"]))
-    fp = fingerprint(cfg, meta["sha256"])
-    state_path = out / rundir.STATE
+    fp = fingerprint(cfg, meta["sha256"], init_sha256)
 
-    if state_path.exists():
-        state = load_checkpoint(state_path)
-        if state.get("fingerprint") != fp:
-            raise TrainingError(f"{state_path} belongs to a different config or labels file; "
+    state = rundir.load_state(out)
+    if state is not None and state.get("fingerprint") != fp:
+        if stale_initialisation(state, cfg, meta["sha256"], init_sha256):
+            warnings.warn(f"{out}: the CE model in {cfg['init_from']} changed since this run started; "
+                          f"it starts over from the new one", RuntimeWarning)
+            state = None
+        else:
+            raise TrainingError(f"{out / 'state.pt'} belongs to a different config or labels file; "
                                 f"remove the run directory {out} to start over")
+    if state is not None:
         for name, model in _models(ctx).items():
             model.load_state_dict(state["models"][name])
         ctx.extra = {k: v.to(device) for k, v in state["extra"].items()}
@@ -341,6 +426,7 @@ def train(config, out_dir, tracker=None):
     start_epoch = len(history)
     reporter = EpochReporter(cfg["epochs"], out.name, start_epoch)
     stopped = start_epoch > 0 and start_epoch - 1 - best["epoch"] >= cfg["patience"]
+    cadence = CheckpointCadence(cfg["checkpoint_every"])
     for epoch in range(start_epoch, cfg["epochs"]):
         if stopped:
             break
@@ -353,7 +439,8 @@ def train(config, out_dir, tracker=None):
         row["val_acc"] = validation_accuracy(ctx.classifier, run_data.val, run_data.val_labels, cfg["batch_size"])
         curve_labels = run_data.test_labels[:len(run_data.test_curve)]
         row["test_acc"] = (test_accuracy(ctx.classifier, run_data.test_curve, curve_labels, cfg["batch_size"])[0]
-                           if cfg["eval_test_each_epoch"] else float("nan"))
+                           if cfg["eval_test_each_epoch"] and epoch % cfg["test_curve_every"] == 0
+                           else float("nan"))
         row["epoch_seconds"] = time.perf_counter() - t0
         row["images_per_second"] = len(run_data.train) / row["epoch_seconds"]
         history.append(row)
@@ -361,28 +448,36 @@ def train(config, out_dir, tracker=None):
             best = {"val_acc": row["val_acc"], "epoch": epoch,
                     "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
                                for k, m in _models(ctx).items()}}
-        rundir.save_torch(state_path, {
-            "fingerprint": fp, "models": {k: m.state_dict() for k, m in _models(ctx).items()},
-            "optimizer": optimizer.state_dict(), "rng": _rng_state(generator), "history": history,
-            "best": best, "extra": {k: v.cpu() for k, v in ctx.extra.items()}})
+            save_best(best, out)
+        stopped = epoch - best["epoch"] >= cfg["patience"]
+        if cadence.due(epoch - start_epoch + 1) or stopped or epoch == cfg["epochs"] - 1:
+            rundir.save_state(out, {"fingerprint": fp, "init_sha256": init_sha256,
+                                    "models": {k: m.state_dict() for k, m in _models(ctx).items()},
+                                    "optimizer": optimizer.state_dict(), "rng": _rng_state(generator),
+                                    "history": history, "best": best,
+                                    "extra": {k: v.cpu() for k, v in ctx.extra.items()}})
+            cadence.saved(epoch - start_epoch + 1)
         if tracker is not None:
             tracker.log_epoch(row)
         reporter.epoch(row)
-        stopped = epoch - best["epoch"] >= cfg["patience"]
     reporter.close()
     return finish(cfg, out, ctx, run_data, history, best, tracker)
+
+
+def save_best(best, out):
+    """best.pt: the best-validation networks (what FW, DMI and +init start from) and their epoch."""
+    rundir.save_torch(out / rundir.BEST, {**best["models"], "epoch": best["epoch"]})
 
 
 def finish(cfg, out, ctx, run_data, history, best, tracker):
     """Evaluate the best-validation checkpoint on the clean test set and write the run's outputs."""
     for name, model in _models(ctx).items():
         model.load_state_dict(best["models"][name])
-    rundir.save_torch(out / rundir.BEST, {"classifier": best["models"]["classifier"],
-                                          **({"q": best["models"]["q"]} if ctx.q else {}), "epoch": best["epoch"]})
+    save_best(best, out)  # again: a resumed run may have rewritten it for an epoch after its checkpoint
     acc, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
     rundir.save_npz(out / rundir.TEST_OUTPUTS, logits=logits.cpu().numpy().astype(np.float32),
                     labels=run_data.test_labels.cpu().numpy())
-    if cfg["method"] in LIMIT_METHODS:
+    if is_limit(cfg["method"]):
         rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
     history_csv = io.StringIO(newline="")
     writer = csv.DictWriter(history_csv, fieldnames=HISTORY_COLUMNS)

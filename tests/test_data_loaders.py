@@ -52,18 +52,21 @@ def cifar_batch(rng, n, label_key, num_classes):
                             "batch_label": "fixture", "filenames": [f"{i}.png" for i in range(n)]}
 
 
-@pytest.mark.parametrize("name, folder, train_files, test_file, meta_file, label_key, num_classes", [
-    ("cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
-     "labels", 10),
-    ("cifar100", "cifar-100-python", ["train"], "test", "meta", "fine_labels", 100),
-])
-def test_cifar_reads_exact_pixels_and_labels(tmp_path, monkeypatch, name, folder, train_files, test_file, meta_file,
-                                             label_key, num_classes):
-    rng = np.random.default_rng(1)
-    root = tmp_path / folder
+CIFAR_LAYOUTS = {  # name -> folder, training files, test file, meta file, label key, classes
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], "test_batch", "batches.meta",
+                "labels", 10),
+    "cifar100": ("cifar-100-python", ["train"], "test", "meta", "fine_labels", 100),
+}
+
+
+def write_fake_cifar(data_dir, monkeypatch, name, per_file=4, seed=1):
+    """A tiny CIFAR in torchvision's layout (its file list patched to match); returns the arrays written."""
+    folder, train_files, test_file, meta_file, label_key, num_classes = CIFAR_LAYOUTS[name]
+    rng = np.random.default_rng(seed)
+    root = data_dir / folder
     train_list, train_x, train_y = [], [], []
     for file_name in train_files:
-        images, labels, batch = cifar_batch(rng, 4, label_key, num_classes)
+        images, labels, batch = cifar_batch(rng, per_file, label_key, num_classes)
         train_list.append(write_pickle(root / file_name, batch))
         train_x.append(images)
         train_y += labels
@@ -75,10 +78,15 @@ def test_cifar_reads_exact_pixels_and_labels(tmp_path, monkeypatch, name, folder
     monkeypatch.setattr(cls, "train_list", train_list)
     monkeypatch.setattr(cls, "test_list", test_list)
     monkeypatch.setattr(cls, "meta", {"filename": meta_file, "key": meta_key, "md5": meta_md5})
+    return np.concatenate(train_x), train_y, test_x, test_y
 
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_reads_exact_pixels_and_labels(tmp_path, monkeypatch, name):
+    train_x, train_y, test_x, test_y = write_fake_cifar(tmp_path, monkeypatch, name)
     arrays = data.load_arrays(name, tmp_path)
-    assert arrays.train_x.dtype == torch.uint8 and arrays.train_x.shape == (4 * len(train_files), 3, 32, 32)
-    assert np.array_equal(arrays.train_x.numpy(), np.concatenate(train_x))
+    assert arrays.train_x.dtype == torch.uint8 and arrays.train_x.shape == (len(train_y), 3, 32, 32)
+    assert np.array_equal(arrays.train_x.numpy(), train_x)
     assert arrays.train_y.tolist() == train_y
     assert np.array_equal(arrays.test_x.numpy(), test_x)
     assert arrays.test_y.tolist() == test_y
@@ -258,3 +266,25 @@ def test_in_memory_split_batches_are_reproducible():
     mean, std = data.normalisation("cifar10")
     for idx, images in run(3, augment=False):  # without augmentation: exactly the stored images, normalised
         assert torch.allclose(images, (x[idx].float() / 255 - mean) / std)
+
+
+def test_clothing1m_persistent_workers_and_torchvision_decoding(tmp_path):
+    """One loader per split and batch size, its workers alive across epochs; decode_jpeg gives the same batches
+    (order, crops, flips) as PIL up to resizing's last bits."""
+    write_clothing1m(tmp_path)
+    size = 8
+    pil = Clothing1MSplit(tmp_path, "train", "cpu", augment=True, num_workers=2, image_size=size)
+    tv = Clothing1MSplit(tmp_path, "train", "cpu", augment=True, num_workers=2, image_size=size, decode="torchvision")
+
+    def epoch(split, seed):
+        return list(split.batches(10, generator=torch.Generator().manual_seed(seed), shuffle=True, augment=True))
+
+    first = epoch(pil, 1)
+    workers = pil.loaders[10]._iterator._workers
+    second = epoch(pil, 2)
+    assert pil.loaders[10]._iterator._workers == workers and all(w.is_alive() for w in workers)
+    assert not torch.equal(first[0][0], second[0][0])  # a new epoch's order through the same workers
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, epoch(pil, 1)))
+    for (i_pil, x_pil), (i_tv, x_tv) in zip(epoch(pil, 3), epoch(tv, 3)):
+        assert torch.equal(i_pil, i_tv)
+        assert (x_pil - x_tv).abs().mean() < 0.1  # normalised units: a few grey levels on average

@@ -7,14 +7,17 @@
 (b) 8 ``python -m limit train`` processes start at the same instant against a fresh SQLite store created by
     ``python -m limit mlflow-init``: none fails, all 8 runs land in the right experiment.
 (c) The server created a run but its answer was lost: the next sync finds that run instead of adding a duplicate.
+(d) A server accepts connections and never answers: a job is delayed by a bounded time, then syncs once.
 """
 import csv
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -118,8 +121,8 @@ def test_server_killed_mid_pipeline_then_sync_fills_in_idempotently(fmnist_dir, 
         assert store_snapshot(client) == after_first  # the second sync changed nothing
 
         experiment_id = json.loads((results / "mlflow/experiments.json").read_text())["experiments"]["main"]
-        by_name = {r["name"]: (run_id, r) for run_id, r in after_first.items()}
-        assert len(by_name) == len(after_first) == 10  # one MLflow run per run directory, no duplicates
+        by_name = {r["name"]: (run_id, r) for run_id, r in after_first.items() if "limit.group" not in r["tags"]}
+        assert len(by_name) == 10 and len(after_first) == 10 + 4  # one run per run directory and per group
         for run_dir in run_dirs:
             run_id, run = by_name[str(run_dir.relative_to(results / "runs/main"))]
             assert run["experiment"] == experiment_id and run["status"] == "FINISHED"
@@ -214,3 +217,68 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
     assert len(runs) == 1 and runs[0].info.run_name == "fm/ce" and runs[0].data.tags["variant"] == "ce"
     assert client.get_experiment(runs[0].info.experiment_id).name == "main"
     assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == runs[0].info.run_id
+
+
+class HungServer:
+    """Accepts TCP connections on 127.0.0.1 and never answers (a wedged proxy or server)."""
+
+    def __init__(self, port):
+        self.sock = socket.create_server(("127.0.0.1", port))
+        self.connections = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.connections.append(self.sock.accept()[0])
+            except OSError:  # closed
+                return
+
+    def close(self):
+        self.sock.close()
+        for conn in self.connections:
+            conn.close()
+
+
+def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, make_labels, tmp_path):
+    """Each MLflow call waits MLFLOW_HTTP_REQUEST_TIMEOUT x (retries + 1); a job makes at most two such calls
+    (the first fails and stops live tracking, the final sync tries once more), then finishes with a warning.
+    A password in the URI (from the environment only) appears nowhere: not in output, not in the run directory."""
+    port, timeout_s = free_port(), 3
+    uri = f"http://me:hunter2@127.0.0.1:{port}"
+    env = pipeline_env(MLFLOW_TRACKING_URI=uri, MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s),
+                       MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", OMP_NUM_THREADS="1")
+    run_dir = tmp_path / "run"
+    train = [sys.executable, "-m", "limit", "train", "--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir),
+             "--labels", str(make_labels(n=256, val_size=256)), "--method", "ce", "--epochs", "2", "--batch-size",
+             "128", "--device", "cpu", "--out", str(run_dir), "--experiment", "main"]
+    hung = HungServer(port)
+    try:
+        done = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        hung.close()
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert (run_dir / "metrics.json").exists() and (run_dir / "history.csv").exists()
+    assert output.count(WARNING) == 1 and "me:***@127.0.0.1" in output, output[-3000:]
+    assert 1 <= len(hung.connections) <= 2  # the bound: two calls of at most timeout_s each, no retries
+    leaked = [p for p in run_dir.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
+    assert "hunter2" not in output and not leaked, leaked
+
+    # the server comes back (a real one, same URL): the sync adds the run once, a second sync adds nothing
+    server, _ = start_server(tmp_path / "mlflow.db", tmp_path / "mlartifacts", port=port, log=tmp_path / "server.log")
+    try:
+        sync = [sys.executable, "-m", "limit", "mlflow-sync", str(run_dir)]
+        first = subprocess.run(sync, env=env, capture_output=True, text=True, timeout=300)
+        assert first.returncode == 0 and "2 epochs added" in first.stdout, first.stderr[-3000:]
+        second = subprocess.run(sync, env=env, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0 and "0 epochs added" in second.stdout, second.stderr[-3000:]
+        client = MlflowClient(f"http://127.0.0.1:{port}")
+        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+        assert [r.info.run_name for r in runs] == ["hung/ce"] and runs[0].info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")] == [0, 1]
+        assert json.loads((run_dir / "mlflow.json").read_text())["tracking_uri"] == f"http://me:***@127.0.0.1:{port}"
+    finally:
+        stop_server(server)
+    leaked = [p for p in run_dir.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
+    assert not leaked and "hunter2" not in first.stdout + first.stderr + second.stdout + second.stderr

@@ -25,6 +25,8 @@ from limit.mlflow_server import free_port, start_server, stop_server
 from limit.rundir import run_tags
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
 
+pytestmark = pytest.mark.system
+
 PER_EPOCH = ("train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc")
 
 
@@ -105,8 +107,9 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
 
         client = MlflowClient(url)
         everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
-        runs = {r.info.run_name: r for r in everything}
-        assert len(everything) == len(runs) == 10  # no duplicates, nothing elsewhere
+        runs = {r.info.run_name: r for r in everything if "limit.group" not in r.data.tags}
+        parents = {r.info.run_id for r in everything if "limit.group" in r.data.tags}
+        assert len(runs) == 10 and len(everything) == 10 + len(parents) == 10 + 4  # no duplicates, nothing elsewhere
         epochs_total = 0
         for run_dir in run_dirs:
             name = str(run_dir.relative_to(results / "runs/main"))
@@ -116,6 +119,7 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
             tags = run_tags(json.loads((run_dir / "config.json").read_text()))
             assert {k: run.data.tags.get(k) for k in tags} == tags
             assert run.data.tags["selected"] == table[str(run_dir.relative_to(work))]["selected"].lower()
+            assert run.data.tags["mlflow.parentRunId"] in parents
             history = list(csv.DictReader(open(run_dir / "history.csv")))
             epochs_total += len(history)
             for key in PER_EPOCH:
@@ -133,7 +137,7 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
         try:
             cur = db.cursor()
             cur.execute("SELECT COUNT(*) FROM runs")
-            assert cur.fetchone()[0] == 10
+            assert cur.fetchone()[0] == 10 + 4  # and the parent of each group
             cur.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_acc'")
             assert cur.fetchone()[0] == epochs_total  # each epoch once
         finally:

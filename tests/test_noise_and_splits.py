@@ -10,7 +10,8 @@ from limit import noise as N
 
 
 @pytest.mark.parametrize("noise,rate,k", [("uniform", 0.8, 10), ("uniform", 0.4, 100), ("symmetric", 0.6, 10),
-                                          ("pair", 0.4, 10), ("asymmetric-mnist", 0.3, 10)])
+                                          ("pair", 0.4, 10), ("asymmetric-mnist", 0.3, 10),
+                                          ("asymmetric-fashion-mnist", 0.4, 10)])
 def test_empirical_transition_rates_match_the_matrix(noise, rate, k):
     matrix = N.transition_matrix(noise, rate, k)
     assert np.allclose(matrix.sum(1), 1.0)
@@ -37,6 +38,16 @@ def test_exact_structure_of_each_model():
     assert pair[1, 9] == 0.0  # one-directional
     mnist = N.transition_matrix("asymmetric-mnist", 0.2, 10)
     assert mnist[5, 6] == mnist[6, 5] == mnist[7, 1] == pytest.approx(0.2) and mnist[1, 7] == 0.0
+
+
+def test_given_labels_stay_as_they_are_and_take_no_rate():
+    labels = np.random.default_rng(0).integers(0, 5, 200)
+    arrays = D.make_noisy_labels(labels, 5, "fashion_mnist", "given", 0.0, seed=1)
+    assert np.array_equal(arrays["train_noisy"], arrays["train_true"]) and not arrays["is_corrupted"].any()
+    with pytest.raises(ValueError, match="labels are used as given"):
+        N.check_noise("given", 0.1, "fashion_mnist", 5)
+    fashion = N.transition_matrix("asymmetric-fashion-mnist", 0.4, 10)
+    assert fashion[0, 6] == fashion[2, 4] == fashion[5, 7] == pytest.approx(0.4) and fashion[6, 0] == 0.0
 
 
 def test_same_seed_same_labels_different_seed_different():

@@ -12,7 +12,7 @@ import yaml
 
 from limit import rundir
 from limit.methods import LOSSES
-from limit.registry import HPARAMS, METHODS, TRAINING_DEFAULTS
+from limit.registry import HPARAMS, JOB_DEFAULTS, METHODS, TRAINING_DEFAULTS
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -28,9 +28,11 @@ def test_schema_hyperparameters_are_the_tables():
 
 def test_schema_training_defaults_are_the_tables():
     training = SCHEMA["definitions"]["training"]["properties"]
-    shared = set(training) & set(TRAINING_DEFAULTS)
-    assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init"}
-    assert {k: training[k]["default"] for k in shared} == {k: TRAINING_DEFAULTS[k] for k in shared}
+    defaults = {**TRAINING_DEFAULTS, **JOB_DEFAULTS}
+    shared = set(training) & set(defaults)
+    assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init", "precision", "checkpoint_every",
+                      "test_curve_every", "deterministic", "decode", "pack"}
+    assert {k: training[k]["default"] for k in shared} == {k: defaults[k] for k in shared}
 
 
 def test_workflow_modules_and_cli_import_neither_torch_nor_matplotlib():

@@ -196,6 +196,7 @@ def _write_run(run_dir, test_acc, val_acc, limit, seed, n_test=400):
     run_dir.mkdir(parents=True)
     history = _history(30, 0.2 if limit else 0.9, test_acc, seed)
     history.to_csv(run_dir / "history.csv", index=False)
+    (run_dir / "config.json").write_text(json.dumps(dict(seed=seed, test_curve_size=200)))
     (run_dir / "metrics.json").write_text(json.dumps(dict(
         best_epoch=29, best_val_acc=val_acc, test_acc=test_acc, epochs_run=30, wall_seconds=3.0)))
     logits, labels = _logits_with_accuracy(n_test, test_acc, seed=seed)
@@ -381,6 +382,45 @@ def test_default_table_specs(runs, tmp_path):
     assert cells.set_index("row").loc["ce_dropout", "ours_mean"] == pytest.approx(70.0)
 
 
+# (dataset, noise, rate, n, variant): one run each, every kind of column of the paper's tables
+TINY_RUNS = [("cifar10", "pair", 0.0, "all", "ce"), ("cifar10", "pair", 0.0, "all", "limit_g"),
+             ("cifar10", "pair", 0.2, "all", "ce"), ("cifar10", "uniform", 0.4, "all", "fw"),
+             ("cifar100", "uniform", 0.4, "all", "ce"), ("clothing1m", "real", float("nan"), "all", "dmi"),
+             ("mnist", "uniform", 0.0, "1000", "ce"), ("mnist", "uniform", 0.89, "all", "limit_l")]
+
+
+def test_no_table_cell_with_a_run_prints_missing(tmp_path):
+    records = []
+    for i, (dataset, noise, rate, n, variant) in enumerate(TINY_RUNS):
+        run_dir = tmp_path / "runs" / str(i)
+        _write_run(run_dir, 0.5 + i / 100, 0.5, False, 42)
+        records.append(dict(run_id=str(i), experiment="main", dataset=dataset, noise=noise, rate=rate, n=n, seed=42,
+                            variant=variant, method=variant, hparams="default", run_dir=str(run_dir),
+                            best_val_acc=0.5, test_acc=0.5 + i / 100, best_epoch=29, selected=True,
+                            figure1=False))
+    runs = pd.DataFrame.from_records(records)
+    specs = tables.default_table_specs(runs)
+    # the clean CIFAR-10 column of Tables 2 and 6 and Table 7's p = 0 column come from the pair p = 0 runs
+    assert {s.name for s in specs} == {"table1", "table2", "table4", "table5", "table6", "table7"}
+    filled = 0
+    for spec in specs:
+        tables.render_table(runs, spec, tmp_path / spec.name)
+        rows = _table_rows((tmp_path / f"{spec.name}.md").read_text().splitlines())
+        header, body = rows[0], {r[0]: r for r in rows[2:]}
+        for run in runs.itertuples():
+            run_key = tables.setting_key(run.dataset, run.noise, run.rate, run.n)
+            for column in spec.columns:
+                if (run.variant in spec.rows and run_key == tables.setting_key(column.dataset, column.noise,
+                                                                               column.rate, column.n)):
+                    text = body[paper.label(run.variant)][header.index(column.label)]
+                    assert text != tables.MISSING and text.strip("*").startswith(f"{100 * run.test_acc:.1f}"), \
+                        (spec.name, column.label, run.variant, text)
+                    filled += 1
+    # table2: clean (ce, limit_g), pair 0.2, uniform 0.4, CIFAR-100, Clothing1M; table6: clean (ce, limit_g), 0.4;
+    # table7: p = 0 (ce, limit_g), 0.2; tables 1 and 4: MNIST p = 0, n = 1000; table5: p = 0.89
+    assert filled == 6 + 3 + 3 + 1 + 1 + 1
+
+
 def test_render_run_table(runs, tmp_path):
     tables.render_run_table(runs, tmp_path / "runs.csv")
     written = pd.read_csv(tmp_path / "runs.csv")
@@ -415,17 +455,56 @@ def test_figure_memorisation(runs, tmp_path):
     _assert_figure(tmp_path / "fig1")
 
 
-def test_figure_curves(runs, tmp_path):
+def test_figure_curves_use_every_seed_of_the_selected_configuration(runs, tmp_path):
     shown = figures.figure_curves(runs, tmp_path / "fig3", "mnist", "uniform", 0.8, "all")
-    assert list(shown["variant"]) == ["ce", "limit_l"]  # the figure1 block's MLP runs are not mixed in
-    assert list(shown["seed"]) == [42, 42] and shown.set_index("variant").loc["limit_l", "hparams"] == "beta=3"
+    # the figure1 block's MLP runs are not mixed in; all three seeds of each selected configuration
+    assert list(shown["variant"]) == ["ce"] * 3 + ["limit_l"] * 3 and list(shown["seed"]) == [42, 43, 44] * 2
+    assert set(shown[shown["variant"] == "limit_l"]["hparams"]) == {"beta=3"}
     _assert_figure(tmp_path / "fig3")
+
+
+def test_mean_curve_has_bootstrap_band_selected_epoch_and_integer_ticks(runs):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PathCollection, PolyCollection
+    chosen = evaluate.selected_runs(runs)
+    block = chosen[(chosen["dataset"] == "mnist") & (chosen["n"] == "all") & (chosen["rate"] == 0.8)]
+    block = block.assign(best_epoch=[3, 5, 5, 7, 7, 7])  # ce: seeds at epochs 3, 5, 5; limit_l: all at 7
+    labels = [figures._curve_label(r) for r in block.itertuples()]
+    assert sorted(set(labels)) == ["CE", "LIMIT$_L$ (β = 3)"]
+    curves = figures.run_curves(block, labels)
+    palette = figures._palette(list(dict.fromkeys(labels)))
+    fig, ax = plt.subplots()
+    figures.plot_mean_curves(ax, curves, "test_acc", palette)
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2  # one 95% band per curve (three seeds each)
+    dots = [c.get_offsets() for c in ax.collections if isinstance(c, PathCollection)]
+    mean = curves.groupby(["curve", "epoch"])["test_acc"].mean()
+    assert [d[:, 0].tolist() for d in dots] == [[3, 5], [7]]
+    assert list(dots[0][:, 1]) == pytest.approx(list(mean.loc["CE"].loc[[3, 5]]))
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for t in ax.get_xticks())
+    plt.close(fig)
+    assert figures.seeds_note(curves) == ("mean over seeds 42, 43, 44; band: bootstrap 95% CI of the mean (1000 "
+                                          "resamples); test accuracy per epoch on the first 200 test images")
+    one_seed = curves[curves["seed"] == 42]
+    assert figures.seeds_note(one_seed, smoothing=2).startswith("1 seed (42), no band")
+    assert figures.seeds_note(one_seed, smoothing=2).endswith("smoothed (Gaussian, σ = 2 epochs)")
 
 
 def test_figure_beta(runs, tmp_path):
     shown = figures.figure_beta(runs, tmp_path / "figA0", "mnist", "uniform", 0.8, "1000")
     assert sorted(set(shown["hparams"])) == ["beta=1", "beta=10"]
+    assert set(shown[shown["selected"]]["hparams"]) == {"beta=10"}
     _assert_figure(tmp_path / "figA0")
+
+
+def test_legend_labels_are_typeset():
+    assert paper.configuration_label("limit_l", "limit_l", {"beta": 10.0}) == "LIMIT_L (β = 10)"
+    assert paper.configuration_label("ce_dropout", "ce", {"dropout": 0.5}) == "CE + dropout 0.5"
+    assert paper.configuration_label("dmi", "dmi", {"lr": 1e-4}) == "DMI (lr = 1e-4)"
+    assert paper.configuration_label("ce_weight_decay", "ce", {"weight_decay": 0.003}) == "CE + weight decay 0.003"
+    assert paper.configuration_label("limit_g_s", "limit_g_s", {"beta": 1, "lamb": 1e-5}) == "LIMIT_G + S (β = 1, λ = 1e-5)"
+    assert paper.configuration_label("ce", "ce", {}) == "CE"
 
 
 def test_figure_histograms_and_detection_table(runs, tmp_path):

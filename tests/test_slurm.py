@@ -26,17 +26,18 @@ CLUSTER = REPO / "tests" / "cluster"
 TEST_CONFIG = REPO / "config" / "test.yaml"
 # A hung workflow gets one SIGINT (Snakemake then scancels its jobs), SIGKILL 30 s later. --foreground: plain
 # `timeout` also signals its whole process group, and that second SIGINT can interrupt the plugin's scancel.
-WORKFLOW_TIMEOUT = 480
+WORKFLOW_TIMEOUT = 1200
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.system, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("apt-get") is None,
-    reason="a local Slurm cluster needs root and apt-get (Debian packages slurmctld, slurmd, munge)")
+    reason="a local Slurm cluster needs root and apt-get (Debian packages slurmctld, slurmd, munge)")]
 
 
 # config/test.yaml, shortened for a 2-core machine: one epoch and no MLflow tracking (the tracking store is
-# not what this file tests). The jobs are as many and as real; each still costs two inner Snakemake
-# processes and a Python start on the Slurm "node".
-FAST = {"training": {"fashion_mnist": {"epochs": 1, "patience": 1}}, "mlflow": {"enabled": False}}
+# not what this file tests); a retry may run 15 minutes instead of 10. The jobs are as many and as real; each
+# still costs two inner Snakemake processes and a Python start on the Slurm "node".
+FAST = {"training": {"fashion_mnist": {"epochs": 1, "patience": 1, "max_runtime": 15}},
+        "mlflow": {"enabled": False}}
 
 
 @pytest.fixture(scope="session")
@@ -51,14 +52,18 @@ def slurm_cluster(tmp_path_factory):
     finally:
         subprocess.run(["bash", str(CLUSTER / "slurm-down.sh"), str(state)], timeout=120,
                        stdin=subprocess.DEVNULL)
+        # the host as it was: slurm-down.sh removed what slurm-up.sh created
+        assert not Path("/etc/slurm/slurm.conf").exists() and not (state / "slurmctld.pid").exists()
 
 
 def snakemake_command(workdir, data_dir, *args, config_files=()):
     # From the repository root, as a user types it: `snakemake --profile slurm` finds ./slurm/config.yaml and
-    # the workflow profile profiles/default/. Only the plugin's first status check is moved from 40 s to
-    # 1 s after a submission (the test cluster's MinJobAge=300 s still lets it use squeue).
+    # the workflow profile profiles/default/. The test cluster has no accounting, so it polls with squeue, as
+    # docs/cluster.md says for such clusters; its first status check comes 1 s after a submission instead of
+    # 40 s (its MinJobAge=300 s still lets the plugin use squeue).
     return ["timeout", "--foreground", "-s", "INT", "-k", "30", str(WORKFLOW_TIMEOUT), "snakemake", *args,
-            "--profile", "slurm", "--slurm-init-seconds-before-status-checks", "1",
+            "--profile", "slurm", "--slurm-status-command", "squeue",
+            "--slurm-init-seconds-before-status-checks", "1",
             "--directory", str(workdir),
             "--configfile", "config/test.yaml", *map(str, config_files),
             "--config", f"data_dir={data_dir}"]
@@ -112,6 +117,24 @@ def expected_runs():
     return {row["run_id"]: row for row in expand_runs(config)}
 
 
+def test_cluster_script_never_replaces_a_slurm_conf_it_did_not_write(tmp_path):
+    """Runs before the cluster fixture starts: a host's own slurm.conf makes slurm-up.sh refuse, untouched."""
+    conf = Path("/etc/slurm/slurm.conf")
+    assert not conf.exists(), f"{conf} exists: this host has its own Slurm; the test cluster must not run here"
+    made_dir = not conf.parent.exists()
+    conf.parent.mkdir(exist_ok=True)
+    try:
+        conf.write_text("ClusterName=production\n")
+        up = subprocess.run(["bash", str(CLUSTER / "slurm-up.sh"), str(tmp_path / "state")], capture_output=True,
+                            text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert up.returncode == 3 and "refusing to replace" in up.stderr, up.stdout + up.stderr
+        assert conf.read_text() == "ClusterName=production\n" and not (tmp_path / "state").exists()
+    finally:
+        conf.unlink()
+        if made_dir:
+            conf.parent.rmdir()
+
+
 def test_training_jobs_run_as_slurm_jobs(workflow_run, slurm_cluster):
     rc, output, workdir = workflow_run
     assert rc == 0, output[-6000:]
@@ -158,9 +181,9 @@ def _submitted(output, row):
 def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_config, fmnist_dir):
     """One run fails on both attempts, another only on its first: `--retries 1 --keep-going`.
 
-    The failure is real and deterministic: a corrupt checkpoint (state.pt) in the run directory makes the
-    trainer stop with an error (exit 2) before it writes any output. For the run that must succeed, a
-    watcher removes the checkpoint as soon as Slurm has recorded its first job as FAILED; the second
+    The failure is real and deterministic: corrupt checkpoints (state.pt and state.prev.pt) in the run directory
+    make the trainer stop with an error (exit 2) before it writes any output. For the run that must succeed, a
+    watcher removes the checkpoints as soon as Slurm has recorded its first job as FAILED; the second
     attempt is submitted only after Snakemake has polled that failure (seconds later, after Slurm's own
     record), so it always starts from a clean run directory.
     """
@@ -168,8 +191,10 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     assert rc == 0, output[-6000:]
     bad, bad_dir = _ce_run(workdir, seed=1)
     flaky, flaky_dir = _ce_run(workdir, seed=2)
+    checkpoints = ("state.pt", "state.prev.pt")
     for run_dir in (bad_dir, flaky_dir):
-        (run_dir / "state.pt").write_bytes(b"not a checkpoint")
+        for name in checkpoints:
+            (run_dir / name).write_bytes(b"not a checkpoint")
     before = set(jobcomp(slurm_cluster))
     removed = threading.Event()
     done = threading.Event()
@@ -182,7 +207,8 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
             except (OSError, ValueError):
                 job_id = None
             if job_id not in before and jobcomp(slurm_cluster).get(job_id, {}).get("JobState") == "FAILED":
-                (flaky_dir / "state.pt").unlink()
+                for name in checkpoints:
+                    (flaky_dir / name).unlink()
                 removed.set()
                 return
             time.sleep(0.05)
@@ -217,7 +243,33 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     assert [finished[j]["JobState"] for j in flaky_jobs] == ["FAILED", "COMPLETED"], output[-6000:]
     assert json.loads((flaky_dir / "job.json").read_text())["slurm_job_id"] == flaky_jobs[1]
 
-    # the train rule scales the memory and the time limit with the attempt
+    # the train rule scales the memory with the attempt, and the time limit up to max_runtime (15, not 20)
     for first, second in (bad_jobs, flaky_jobs):
         assert "mem=1000M" in finished[first]["Tres"] and finished[first]["TimeLimit"] == "10"
-        assert "mem=2000M" in finished[second]["Tres"] and finished[second]["TimeLimit"] == "20"
+        assert "mem=2000M" in finished[second]["Tres"] and finished[second]["TimeLimit"] == "15"
+
+
+def test_a_pack_is_one_slurm_job(slurm_cluster, fmnist_dir, fast_config, tmp_path):
+    """training.<dataset>.pack: 4 trains the test config's 10 runs as 3 packs (4 + 2 runs, and the 4 runs that start
+    from a CE run): 3 Slurm jobs, each with the threads and memory of all its members and one job id for all."""
+    packed = tmp_path / "pack.yaml"
+    packed.write_text(yaml.safe_dump({"training": {"fashion_mnist": {"pack": 4}}}))
+    workdir = tmp_path / "work"
+    rc, output = run_snakemake(workdir, fmnist_dir, "results/runs.csv", config_files=[fast_config, packed])
+    assert rc == 0, output[-6000:]
+    runs = expected_runs()
+    job_of = {run_id: json.loads((workdir / row["run_dir"] / "job.json").read_text())["slurm_job_id"]
+              for run_id, row in runs.items()}
+    members = {}
+    for run_id, job_id in job_of.items():
+        assert job_id is not None, run_id
+        members.setdefault(job_id, []).append(run_id)
+    assert sorted(len(m) for m in members.values()) == [2, 4, 4], members
+    finished = jobcomp(slurm_cluster)
+    for job_id, runs_of_job in members.items():
+        record = finished[job_id]
+        assert record["JobState"] == "COMPLETED", record
+        # the threads of all members, as far as the node has CPUs (Snakemake caps a job's threads at them)
+        cpus = min(len(runs_of_job), os.cpu_count())
+        assert f"cpu={cpus}," in record["Tres"] and f"mem={1000 * len(runs_of_job)}M" in record["Tres"], record
+    assert output.count("submitted with SLURM jobid") == 3, output[-6000:]

@@ -4,7 +4,7 @@ import warnings
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.tracking import Tracker, get_or_create_experiment, sync_run
+from limit.tracking import Tracker, get_or_create_experiment, redact, sync_run
 from limit.train import train
 
 
@@ -58,3 +58,89 @@ def test_unreachable_server_warns_once_then_sync_fills_in_without_duplicates(fmn
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0, 1, 2]
     assert len(client.get_metric_history(run_id, "test_acc")) == 3
     assert runs[0].data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
+
+
+@pytest.mark.parametrize("uri,shown", [
+    ("http://me:pa55@mlflow.internal:5000", "http://me:***@mlflow.internal:5000"),
+    ("postgresql://mlflow:pa55@127.0.0.1:5432/mlflow", "postgresql://mlflow:***@127.0.0.1:5432/mlflow"),
+    ("error: API request to https://me:pa55@h/api/2.0 failed", "error: API request to https://me:***@h/api/2.0 failed"),
+    ("http://me@mlflow.internal:5000", "http://me@mlflow.internal:5000"),
+    ("sqlite:///results/mlflow.db", "sqlite:///results/mlflow.db"),
+])
+def test_passwords_in_uris_are_redacted(uri, shown):
+    assert redact(uri) == shown
+
+
+def _finished_run_dir(run_dir, seed, beta, test_acc, log_checkpoints=True):
+    """A complete run directory as training leaves it (no training: the tracking is what is tested)."""
+    run_dir.mkdir(parents=True)
+    tags = {"experiment": "main", "dataset": "fashion_mnist", "noise": "uniform", "rate": "0.5", "n": "256",
+            "seed": str(seed), "variant": "limit_g", "method": "limit_g", "hparams": f"beta{beta:g}",
+            "beta": f"{beta:g}"}
+    config = {"method": "limit_g", "dataset": "fashion_mnist", "seed": seed, "epochs": 2, "hparams": {"beta": beta},
+              "tracking": {"run_id": f"fashion_mnist/uniform-0.5/n256/seed{seed}/limit_g/beta{beta:g}", "tags": tags,
+                           "log_checkpoints": log_checkpoints}}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    (run_dir / "job.json").write_text(json.dumps({"slurm_job_id": "4711", "host": "node1", "device": "cpu",
+                                                  "device_name": "AMD EPYC", "git_commit": "abc123",
+                                                  "torch_version": "2.14.1", "limit_version": "0.1.0"}))
+    (run_dir / "history.csv").write_text("epoch,train_acc,val_acc,test_acc\n0,0.3,0.4,0.5\n1,0.4,0.5,0.6\n")
+    (run_dir / "metrics.json").write_text(json.dumps({"best_epoch": 1, "best_val_acc": test_acc - 0.1, "test_acc": test_acc}))
+    for name in ("test_outputs.npz", "best.pt", "train_scores.npz"):
+        (run_dir / name).write_bytes(b"x" * 64)
+    return run_dir
+
+
+def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selection(tmp_path):
+    from limit.cli import main
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    group = "main/fashion_mnist/uniform-0.5/n256/limit_g"
+    assert main(["mlflow-init", "--tracking-uri", uri, "--experiments", "main", "--groups", group,
+                 "--out", str(tmp_path / "experiments.json")]) == 0
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("main")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view
+    [parent] = client.search_runs([experiment.experiment_id])
+    assert parent.info.run_name == "fashion_mnist/uniform-0.5/n256/limit_g" and parent.data.tags["limit.group"] == group
+    run_dirs = [_finished_run_dir(tmp_path / f"s{seed}b{beta}", seed, beta, 0.6 + beta / 100, log_checkpoints=seed == 1)
+                for seed in (1, 2) for beta in (0.0, 10.0)]
+    for run_dir in run_dirs:
+        assert sync_run(run_dir, uri) == 2
+    # the select stage: beta 10 chosen; the parent gets the selection and the chosen runs' test accuracy
+    assert main(["select", "--tracking-uri", uri, "--out", str(tmp_path / "selected.json"), *map(str, run_dirs)]) == 0
+    for run_dir in run_dirs:  # idempotent: a second sync adds nothing and creates no run
+        assert sync_run(run_dir, uri) == 0
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 5
+    parent = next(r for r in runs if "limit.group" in r.data.tags)
+    children = [r for r in runs if r is not parent]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.data.tags["selected_hparams"] == "beta10" and parent.data.tags["selected.beta"] == "10"
+    assert parent.data.tags["variant"] == "limit_g" and parent.data.tags["rate"] == "0.5"
+    assert parent.data.metrics["test_acc_mean"] == pytest.approx(0.7) and parent.data.metrics["seeds"] == 2
+    assert parent.info.status == "FINISHED"
+    for child in children:
+        tags = child.data.tags
+        assert tags["mlflow.source.git.commit"] == "abc123" and tags["slurm_job_id"] == "4711"
+        assert tags["torch_version"] == "2.14.1" and tags["device_name"] == "AMD EPYC" and tags["host"] == "node1"
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        with_checkpoints = child.data.tags["seed"] == "1"
+        assert ("best.pt" in artifacts and "train_scores.npz" in artifacts) == with_checkpoints
+        assert "history.csv" in artifacts
+    # into a new store: runs and their parent are created there, nested again
+    other = f"sqlite:///{tmp_path}/other.db"
+    for run_dir in run_dirs:
+        sync_run(run_dir, other)
+    moved = MlflowClient(other).search_runs([MlflowClient(other).get_experiment_by_name("main").experiment_id])
+    parents = [r for r in moved if "limit.group" in r.data.tags]
+    assert len(moved) == 5 and len(parents) == 1 and parents[0].data.tags["selected_hparams"] == "beta10"
+
+
+def test_params_are_logged_when_a_run_starts(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tracker = Tracker(run_dir, uri, experiment_name="main", run_name="r")
+    tracker.start({"method": "ce", "hparams": {"lr": 0.001}, "epochs": 400}, [])
+    run = MlflowClient(uri).get_run(tracker.run_id)
+    assert run.info.status == "RUNNING" and run.data.params["hparams.lr"] == "0.001" and run.data.params["epochs"] == "400"

@@ -142,3 +142,29 @@ def test_methods_that_start_from_the_ce_run(fmnist_dir, make_labels, tmp_path, m
         assert torch.allclose(matrix.sum(1), torch.ones(10)) and (matrix.diagonal() > 0.1).all()
     with pytest.raises(ValueError, match="init_from"):
         train(config(fmnist_dir, labels, method=method), tmp_path / "x")
+
+
+def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fmnist_dir, make_labels, tmp_path):
+    cfg = config(fmnist_dir, make_labels(rate=0.5), method="limit_g_s", hparams={"beta": 1.0, "lamb": 50.0},
+                 eval_test_each_epoch=False)
+    train(cfg, tmp_path / "whole")
+    train({**cfg, "epochs": 2}, tmp_path / "torn")  # a run stopped after its second epoch...
+    state = tmp_path / "torn" / "state.pt"
+    assert len(torch.load(tmp_path / "torn" / "state.prev.pt", weights_only=True)["history"]) == 1
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # ...whose last checkpoint is torn
+    with pytest.warns(RuntimeWarning, match="resuming from .*state.prev.pt"):
+        train(cfg, tmp_path / "torn")
+    assert_same_outputs(outputs(tmp_path / "whole"), outputs(tmp_path / "torn"))
+
+
+def test_a_changed_ce_model_restarts_the_runs_initialised_from_it(fmnist_dir, make_labels, tmp_path):
+    labels, fast = make_labels(rate=0.5), {"epochs": 2, "eval_test_each_epoch": False}
+    fw = config(fmnist_dir, labels, method="fw", init_from=str(tmp_path / "ce"), **fast)
+    train(config(fmnist_dir, labels, **fast), tmp_path / "ce")
+    train(fw, tmp_path / "fw")
+    train(config(fmnist_dir, labels, seed=8, **fast), tmp_path / "ce_new")  # the CE model changes
+    (tmp_path / "ce" / "best.pt").write_bytes((tmp_path / "ce_new" / "best.pt").read_bytes())
+    with pytest.warns(RuntimeWarning, match="CE model .* changed"):
+        train(fw, tmp_path / "fw")  # the same command again: its state.pt is stale
+    train(fw, tmp_path / "fw_fresh")
+    assert_same_outputs(outputs(tmp_path / "fw_fresh"), outputs(tmp_path / "fw"))

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from limit.grid import expand_runs
+from limit.grid import expand_runs, pack_runs
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -40,8 +40,15 @@ def test_paper_config_builds_the_full_grid(tmp_path):
     result = snakemake(tmp_path, "-n", configfile="config/paper.yaml", timeout=300)
     assert result.returncode == 0, result.stderr
     counts = job_counts(result.stdout)
-    assert counts["train"] == 5271 and counts["mlflow_init"] == 1 and counts["aggregate"] == 1
-    runs = pd.DataFrame(expand_runs(load_config("config/paper.yaml")))
+    rows = expand_runs(load_config("config/paper.yaml"))
+    packs = pack_runs(rows)
+    # MNIST (and Figure 1's MNIST MLP) is packed 16 runs to a job; every other run is its own job
+    assert {m["dataset"] for members in packs.values() for m in members} == {"mnist"}
+    assert sum(len(members) for members in packs.values()) == 4884 + 12
+    assert max(len(members) for members in packs.values()) == 16
+    assert counts["train"] == 5271 - 4896 and counts["mlflow_init"] == 1 and counts["aggregate"] == 1
+    assert sum(n for rule, n in counts.items() if rule.startswith("train_pack_")) == len(packs)
+    runs = pd.DataFrame(rows)
     mnist = runs[runs.experiment.str.startswith("mnist")].groupby("method").size().to_dict()
     # the paper's MNIST grid: 4,884 runs
     assert mnist == {"ce": 60, "mae": 60, "fw": 60, "ce_gn": 240, "ce_ln": 240, "dmi": 240, "limit_g": 480,
@@ -122,12 +129,34 @@ def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, mess
     assert not (tmp_path / "work" / "results").exists()
 
 
+def git(checkout, *args):
+    return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True).stdout
+
+
 @pytest.fixture(scope="module")
 def tiny_pipeline(fmnist_dir, tmp_path_factory):
+    """The tiny config's whole default workflow (report included), run inside a git checkout of this tree."""
     work = tmp_path_factory.mktemp("pipeline")
-    result = snakemake(work, "--cores", "2", "--config", f"data_dir={fmnist_dir}")
+    for name in git(REPO, "ls-files", "-z").split("\0"):
+        if name and (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_bytes((REPO / name).read_bytes())
+    git(work, "init", "-q")
+    git(work, "add", "-A")
+    git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "checkout")
+    result = subprocess.run([SNAKEMAKE, "-s", str(work / "Snakefile"), "-d", str(work), "--cores", "2",
+                             "--configfile", str(work / "config" / "test.yaml"), "--config", f"data_dir={fmnist_dir}"],
+                            capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work
+
+
+def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
+    assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").exists()  # the report ran
+    assert git(tiny_pipeline, "status", "--porcelain", "--untracked-files=no") == ""
+    # nothing it wrote is left for `git add` either: every output is ignored
+    assert git(tiny_pipeline, "status", "--porcelain") == ""
 
 
 def test_tiny_pipeline_runs_every_stage(tiny_pipeline):

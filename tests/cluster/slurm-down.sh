@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Stop the daemons started by slurm-up.sh, by their pid files only (never by name).
+# Stop the daemons started by slurm-up.sh, by their pid files only (never by name), then remove the
+# files it created (STATE_DIR/created, newest first): the host is left as slurm-up.sh found it.
 # Usage: tests/cluster/slurm-down.sh [STATE_DIR]   (the same STATE_DIR as slurm-up.sh)
 S=${1:-${TMPDIR:-/tmp}/limit-slurm}
 stop() {  # pidfile
@@ -15,4 +16,8 @@ fi
 stop "$S/slurmd.pid"; stop "$S/slurmctld.pid"; stop "$S/slurmdbd.pid"
 stop "$S/mysqld.pid"     # only what slurm-up.sh started itself
 stop "$S/munged.pid"
+if [ -s "$S/created" ]; then
+  tac "$S/created" | while read -r f; do if [ -d "$f" ]; then rmdir "$f" 2>/dev/null || true; else rm -f "$f"; fi; done
+  rm -f "$S/created"
+fi
 exit 0

@@ -6,12 +6,25 @@
 # Installs the Debian packages if missing, writes /etc/slurm/slurm.conf (the jobstep plugin strips
 # SLURM_CONF inside jobs, so the compiled-in default path is the only one that works), and starts
 # munged, slurmctld and slurmd by hand; their pid files, state and logs live in STATE_DIR.
-# Stop everything with tests/cluster/slurm-down.sh STATE_DIR.
+# It never replaces a slurm.conf, slurmdbd.conf or munge key that it did not write: on a host with its
+# own Slurm it refuses (exit 3). Files it creates are listed in STATE_DIR/created; slurm-down.sh
+# STATE_DIR stops the daemons and removes those files.
 set -euo pipefail
 S=${1:-${TMPDIR:-/tmp}/limit-slurm}
 WITH_SLURMDBD=${WITH_SLURMDBD:-0}
 NODE=$(hostname -s)
+MARK="# written by limit-pipeline tests/cluster/slurm-up.sh; removed by slurm-down.sh"
 export DEBIAN_FRONTEND=noninteractive
+
+ours_or_absent() {  # file: refuse to touch a file this script did not write
+  [ ! -e "$1" ] || [ "$(head -1 "$1")" = "$MARK" ] || {
+    echo "error: $1 exists and was not written by this script; refusing to replace this host's Slurm" \
+         "configuration (the test cluster needs that path: Slurm jobs ignore SLURM_CONF)" >&2; exit 3; }
+}
+created() { grep -qxF "$1" "$S/created" 2>/dev/null || echo "$1" >> "$S/created"; }
+ours_or_absent /etc/slurm/slurm.conf
+[ "$WITH_SLURMDBD" = 1 ] && ours_or_absent /etc/slurm/slurmdbd.conf
+mkdir -p "$S"
 
 pkgs="slurmctld slurmd slurm-client munge"
 [ "$WITH_SLURMDBD" = 1 ] && pkgs="$pkgs slurmdbd mariadb-server"
@@ -24,7 +37,7 @@ mkdir -p "$S"/{state,spool,log}
 rm -rf "$S"/state/* "$S"/spool/*        # fresh controller state every time
 
 # --- munge (the package's postinst normally creates /etc/munge/munge.key) ---
-[ -s /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || /usr/sbin/create-munge-key -f; chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key; }
+[ -s /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || /usr/sbin/create-munge-key -f; chown munge:munge /etc/munge/munge.key; chmod 600 /etc/munge/munge.key; created /etc/munge/munge.key; }
 mkdir -p /run/munge && chown munge:munge /run/munge
 if ! munge -n >/dev/null 2>&1; then
   runuser -u munge -- /usr/sbin/munged          # daemonizes; pid in /run/munge/munged.pid
@@ -43,8 +56,10 @@ fi
 # CPUs=8 on a 2-core machine (allowed by SlurmdParameters=config_overrides) so that several
 # one-core jobs run at once; MinJobAge=300 keeps finished jobs visible to `squeue` (the profile's
 # status command without slurmdbd); jobcomp/filetxt records every finished job in $S/log/jobcomp.txt.
-mkdir -p /etc/slurm
+[ -d /etc/slurm ] || { mkdir /etc/slurm; created /etc/slurm; }
+created /etc/slurm/slurm.conf
 cat > /etc/slurm/slurm.conf <<CONF
+$MARK
 ClusterName=localcluster
 SlurmctldHost=${NODE}(127.0.0.1)
 SlurmUser=root
@@ -91,7 +106,9 @@ if [ "$WITH_SLURMDBD" = 1 ]; then
   mariadb -e "CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY 'slurmpw';
               GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost'; FLUSH PRIVILEGES;"
   umask 077
+  created /etc/slurm/slurmdbd.conf
   cat > /etc/slurm/slurmdbd.conf <<CONF
+$MARK
 AuthType=auth/munge
 DbdHost=localhost
 DbdAddr=127.0.0.1

@@ -3,38 +3,59 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # the package is importable without installing it
 # torch-free modules only: parsing the workflow must not import the scientific stack
-from limit.grid import ConfigError, expand_runs, selection_groups, train_arguments  # noqa: E402
+from limit.grid import (  # noqa: E402
+    ConfigError,
+    check_schema,
+    expand_runs,
+    figure_facts,
+    pack_runs,
+    selection_groups,
+    train_arguments,
+)
 from limit.rundir import setting_path  # noqa: E402
 
 # Jobs (local, Slurm or conda) import the package from this checkout.
-shell.prefix(f"export PYTHONPATH={REPO}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
-RESULTS = config["results"]
+SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+# A bad config stops here, before any job: one line naming the key, exit status 2.
 try:
+    check_schema(config, SCHEMA)
+    validate(config, str(SCHEMA))  # fills the defaults
     RUN_ROWS = expand_runs(config)
 except ConfigError as exc:
-    raise WorkflowError(f"invalid config: {exc}")
+    print(f"error: invalid config: {exc}", file=sys.stderr)
+    sys.exit(2)
+RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
+PACKS = pack_runs(RUN_ROWS)
 SETTINGS = {
     setting_path(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
+IMAGE_DATASETS = config["image_datasets"]
+LABEL_ISSUE_RUNS = [r["run_id"] for r in RUN_ROWS if r["label_issues"]]
 EXPERIMENTS = list(config["experiments"])
 FIGURE1_EXPERIMENTS = [name for name, exp in config["experiments"].items() if exp.get("figure1")]
-# MLFLOW_TRACKING_URI, when set, reaches every job through the environment.
-TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or config["mlflow"]["tracking_uri"]
 TRACKING = config["mlflow"]["enabled"]
+# MLFLOW_TRACKING_URI, when set, reaches every job through the environment and stays there (it may hold a
+# password): it never goes on a command line. Otherwise the config's URI is passed.
+TRACKING_URI_ARGS = (
+    [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", config["mlflow"]["tracking_uri"]]
+)
 
 # The files of the workflow, by wildcard.
 DATA_READY = f"{RESULTS}/data/{{dataset}}.ready"
+IMAGE_DATASET = f"{RESULTS}/data/{{name}}"  # the decoded cache of your own images: the --dataset of its jobs
 LABELS = f"{RESULTS}/labels/{{setting}}.npz"
 RUN_DIR = f"{RESULTS}/runs/{{run}}"
+RUN_OUTPUTS = ("metrics.json", "history.csv", "test_outputs.npz", "best.pt")
 SELECTION = f"{RESULTS}/selected/{{group}}.json"
 EXPERIMENTS_FILE = f"{RESULTS}/mlflow/experiments.json"
 # Figures the README shows, copied from the figures directory.
@@ -45,22 +66,75 @@ def labels_file(row):
     return LABELS.format(setting=setting_path(row["dataset"], row["noise"], row["rate"], row["n"], row["seed"]))
 
 
+def run_dir(run):
+    return RUN_DIR.format(run=run)
+
+
+def dataset_argument(row):
+    """The --dataset of a run's jobs: a built-in dataset's name, or the cache of your own images."""
+    return IMAGE_DATASET.format(name=row["dataset"]) if row["image_dataset"] else row["dataset"]
+
+
+def data_ready(dataset):
+    """The file that says a dataset is ready: a built-in one's check, or the decoded cache of your images."""
+    if dataset in IMAGE_DATASETS:
+        return os.path.join(IMAGE_DATASET.format(name=dataset), "dataset.json")
+    return DATA_READY.format(dataset=dataset)
+
+
 def tracking_arguments():
     if not TRACKING:
         return ["--no-tracking"]
-    uri = [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", TRACKING_URI]
-    return [*uri, "--experiments-file", EXPERIMENTS_FILE]
+    checkpoints = [] if config["mlflow"]["log_checkpoints"] else ["--no-checkpoint-artifacts"]
+    return [*TRACKING_URI_ARGS, "--experiments-file", EXPERIMENTS_FILE, *checkpoints]
 
 
 def train_inputs(wildcards):
-    row = RUNS[wildcards.run]
+    return run_inputs(wildcards.run)
+
+
+def run_inputs(run):
+    row = RUNS[run]
     inputs = {"labels": labels_file(row)}
     if TRACKING:
         # ancient: recreating the store must not retrain everything
         inputs["experiments"] = ancient(EXPERIMENTS_FILE)
     if row["init_from"]:
-        inputs["ce_model"] = os.path.join(RUN_DIR.format(run=row["init_from"]), "best.pt")
+        inputs["ce_model"] = os.path.join(run_dir(row["init_from"]), "best.pt")
     return inputs
+
+
+def run_command(run):
+    """The whole ``python -m limit train`` command line of a packed run, as one shell-quoted string (the train
+    rule gives the same arguments, its files from its input and output)."""
+    row = RUNS[run]
+    inputs = run_inputs(run)
+    init_from = ["--init-from", run_dir(row["init_from"])] if row["init_from"] else []
+    return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), "--data-dir", config["data_dir"],
+                       "--labels", inputs["labels"], *init_from, "--out", run_dir(run), *tracking_arguments()])
+
+
+def pack_inputs(members):
+    """The inputs of every member of a pack (labels files, CE models, the MLflow experiments file)."""
+    return sorted({path for m in members for path in run_inputs(m["run_id"]).values()}, key=str)
+
+
+def pack_resource(members, key):
+    """A pack's job resources: threads and memory of all its members; GPUs and time limit of one job."""
+    per_job = key in ("gpus", "runtime")
+
+    def get(wildcards, attempt):
+        value = members[0][key] if per_job else sum(m[key] for m in members)
+        if key == "runtime":  # capped like a single run's: a retry resumes every member
+            return min(value * attempt, members[0]["max_runtime"])
+        return value if key == "gpus" else value * attempt
+
+    return get
+
+
+def pack_setting(members, key):
+    """A Slurm setting of a pack's dataset (None when unset: Snakemake then drops it)."""
+    return lambda wildcards: members[0][key]
 
 
 def run_resource(key, scale_with_attempt=False):
@@ -71,12 +145,41 @@ def run_resource(key, scale_with_attempt=False):
     return get
 
 
+def train_runtime(wildcards, attempt):
+    """Minutes: the runtime, times the attempt on a retry, at most max_runtime (a retry resumes from state.pt)."""
+    row = RUNS[wildcards.run]
+    return min(row["runtime"] * attempt, row["max_runtime"])
+
+
+def image_sources(wildcards):
+    spec = IMAGE_DATASETS[wildcards.name]
+    return [spec[k] for k in ("source", "test") if k in spec]
+
+
+def import_arguments(wildcards):
+    """The ``python -m limit import-images`` arguments of an image dataset (all but --out)."""
+    spec = IMAGE_DATASETS[wildcards.name]
+    args = [spec["source"]]
+    for key in ("test", "size", "channels"):
+        if key in spec:
+            args += [f"--{key}", str(spec[key])]
+    for key in ("classes", "mean", "std"):
+        if key in spec:
+            args += [f"--{key}", *map(str, spec[key])]
+    return args
+
+
+def label_issue_files(name):
+    return expand(f"{RESULTS}/label_issues/{{run}}/{name}", run=LABEL_ISSUE_RUNS)
+
+
 def group_metrics(wildcards):
-    return [os.path.join(RUN_DIR.format(run=r["run_id"]), "metrics.json") for r in GROUPS[wildcards.group]]
+    return [os.path.join(run_dir(r["run_id"]), "metrics.json") for r in GROUPS[wildcards.group]]
 
 
 def all_outputs():
     outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/selected.csv", f"{RESULTS}/tables", f"{RESULTS}/figures"]
+    outputs += label_issue_files("label_issues.csv")
     if config["readme_figures"]:
         outputs += expand("docs/img/{name}", name=README_FIGURES)
     return outputs

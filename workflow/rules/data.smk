@@ -10,30 +10,49 @@ rule prepare_data:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit prepare --dataset {wildcards.dataset} --data-dir {params.data_dir} "
-        "{params.download} > {log} 2>&1"
+        "python -m limit prepare --dataset {wildcards.dataset:q} --data-dir {params.data_dir:q} "
+        "{params.download} > {log:q} 2>&1"
+
+
+rule import_images:
+    input:
+        image_sources,
+    output:
+        info=f"{IMAGE_DATASET}/dataset.json",
+        images=f"{IMAGE_DATASET}/images.npz",
+    log:
+        f"{RESULTS}/logs/import_images/{{name}}.log",
+    wildcard_constraints:
+        name="[A-Za-z0-9_-]+",
+    params:
+        args=import_arguments,
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m limit import-images {params.args:q} --out $(dirname {output.info:q}) > {log:q} 2>&1"
 
 
 rule corrupt_labels:
     input:
-        lambda wc: DATA_READY.format(dataset=SETTINGS[wc.setting]["dataset"]),
+        lambda wc: data_ready(SETTINGS[wc.setting]["dataset"]),
     output:
         LABELS,
     log:
         f"{RESULTS}/logs/labels/{{setting}}.log",
     params:
         # the data setting only: training settings and resources must not redo the labels
-        row=lambda wc: {k: SETTINGS[wc.setting][k] for k in ("dataset", "noise", "rate", "n", "seed")},
+        row=lambda wc: {
+            "dataset": dataset_argument(SETTINGS[wc.setting]),
+            **{k: SETTINGS[wc.setting][k] for k in ("noise", "rate", "n", "seed")},
+        },
         data_dir=config["data_dir"],
         val_size=lambda wc: (
-            f"--val-size {SETTINGS[wc.setting]['val_size']}"
-            if SETTINGS[wc.setting]["val_size"]
-            else ""
+            ["--val-size", SETTINGS[wc.setting]["val_size"]] if SETTINGS[wc.setting]["val_size"] else []
         ),
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit corrupt --dataset {params.row[dataset]} --data-dir {params.data_dir} "
-        "--noise {params.row[noise]} --rate {params.row[rate]} --n {params.row[n]} "
-        "--seed {params.row[seed]} {params.val_size} --out {output} > {log} 2>&1"
+        "python -m limit corrupt --dataset {params.row[dataset]:q} --data-dir {params.data_dir:q} "
+        "--noise {params.row[noise]:q} --rate {params.row[rate]:q} --n {params.row[n]:q} "
+        "--seed {params.row[seed]:q} {params.val_size:q} --out {output:q} > {log:q} 2>&1"

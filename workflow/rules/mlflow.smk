@@ -4,11 +4,12 @@ rule mlflow_init:
     log:
         f"{RESULTS}/logs/mlflow_init.log",
     params:
-        uri=TRACKING_URI,
+        uri=TRACKING_URI_ARGS,
         experiments=EXPERIMENTS,
+        groups=list(GROUPS),
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit mlflow-init --tracking-uri {params.uri:q} --experiments {params.experiments:q} "
-        "--out {output} > {log} 2>&1"
+        "python -m limit mlflow-init {params.uri:q} --experiments {params.experiments:q} "
+        "--groups {params.groups:q} --out {output:q} > {log:q} 2>&1"

@@ -18,12 +18,13 @@ rule report:
         f"{RESULTS}/logs/report.log",
     params:
         data_dir=config["data_dir"],
+        facts=figure_facts(RUN_ROWS),  # for the figure captions
     localrule: True
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m limit report --runs {input.runs} --tables {output.tables} "
-        "--figures {output.figures} --data-dir {params.data_dir} > {log} 2>&1"
+        "python -m limit report --runs {input.runs:q} --tables {output.tables:q} "
+        "--figures {output.figures:q} --data-dir {params.data_dir:q} > {log:q} 2>&1"
 
 
 rule readme_figures:
@@ -37,4 +38,4 @@ rule readme_figures:
     conda:
         "../../envs/report.yaml"
     shell:
-        "for f in {output}; do cp {input}/$(basename $f) $f; done > {log} 2>&1"
+        "for f in {output:q}; do cp {input:q}/\"$(basename \"$f\")\" \"$f\"; done > {log:q} 2>&1"

@@ -7,12 +7,12 @@ rule select:
         f"{RESULTS}/logs/select/{{group}}.log",
     params:
         run_dirs=lambda wc, input: [os.path.dirname(path) for path in input],
-        tracking="" if TRACKING else "--no-tracking",
+        tracking=[] if TRACKING else ["--no-tracking"],
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit select {params.tracking} --out {output} {params.run_dirs:q} > {log} 2>&1"
+        "python -m limit select {params.tracking:q} --out {output:q} {params.run_dirs:q} > {log:q} 2>&1"
 
 
 rule aggregate:
@@ -29,5 +29,5 @@ rule aggregate:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit aggregate --out-runs {output.runs} --out-selected {output.selected} "
-        "--figure1-experiments {params.figure1:q} --selections {input} > {log} 2>&1"
+        "python -m limit aggregate --out-runs {output.runs:q} --out-selected {output.selected:q} "
+        "--figure1-experiments {params.figure1:q} --selections {input:q} > {log:q} 2>&1"

@@ -11,6 +11,7 @@ rule train:
     params:
         # quoted strings, not lists: Snakemake formats every list item of every job (5,000 jobs: seconds)
         settings=lambda wc: shlex.join(train_arguments(RUNS[wc.run])),
+        dataset=lambda wc: dataset_argument(RUNS[wc.run]),
         data_dir=config["data_dir"],
         run_dir=lambda wc, output: os.path.dirname(output.metrics),
         init_from=lambda wc, input: (
@@ -20,10 +21,48 @@ rule train:
     threads: run_resource("threads")
     resources:
         mem_mb=run_resource("mem_mb", scale_with_attempt=True),
-        runtime=run_resource("runtime", scale_with_attempt=True),
+        runtime=train_runtime,
         gpu=run_resource("gpus"),
+        # Slurm settings of the dataset (training.<dataset>); unset ones are None, which Snakemake drops
+        slurm_partition=run_resource("slurm_partition"),
+        slurm_account=run_resource("slurm_account"),
+        gpu_model=run_resource("gpu_model"),
+        constraint=run_resource("constraint"),
+        qos=run_resource("qos"),
     conda:
         "../../envs/train.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m limit train {params.settings} --data-dir {params.data_dir:q} "
-        "--labels {input.labels:q} {params.init_from} --out {params.run_dir:q} {params.tracking} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m limit train {params.settings} --dataset {params.dataset:q} "
+        "--data-dir {params.data_dir:q} --labels {input.labels:q} {params.init_from} --out {params.run_dir:q} "
+        "{params.tracking} > {log:q} 2>&1"
+
+
+# Packed runs (training.<dataset>.pack > 1): one job, one Slurm job, trains its members at the same time.
+for pack, members in PACKS.items():
+
+    rule:
+        name:
+            f"train_pack_{pack}"
+        input:
+            pack_inputs(members),
+        output:
+            [os.path.join(run_dir(m["run_id"]), name) for m in members for name in RUN_OUTPUTS],
+        log:
+            f"{RESULTS}/logs/train/pack_{pack}.log",
+        params:
+            runs=[run_command(m["run_id"]) for m in members],
+            threads=members[0]["threads"],
+        threads: sum(m["threads"] for m in members)
+        resources:
+            mem_mb=pack_resource(members, "mem_mb"),
+            runtime=pack_resource(members, "runtime"),
+            gpu=pack_resource(members, "gpus"),
+            slurm_partition=pack_setting(members, "slurm_partition"),
+            slurm_account=pack_setting(members, "slurm_account"),
+            gpu_model=pack_setting(members, "gpu_model"),
+            constraint=pack_setting(members, "constraint"),
+            qos=pack_setting(members, "qos"),
+        conda:
+            "../../envs/train.yaml"
+        shell:
+            "python -m limit train-pack --threads {params.threads} {params.runs:q} > {log:q} 2>&1"

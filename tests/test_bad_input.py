@@ -1,0 +1,129 @@
+"""Bad input anywhere (config, command line, files on disk) gets one clear line and writes nothing.
+
+Every case runs the real entry point (Snakemake on the Snakefile, or ``python -m limit``) and must give:
+exit status 2, exactly one line starting ``error:`` that names the offending key or file, no traceback, and
+no file written.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from limit import data as D
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
+
+
+def config_edit(edit):
+    def make(tmp_path, inputs):
+        config = {"results": "results", "data_dir": str(inputs["data"]),
+                  **yaml.safe_load((REPO / "config/test.yaml").read_text())}
+        edit(config)
+        path = tmp_path / "config.yaml"
+        path.write_text(yaml.safe_dump(config))
+        return [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path / "work"), "--cores", "1",
+                "--configfile", str(path)]
+    return make
+
+
+def methods(**grids):
+    return config_edit(lambda c: c["experiments"]["main"]["methods"].update(grids))
+
+
+def train(*args, labels="labels", method="ce", tracking=False):
+    def make(tmp_path, inputs):
+        return [sys.executable, "-m", "limit", "train", "--dataset", "fashion_mnist", "--data-dir", str(inputs["data"]),
+                "--labels", str(inputs[labels]), "--method", method, "--epochs", "1", "--device", "cpu",
+                *([] if tracking else ["--no-tracking"]), "--out", str(tmp_path / "run"),
+                *[a.format(**inputs) for a in args]]
+    return make
+
+
+def corrupt(*args):
+    def make(tmp_path, inputs):
+        return [sys.executable, "-m", "limit", "corrupt", "--dataset", "fashion_mnist", "--data-dir",
+                str(inputs["data"]), "--noise", "uniform", "--seed", "1", "--out", str(tmp_path / "out.npz"), *args]
+    return make
+
+
+# (case, command, text the error line must contain)
+CASES = [
+    # the config, through Snakemake
+    ("config: lamb 0 for a sampling method", methods(limit_g_s={"beta": [1], "lamb": [0]}),
+     "experiments.main.methods.limit_g_s.lamb"),
+    ("config: dropout 1.5", methods(ce_dropout={"method": "ce", "dropout": [1.5]}),
+     "experiments.main.methods.ce_dropout.dropout"),
+    ("config: lr 0", methods(dmi={"lr": [0]}), "experiments.main.methods.dmi.lr"),
+    ("config: sigma < 0", methods(ce_gn={"sigma": [-1]}), "experiments.main.methods.ce_gn.sigma"),
+    ("config: epochs 0", config_edit(lambda c: c["training"]["fashion_mnist"].update(epochs=0)),
+     "training.fashion_mnist.epochs"),
+    ("config: patience 0", config_edit(lambda c: c["experiments"]["main"].update(patience=0)),
+     "experiments.main.patience"),
+    ("config: password in the tracking URI",
+     config_edit(lambda c: c["mlflow"].update(tracking_uri="http://me:hunter2@127.0.0.1:5000")), "mlflow.tracking_uri"),
+    # the command line
+    ("train: --epochs 0", train("--epochs", "0"), "epochs"),
+    ("train: --patience 0", train("--patience", "0"), "patience"),
+    ("train: --lamb 0 for a sampling method", train("--lamb", "0", "--beta", "1", method="limit_l_s"), "lamb"),
+    ("train: --dropout 1.5", train("--dropout", "1.5"), "dropout"),
+    ("train: --lr 0", train("--lr", "0"), "lr"),
+    ("train: --sigma < 0", train("--sigma", "-0.5", method="ce_gn"), "sigma"),
+    ("train: --batch-size 0", train("--batch-size", "0"), "batch_size"),
+    ("train: password on the command line", train("--tracking-uri", "http://me:hunter2@127.0.0.1:5000"),
+     "--tracking-uri"),
+    ("train: unknown experiment name", train("--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--experiments-file",
+                                            "{experiments}", "--experiment", "nosuch", tracking=True), "nosuch"),
+    ("train: experiments file of another kind", train("--tracking-uri", "sqlite:///{tmp}/mlflow.db",
+                                                      "--experiments-file", "{foreign}", "--experiment", "main", tracking=True),
+     "--experiments-file"),
+    ("train: FW without a complete CE run", train("--init-from", "{tmp}", method="fw"), "--init-from"),
+    ("corrupt: rate 1.5", corrupt("--rate", "1.5"), "noise rate 1.5"),
+    ("corrupt: --n not a number", corrupt("--rate", "0.5", "--n", "many"), "--n"),
+    # files on disk
+    ("labels file missing", train(labels="missing"), "missing.npz"),
+    ("labels file empty", train(labels="empty"), "empty.npz"),
+    ("labels file truncated", train(labels="truncated"), "truncated.npz"),
+    ("labels file of another program", train(labels="foreign"), "foreign.npz"),
+    ("labels file of another dataset", train(labels="mnist"), "mnist.npz"),
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(fmnist_dir, make_labels, tmp_path_factory):
+    """Good and bad input files, shared by every case (none of them is written to)."""
+    root = tmp_path_factory.mktemp("inputs")
+    good = make_labels(n=256, val_size=256)
+    arrays, meta = D.read_labels_file(good)
+    (root / "empty.npz").write_bytes(b"")
+    (root / "truncated.npz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    np.savez(root / "foreign.npz", weights=np.arange(10))
+    D.write_labels_file(root / "mnist.npz", arrays, {**meta, "dataset": "mnist"})
+    (root / "experiments.json").write_text(json.dumps({"tracking_uri": "sqlite:///x.db", "experiments": {"main": "1"}}))
+    (root / "foreign.json").write_text(json.dumps([1, 2, 3]))
+    files = {name: root / f"{name}.npz" for name in ("empty", "truncated", "foreign", "mnist", "missing")}
+    return {"data": fmnist_dir, "labels": good, "experiments": root / "experiments.json",
+            "foreign": root / "foreign.json", **files}
+
+
+def files_under(path):
+    return {p for p in path.rglob("*") if p.is_file() and ".snakemake" not in p.parts}
+
+
+@pytest.mark.parametrize("case,command,names", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_gives_one_error_line_and_writes_nothing(case, command, names, inputs, tmp_path):
+    argv = command(tmp_path, {**inputs, "tmp": tmp_path})
+    before = files_under(tmp_path)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2, output[-3000:]
+    assert len(errors) == 1 and names in errors[0], output[-3000:]
+    assert "Traceback" not in output and "hunter2" not in output, output[-3000:]
+    assert files_under(tmp_path) == before, sorted(files_under(tmp_path) - before)

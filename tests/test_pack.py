@@ -1,0 +1,110 @@
+"""Packed training (`python -m limit train-pack`): a pack equals its runs unpacked, bit for bit, and resumes after
+kill -9 of the pack, with every member's checkpoint cadence honoured."""
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from limit.pack import thread_env
+from test_train import assert_same_outputs, outputs
+
+EPOCHS = 4
+
+
+def member_args(fmnist_dir, labels, out, method, *extra):
+    return ["--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir), "--labels", str(labels),
+            "--method", method, "--epochs", str(EPOCHS), "--batch-size", "64", "--seed", "5",
+            "--test-curve-size", "200", "--no-tracking", "--out", str(out), *extra]
+
+
+@pytest.fixture(scope="module")
+def pack_setup(fmnist_dir, make_labels, tmp_path_factory):
+    """Four runs (LIMIT, DMI and FW from a CE run, and CE with Gaussian gradient noise), trained unpacked."""
+    root = tmp_path_factory.mktemp("pack")
+    labels = make_labels(rate=0.5, n=256, val_size=128)
+    ce = root / "ce"
+    subprocess.run([sys.executable, "-m", "limit", "train",
+                    *member_args(fmnist_dir, labels, ce, "ce", "--epochs", "2")],
+                   check=True, capture_output=True, env=thread_env(1))
+    specs = {"limit_l": ["--beta", "1"], "dmi": ["--lr", "1e-4", "--init-from", str(ce)],
+             "fw": ["--init-from", str(ce)], "ce_gn": ["--sigma", "0.01"]}
+
+    def runs(parent, *extra):
+        return {m: member_args(fmnist_dir, labels, parent / m, m, *args, *extra) for m, args in specs.items()}
+    for args in runs(root / "unpacked").values():
+        subprocess.run([sys.executable, "-m", "limit", "train", *args], check=True, capture_output=True,
+                       env=thread_env(1))
+    return root, runs
+
+
+def train_pack(runs):
+    return [sys.executable, "-m", "limit", "train-pack", "--threads", "1",
+            *[shlex.join(args) for args in runs.values()]]
+
+
+def test_a_pack_equals_its_runs_unpacked(pack_setup):
+    root, runs = pack_setup
+    packed = runs(root / "packed")
+    result = subprocess.run(train_pack(packed), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "4 packed runs finished" in result.stdout
+    for method in packed:
+        assert f"[{root / 'packed' / method}] " in result.stdout  # each member's lines, named
+        files = sorted(p.name for p in (root / "packed" / method).iterdir())
+        assert files == sorted(p.name for p in (root / "unpacked" / method).iterdir())
+        assert_same_outputs(outputs(root / "unpacked" / method), outputs(root / "packed" / method))
+
+
+def _member_processes(parent):
+    """PIDs of processes whose command line names a run directory under ``parent``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if proc.name.isdigit() and "train\0" in cmdline and str(parent) + "/" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_pack_killed_mid_epoch_resumes_every_member_identically(pack_setup):
+    """kill -9 of the pack process kills every member; the same command resumes each from its last checkpoint.
+    Members write state.pt every 2 epochs here (the unpacked runs every epoch): cadence changes no number."""
+    root, runs = pack_setup
+    killed = runs(root / "killed", "--checkpoint-every", "2")
+    proc = subprocess.Popen(train_pack(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    states = {m: root / "killed" / m / "state.pt" for m in killed}
+    deadline = time.time() + 1200
+    while time.time() < deadline and not any(s.exists() for s in states.values()):
+        time.sleep(0.05)
+    assert any(s.exists() for s in states.values()), "no member reached its first checkpoint in 20 minutes"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    assert _member_processes(root / "killed") == [], "members outlived the pack"
+    assert not any((root / "killed" / m / "metrics.json").exists() for m in killed)
+    resumed = [m for m, s in states.items() if s.exists()]
+    assert all(len(torch.load(states[m], weights_only=True)["history"]) == 2 for m in resumed)
+
+    result = subprocess.run(train_pack(killed), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    for method in resumed:  # continued from the checkpoint, not restarted
+        name = root / "killed" / method
+        assert f"[{name}] {method} epoch 2:" in result.stdout
+        assert f"[{name}] {method} epoch 0:" not in result.stdout
+    for method in killed:
+        assert_same_outputs(outputs(root / "unpacked" / method), outputs(root / "killed" / method))
+
+
+def test_bad_member_arguments_stop_the_pack_before_any_run(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "limit", "train-pack", "--dataset mnist --out x",
+                             f"--bogus --out {tmp_path / 'y'}"], capture_output=True, text=True)
+    assert result.returncode == 2 and "error:" in result.stderr
+    assert not (tmp_path / "y").exists()

@@ -1,0 +1,20 @@
+rule find_label_issues:
+    input:
+        metrics=f"{RUN_DIR}/metrics.json",
+        model=f"{RUN_DIR}/best.pt",
+    output:
+        issues=f"{RESULTS}/label_issues/{{run}}/label_issues.csv",
+        gallery=f"{RESULTS}/label_issues/{{run}}/gallery.png",
+        summary=f"{RESULTS}/label_issues/{{run}}/summary.json",
+    log:
+        f"{RESULTS}/logs/label_issues/{{run}}.log",
+    conda:
+        "../../envs/report.yaml"
+    shell:
+        "python -m limit find-label-issues $(dirname {input.metrics:q}) "
+        "--out $(dirname {output.issues:q}) > {log:q} 2>&1"
+
+
+rule label_issues:
+    input:
+        label_issue_files("label_issues.csv"),
