@@ -145,7 +145,8 @@ def test_eight_jobs_starting_together_on_a_fresh_sqlite_store(fmnist_dir, make_l
     experiments = tmp_path / "results/mlflow/experiments.json"
     env = pipeline_env(OMP_NUM_THREADS="1")
     init = subprocess.run([sys.executable, "-m", "limit", "mlflow-init", "--tracking-uri", uri,
-                           "--experiments", "main", "figure1", "--out", str(experiments)],
+                           "--experiments", "main", "figure1", "--groups", "main/fashion_mnist/uniform-0.5/n256/ce",
+                           "--out", str(experiments)],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr
     labels = make_labels(n=256, val_size=256)
@@ -174,14 +175,17 @@ def test_eight_jobs_starting_together_on_a_fresh_sqlite_store(fmnist_dir, make_l
     client = MlflowClient(uri)
     ids = json.loads(experiments.read_text())["experiments"]
     everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
-    assert len(everything) == 8
-    assert {r.info.experiment_id for r in everything} == {ids["main"]}  # none in Default, none in figure1
+    parents = [r for r in everything if "limit.group" in r.data.tags]
+    everything = [r for r in everything if r not in parents]
+    assert len(everything) == 8 and len(parents) == 1  # one selection group: one parent, created once
+    assert {r.info.experiment_id for r in everything + parents} == {ids["main"]}  # none in Default or figure1
     assert sorted(r.info.run_name for r in everything) == [f"fashion_mnist/uniform-0.5/n256/seed{i}/ce/default"
                                                            for i in range(8)]
     for run in everything:
         assert run.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0]
-        assert run.data.tags["seed"] == run.info.run_name[len("race/seed"):]
+        assert f"/seed{run.data.tags['seed']}/" in run.info.run_name
+        assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
 
 
 def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch):
@@ -192,8 +196,10 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / "config.json").write_text(json.dumps({"method": "ce", "tracking": {
-        "run_id": "fm/ce", "tags": {"experiment": "main", "variant": "ce"}}}))
+    (run_dir / "config.json").write_text(json.dumps({
+        "method": "ce", "dataset": "fashion_mnist", "arch": "cnn", "seed": 42, "clean_validation": False,
+        "hparams": {"lr": 0.001}, "run": {"experiment": "main", "variant": "ce", "hparams": [], "noise": "uniform",
+                                          "rate": 0.5, "n": "256"}}))
     real_client = T._client
 
     class LosesCreateAnswer:
@@ -213,8 +219,10 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
     monkeypatch.setattr(T, "_client", real_client)
     T.sync_run(run_dir, uri)
     client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-    assert len(runs) == 1 and runs[0].info.run_name == "fm/ce" and runs[0].data.tags["variant"] == "ce"
+    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if "limit.group" not in r.data.tags]  # not the parent run of its selection group
+    assert len(runs) == 1 and runs[0].info.run_name == "fashion_mnist/uniform-0.5/n256/seed42/ce/default"
+    assert runs[0].data.tags["variant"] == "ce"
     assert client.get_experiment(runs[0].info.experiment_id).name == "main"
     assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == runs[0].info.run_id
 
@@ -274,8 +282,10 @@ def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, 
         second = subprocess.run(sync, env=env, capture_output=True, text=True, timeout=300)
         assert second.returncode == 0 and "0 epochs added" in second.stdout, second.stderr[-3000:]
         client = MlflowClient(f"http://127.0.0.1:{port}")
-        runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
-        assert [r.info.run_name for r in runs] == ["hung/ce"] and runs[0].info.status == "FINISHED"
+        runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+                if "limit.group" not in r.data.tags]  # not the parent run of its selection group
+        assert [r.info.run_name for r in runs] == ["fashion_mnist/uniform-0.5/n256/seed42/ce/default"]
+        assert runs[0].info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")] == [0, 1]
         assert json.loads((run_dir / "mlflow.json").read_text())["tracking_uri"] == f"http://me:***@127.0.0.1:{port}"
     finally:

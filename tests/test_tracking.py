@@ -35,7 +35,9 @@ def test_run_is_logged_with_params_per_epoch_metrics_tags_and_artifacts(fmnist_d
     assert {"history.csv", "metrics.json", "test_outputs.npz"} <= {a.path for a in client.list_artifacts(run_id)}
     # resuming the same run directory continues the same MLflow run: no duplicate
     small_run(fmnist_dir, make_labels(), out, Tracker(out, uri, exp), epochs=4)
-    assert len(client.search_runs([exp])) == 1
+    runs = client.search_runs([exp])
+    assert len(runs) == 2 and {r.data.tags.get("mlflow.parentRunId") for r in runs} == {None, run.data.tags[
+        "mlflow.parentRunId"]}  # the run and the parent of its selection group
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0, 1, 2, 3]
 
 
@@ -52,7 +54,8 @@ def test_unreachable_server_warns_once_then_sync_fills_in_without_duplicates(fmn
     assert sync_run(out, uri) == 3
     assert sync_run(out, uri) == 0
     client = MlflowClient(uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if "limit.group" not in r.data.tags]  # not the parent run of its selection group
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     run_id = runs[0].info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0, 1, 2]
@@ -74,12 +77,10 @@ def test_passwords_in_uris_are_redacted(uri, shown):
 def _finished_run_dir(run_dir, seed, beta, test_acc, log_checkpoints=True):
     """A complete run directory as training leaves it (no training: the tracking is what is tested)."""
     run_dir.mkdir(parents=True)
-    tags = {"experiment": "main", "dataset": "fashion_mnist", "noise": "uniform", "rate": "0.5", "n": "256",
-            "seed": str(seed), "variant": "limit_g", "method": "limit_g", "hparams": f"beta{beta:g}",
-            "beta": f"{beta:g}"}
-    config = {"method": "limit_g", "dataset": "fashion_mnist", "seed": seed, "epochs": 2, "hparams": {"beta": beta},
-              "tracking": {"run_id": f"fashion_mnist/uniform-0.5/n256/seed{seed}/limit_g/beta{beta:g}", "tags": tags,
-                           "log_checkpoints": log_checkpoints}}
+    config = {"method": "limit_g", "dataset": "fashion_mnist", "arch": "cnn", "seed": seed, "epochs": 2,
+              "hparams": {"beta": beta}, "clean_validation": False, "log_checkpoints": log_checkpoints,
+              "run": {"experiment": "main", "variant": "limit_g", "hparams": ["beta"], "noise": "uniform", "rate": 0.5,
+                      "n": "256"}}
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "job.json").write_text(json.dumps({"slurm_job_id": "4711", "host": "node1", "device": "cpu",
                                                   "device_name": "AMD EPYC", "git_commit": "abc123",
@@ -140,7 +141,10 @@ def test_params_are_logged_when_a_run_starts(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    tracker = Tracker(run_dir, uri, experiment_name="main", run_name="r")
-    tracker.start({"method": "ce", "hparams": {"lr": 0.001}, "epochs": 400}, [])
+    tracker = Tracker(run_dir, uri)
+    tracker.start({"method": "ce", "dataset": "mnist", "arch": "cnn", "seed": 42, "clean_validation": False,
+                   "hparams": {"lr": 0.001}, "epochs": 400,
+                   "run": {"experiment": "main", "variant": "ce", "hparams": ["lr"], "noise": "uniform", "rate": 0.5,
+                           "n": "all"}}, [])
     run = MlflowClient(uri).get_run(tracker.run_id)
     assert run.info.status == "RUNNING" and run.data.params["hparams.lr"] == "0.001" and run.data.params["epochs"] == "400"
