@@ -216,8 +216,8 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        rc, output = run_snakemake(workdir, fmnist_dir, f"{bad['run_dir']}/metrics.json",
-                                   f"{flaky['run_dir']}/metrics.json", "--force", "--retries", "1",
+        rc, output = run_snakemake(workdir, fmnist_dir, f"results/runs/{bad['run_id']}/metrics.json",
+                                   f"results/runs/{flaky['run_id']}/metrics.json", "--force", "--retries", "1",
                                    "--keep-going", config_files=[fast_config])
     finally:
         done.set()
@@ -258,8 +258,8 @@ def test_a_pack_is_one_slurm_job(slurm_cluster, fmnist_dir, fast_config, tmp_pat
     rc, output = run_snakemake(workdir, fmnist_dir, "results/runs.csv", config_files=[fast_config, packed])
     assert rc == 0, output[-6000:]
     runs = expected_runs()
-    job_of = {run_id: json.loads((workdir / row["run_dir"] / "job.json").read_text())["slurm_job_id"]
-              for run_id, row in runs.items()}
+    job_of = {run_id: json.loads((workdir / "results/runs" / run_id / "job.json").read_text())["slurm_job_id"]
+              for run_id in runs}
     members = {}
     for run_id, job_id in job_of.items():
         assert job_id is not None, run_id
