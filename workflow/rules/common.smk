@@ -55,7 +55,6 @@ DATA_READY = f"{RESULTS}/data/{{dataset}}.ready"
 IMAGE_DATASET = f"{RESULTS}/data/{{name}}"  # the decoded cache of your own images: the --dataset of its jobs
 LABELS = f"{RESULTS}/labels/{{setting}}.npz"
 RUN_DIR = f"{RESULTS}/runs/{{run}}"
-RUN_OUTPUTS = ("metrics.json", "history.csv", "test_outputs.npz", "best.pt")
 SELECTION = f"{RESULTS}/selected/{{group}}.json"
 EXPERIMENTS_FILE = f"{RESULTS}/mlflow/experiments.json"
 # Figures the README shows, copied from the figures directory.
@@ -100,7 +99,7 @@ def run_inputs(run):
         # ancient: recreating the store must not retrain everything
         inputs["experiments"] = ancient(EXPERIMENTS_FILE)
     if row["init_from"]:
-        inputs["ce_model"] = os.path.join(run_dir(row["init_from"]), "best.pt")
+        inputs["ce_run"] = os.path.join(run_dir(row["init_from"]), "metrics.json")
     return inputs
 
 

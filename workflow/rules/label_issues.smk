@@ -1,7 +1,6 @@
 rule find_label_issues:
     input:
-        metrics=f"{RUN_DIR}/metrics.json",
-        model=f"{RUN_DIR}/best.pt",
+        metrics=f"{RUN_DIR}/metrics.json",  # written last: best.pt is there
     output:
         issues=f"{RESULTS}/label_issues/{{run}}/label_issues.csv",
         gallery=f"{RESULTS}/label_issues/{{run}}/gallery.png",

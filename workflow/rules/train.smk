@@ -15,7 +15,7 @@ rule train:
         data_dir=config["data_dir"],
         run_dir=lambda wc, output: os.path.dirname(output.metrics),
         init_from=lambda wc, input: (
-            shlex.join(["--init-from", os.path.dirname(input.ce_model)]) if "ce_model" in input.keys() else ""
+            shlex.join(["--init-from", os.path.dirname(input.ce_run)]) if "ce_run" in input.keys() else ""
         ),
         tracking=shlex.join(tracking_arguments()),
     threads: run_resource("threads")
@@ -45,8 +45,11 @@ for pack, members in PACKS.items():
             f"train_pack_{pack}"
         input:
             pack_inputs(members),
+        # Other rules depend on a run's metrics.json, written last (best.pt and the rest exist once it does). A
+        # pack declares only that file of each member: Snakemake compiles a regular expression for every declared
+        # file, and four per member made the paper DAG's dry run take 21 s instead of 13 s (measured).
         output:
-            [os.path.join(run_dir(m["run_id"]), name) for m in members for name in RUN_OUTPUTS],
+            [os.path.join(run_dir(m["run_id"]), "metrics.json") for m in members],
         log:
             f"{RESULTS}/logs/train/pack_{pack}.log",
         params:
