@@ -148,9 +148,21 @@ def run_id(row):
     return f"{row['experiment']}/{run_name(row)}"
 
 
+def _run_section(config):
+    """config.json's ``run`` section. A run directory of a version before it (2026-11) has the same facts as the
+    MLflow tags of its ``tracking`` section: they are read from there, so its results stay usable."""
+    if "run" in config:
+        return config["run"]
+    tags = config.get("tracking", {}).get("tags", {})
+    if not {"experiment", "variant", "noise", "rate", "n"} <= set(tags):
+        raise ValueError("config.json has neither a run section nor the grid tags of an earlier version")
+    return {"experiment": tags["experiment"], "variant": tags["variant"], "noise": tags["noise"],
+            "rate": float(tags["rate"]), "n": tags["n"], "hparams": [k for k in HPARAMS if k in tags]}
+
+
 def identity(config):
     """The run's identifying columns and its hyperparameter columns (None where the grid set none)."""
-    run = config["run"]
+    run = _run_section(config)
     given = {k: config["hparams"][k] for k in run["hparams"]}
     return {"experiment": run["experiment"], "dataset": config["dataset"], "noise": run["noise"],
             "rate": run["rate"], "n": run["n"], "seed": config["seed"], "variant": run["variant"],

@@ -250,7 +250,8 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
     tags = {k: str(v) for k, v in {**rundir.run_tags(config), **info.get("tags", {}), **(tags or {})}.items()}
     if not experiment:  # an experiment id only means something in the store that gave it
         same_store = info.get("tracking_uri") == redact(uri)
-        experiment = {"id": info.get("experiment_id") if same_store else None, "name": config["run"]["experiment"]}
+        experiment = {"id": info.get("experiment_id") if same_store else None,
+                      "name": rundir.identity(config)["experiment"]}
     run_name = run_name or info.get("run_name") or rundir.run_name(rundir.identity(config))
     client = _client(uri)
     experiment, tags = _run_metadata(client, run_dir, uri, experiment, tags)

@@ -89,3 +89,13 @@ def test_run_table_row_comes_from_config_fields(tmp_path):
     assert list(row)[:13] == ["run_id", *rundir.IDENTITY, "run_dir"] and list(row)[-6:] == list(HPARAMS)
     assert (row["beta"], row["lamb"], row["lr"], row["hparams"]) == (10.0, 5.0, None, "beta10_lamb5")
     assert rundir.run_tags(config)["rate"] == "0.8" and "lr" not in rundir.run_tags(config)
+    # a run directory of the previous version: the same facts, as the MLflow tags of its tracking section
+    earlier = {k: v for k, v in config.items() if k != "run"}
+    earlier["tracking"] = {"run_id": "mnist/uniform-0.8/n1000/seed43/limit_l_s/beta10_lamb5", "tags": {
+        "experiment": "mnist_3seeds", "dataset": "mnist", "noise": "uniform", "rate": "0.8", "n": "1000", "seed": "43",
+        "variant": "limit_l_s", "method": "limit_l_s", "hparams": "beta10_lamb5", "beta": "10", "lamb": "5"}}
+    rundir.write_json(tmp_path / rundir.CONFIG, earlier)
+    assert rundir.read_run(tmp_path) == row
+    rundir.write_json(tmp_path / rundir.CONFIG, {k: v for k, v in config.items() if k != "run"})
+    with pytest.raises(ValueError, match="neither a run section"):
+        rundir.read_run(tmp_path)
