@@ -8,12 +8,13 @@ normalisation) is written last and marks a complete cache. Torch-free: the workf
 """
 import csv
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from limit import rundir
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CACHE_INFO = "dataset.json"
@@ -172,18 +173,14 @@ def import_images(source, out_dir, test=None, classes=None, size=None, channels=
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CACHE_INFO).unlink(missing_ok=True)  # a cache is complete only once dataset.json is back
-    tmp = out / f".{CACHE_ARRAYS}.tmp"
-    with open(tmp, "wb") as f:
-        np.savez(f, train_x=train_x, train_y=train.labels, train_paths=np.array(train.paths, dtype=str),
-                 test_x=test_x, test_y=test_source.labels if test_source else np.empty(0, dtype=np.int64),
-                 test_paths=np.array(test_source.paths if test_source else [], dtype=str))
-    os.replace(tmp, out / CACHE_ARRAYS)
+    rundir.save_npz(out / CACHE_ARRAYS, train_x=train_x, train_y=train.labels,
+                    train_paths=np.array(train.paths, dtype=str), test_x=test_x,
+                    test_y=test_source.labels if test_source else np.empty(0, dtype=np.int64),
+                    test_paths=np.array(test_source.paths if test_source else [], dtype=str))
     info = {"source": str(source), "test": str(test) if test else None, "classes": train.classes,
             "channels": channels, "size": size, "mean": list(mean), "std": list(std),
             "num_train": len(train.paths), "num_test": len(test_x)}
-    tmp = out / f".{CACHE_INFO}.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, out / CACHE_INFO)
+    rundir.write_json(out / CACHE_INFO, info)
     return info
 
 

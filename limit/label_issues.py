@@ -8,7 +8,7 @@ margin (the largest other class probability minus the given label's). All three 
 ``best.pt``, so any finished LIMIT run works, old or new.
 """
 import csv
-import json
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
+from limit import rundir
 from limit.evaluate import detection_metrics
 from limit.methods import Context
 from limit.rundir import load_checkpoint
@@ -30,7 +31,7 @@ def load_models(run_dir, device):
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a finished run (no metrics.json)")
-    cfg = json.loads((run_dir / "config.json").read_text())
+    cfg = rundir.read_json(run_dir / rundir.CONFIG)
     best = load_checkpoint(run_dir / "best.pt")
     classifier, q = build_networks(cfg, D.dataset_info(cfg["dataset"]).num_classes)
     classifier.load_state_dict(best["classifier"])
@@ -115,17 +116,16 @@ def find_label_issues(run_dir, out_dir, top_k=24, device="cpu"):
     known = true_labels_known(cfg["labels"])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".label_issues.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_COLUMNS if known else CSV_COLUMNS[:-2])
-        for rank, i in enumerate(order, 1):
-            index = int(scores["index"][i])
-            row = [rank, index, paths[index] if paths is not None else "", names[scores["given_label"][i]],
-                   names[scores["predicted_label"][i]], f"{scores['score'][i]:.6f}", f"{scores['ce_loss'][i]:.6f}",
-                   f"{scores['margin'][i]:.6f}"]
-            writer.writerow(row + ([names[scores["true_label"][i]], int(scores["is_corrupted"][i])] if known else []))
-    tmp.replace(out / "label_issues.csv")
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(CSV_COLUMNS if known else CSV_COLUMNS[:-2])
+    for rank, i in enumerate(order, 1):
+        index = int(scores["index"][i])
+        row = [rank, index, paths[index] if paths is not None else "", names[scores["given_label"][i]],
+               names[scores["predicted_label"][i]], f"{scores['score'][i]:.6f}", f"{scores['ce_loss'][i]:.6f}",
+               f"{scores['margin'][i]:.6f}"]
+        writer.writerow(row + ([names[scores["true_label"][i]], int(scores["is_corrupted"][i])] if known else []))
+    rundir.write_text(out / "label_issues.csv", table.getvalue())
 
     top = order[:top_k]
     images = run_data.train.x[torch.as_tensor(top, device=run_data.train.x.device)].cpu().numpy()
@@ -139,7 +139,7 @@ def find_label_issues(run_dir, out_dir, top_k=24, device="cpu"):
         summary["corrupted"] = int(scores["is_corrupted"].sum())
         summary["detection"] = {name: detection_metrics(scores[key], scores["is_corrupted"])
                                 for name, key in [("limit", "score"), ("ce_loss", "ce_loss"), ("margin", "margin")]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    rundir.write_json(out / "summary.json", summary)
     return summary
 
 
