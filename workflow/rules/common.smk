@@ -55,6 +55,7 @@ DATA_READY = f"{RESULTS}/data/{{dataset}}.ready"
 IMAGE_DATASET = f"{RESULTS}/data/{{name}}"  # the decoded cache of your own images: the --dataset of its jobs
 LABELS = f"{RESULTS}/labels/{{setting}}.npz"
 RUN_DIR = f"{RESULTS}/runs/{{run}}"
+LABEL_ISSUES = f"{RESULTS}/label_issues/{{run}}"
 SELECTION = f"{RESULTS}/selected/{{group}}.json"
 EXPERIMENTS_FILE = f"{RESULTS}/mlflow/experiments.json"
 # Figures the README shows, copied from the figures directory.
@@ -107,10 +108,9 @@ def run_command(run):
     """The whole ``python -m limit train`` command line of a packed run, as one shell-quoted string (the train
     rule gives the same arguments, its files from its input and output)."""
     row = RUNS[run]
-    inputs = run_inputs(run)
     init_from = ["--init-from", run_dir(row["init_from"])] if row["init_from"] else []
     return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), "--data-dir", config["data_dir"],
-                       "--labels", inputs["labels"], *init_from, "--out", run_dir(run), *tracking_arguments()])
+                       "--labels", labels_file(row), *init_from, "--out", run_dir(run), *tracking_arguments()])
 
 
 def pack_inputs(members):
@@ -169,7 +169,7 @@ def import_arguments(wildcards):
 
 
 def label_issue_files(name):
-    return expand(f"{RESULTS}/label_issues/{{run}}/{name}", run=LABEL_ISSUE_RUNS)
+    return expand(f"{LABEL_ISSUES}/{name}", run=LABEL_ISSUE_RUNS)
 
 
 def group_metrics(wildcards):

@@ -2,9 +2,9 @@ rule find_label_issues:
     input:
         metrics=f"{RUN_DIR}/metrics.json",  # written last: best.pt is there
     output:
-        issues=f"{RESULTS}/label_issues/{{run}}/label_issues.csv",
-        gallery=f"{RESULTS}/label_issues/{{run}}/gallery.png",
-        summary=f"{RESULTS}/label_issues/{{run}}/summary.json",
+        issues=f"{LABEL_ISSUES}/label_issues.csv",
+        gallery=f"{LABEL_ISSUES}/gallery.png",
+        summary=f"{LABEL_ISSUES}/summary.json",
     log:
         f"{RESULTS}/logs/label_issues/{{run}}.log",
     conda:
