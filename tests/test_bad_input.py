@@ -4,7 +4,6 @@ Every case runs the real entry point (Snakemake on the Snakefile, or ``python -m
 exit status 2, exactly one line starting ``error:`` that names the offending key or file, no traceback, and
 no file written.
 """
-import json
 import os
 import subprocess
 import sys
@@ -36,19 +35,19 @@ def methods(**grids):
     return config_edit(lambda c: c["experiments"]["main"]["methods"].update(grids))
 
 
-def train(*args, labels="labels", method="ce", tracking=False):
+def train(*args, labels="labels", method="ce", dataset="fashion_mnist", tracking=False):
     def make(tmp_path, inputs):
-        return [sys.executable, "-m", "limit", "train", "--dataset", "fashion_mnist", "--data-dir", str(inputs["data"]),
+        return [sys.executable, "-m", "limit", "train", "--dataset", dataset, "--data-dir", str(inputs["data"]),
                 "--labels", str(inputs[labels]), "--method", method, "--epochs", "1", "--device", "cpu",
                 *([] if tracking else ["--no-tracking"]), "--out", str(tmp_path / "run"),
                 *[a.format(**inputs) for a in args]]
     return make
 
 
-def corrupt(*args):
+def corrupt(*args, noise="uniform"):
     def make(tmp_path, inputs):
         return [sys.executable, "-m", "limit", "corrupt", "--dataset", "fashion_mnist", "--data-dir",
-                str(inputs["data"]), "--noise", "uniform", "--seed", "1", "--out", str(tmp_path / "out.npz"), *args]
+                str(inputs["data"]), "--noise", noise, "--seed", "1", "--out", str(tmp_path / "out.npz"), *args]
     return make
 
 
@@ -77,11 +76,19 @@ CASES = [
     ("train: --batch-size 0", train("--batch-size", "0"), "batch_size"),
     ("train: password on the command line", train("--tracking-uri", "http://me:hunter2@127.0.0.1:5000"),
      "--tracking-uri"),
-    ("train: unknown experiment name", train("--tracking-uri", "sqlite:///{tmp}/mlflow.db", "--experiments-file",
-                                            "{experiments}", "--experiment", "nosuch", tracking=True), "nosuch"),
-    ("train: experiments file of another kind", train("--tracking-uri", "sqlite:///{tmp}/mlflow.db",
-                                                      "--experiments-file", "{foreign}", "--experiment", "main", tracking=True),
-     "--experiments-file"),
+    ("train: a hyperparameter the method does not use", train("--beta", "5"),
+     "--beta: not a hyperparameter of 'ce' (its hyperparameters: --dropout, --lr, --weight-decay)"),
+    ("train: a misspelt method", train(method="limt_l"), "unknown method 'limt_l'; did you mean 'limit_l'?"),
+    ("train: a misspelt dataset", train(dataset="fashion_mnst"), "unknown dataset 'fashion_mnst'; did you mean "
+                                                                 "'fashion_mnist'?"),
+    ("corrupt: a misspelt noise model", corrupt("--rate", "0.5", noise="unifrom"),
+     "unknown noise model 'unifrom'; did you mean 'uniform'?"),
+    ("config: a misspelt key", config_edit(lambda c: c["experiments"]["main"].update(seed=c["experiments"]["main"].pop("seeds"))),
+     "experiments.main: unknown key 'seed'; did you mean 'seeds'?"),
+    ("import-images: a missing path", lambda tmp_path, inputs: [sys.executable, "-m", "limit", "import-images",
+                                                                str(tmp_path / "data/missing"), "--out",
+                                                                str(tmp_path / "cache")],
+     "data/missing: no such file or directory"),
     ("train: FW without a complete CE run", train("--init-from", "{tmp}", method="fw"), "--init-from"),
     ("corrupt: rate 1.5", corrupt("--rate", "1.5"), "noise rate 1.5"),
     ("corrupt: --n not a number", corrupt("--rate", "0.5", "--n", "many"), "--n"),
@@ -104,11 +111,8 @@ def inputs(fmnist_dir, make_labels, tmp_path_factory):
     (root / "truncated.npz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     np.savez(root / "foreign.npz", weights=np.arange(10))
     D.write_labels_file(root / "mnist.npz", arrays, {**meta, "dataset": "mnist"})
-    (root / "experiments.json").write_text(json.dumps({"tracking_uri": "sqlite:///x.db", "experiments": {"main": "1"}}))
-    (root / "foreign.json").write_text(json.dumps([1, 2, 3]))
     files = {name: root / f"{name}.npz" for name in ("empty", "truncated", "foreign", "mnist", "missing")}
-    return {"data": fmnist_dir, "labels": good, "experiments": root / "experiments.json",
-            "foreign": root / "foreign.json", **files}
+    return {"data": fmnist_dir, "labels": good, **files}
 
 
 def files_under(path):

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from mlflow.tracking import MlflowClient
+
 from limit.mlflow_server import api, free_port, runs_table, runs_url, search_runs
 from limit.rundir import run_tags
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
@@ -74,7 +76,7 @@ def test_ui_shows_every_run_of_the_pipeline_with_tags_and_metric_history(pipelin
                                                                          tmp_path):
     proc, port, banner = ui_server
     url = f"http://127.0.0.1:{port}"
-    experiment_id = json.loads((pipeline / "results/mlflow/experiments.json").read_text())["experiments"]["main"]
+    experiment_id = MlflowClient(f"sqlite:///{pipeline}/results/mlflow.db").get_experiment_by_name("main").experiment_id
     # the wrapper prints the runs table of each experiment (not #/experiments/<id>, the traces overview)
     runs_page = runs_url(url, experiment_id)
     assert f"runs of experiment 'main': {runs_page}" in banner
