@@ -442,7 +442,7 @@ def test_architecture_table_from_model(tmp_path):
 # ---------------------------------------------------------------------------------------------------- figures
 
 def _assert_figure(prefix):
-    for suffix in [".png", ".pdf"]:
+    for suffix in [".png", ".pdf", ".csv"]:
         path = Path(f"{prefix}{suffix}")
         assert path.exists() and path.stat().st_size > 1000, path
 
@@ -488,6 +488,42 @@ def test_mean_curve_has_bootstrap_band_selected_epoch_and_integer_ticks(runs):
     one_seed = curves[curves["seed"] == 42]
     assert figures.seeds_note(one_seed, smoothing=2).startswith("1 seed (42), no band")
     assert figures.seeds_note(one_seed, smoothing=2).endswith("smoothed (Gaussian, σ = 2 epochs)")
+
+
+def test_a_figures_data_are_its_means_bands_and_selected_epochs(tmp_path):
+    """On a run table built here: LIMIT_L with two seeds (a band), CE with one (no band)."""
+    records = []
+    for variant, seeds in (("ce", [1]), ("limit_l", [1, 2])):
+        for seed in seeds:
+            run_dir = tmp_path / "runs" / variant / str(seed)
+            _write_run(run_dir, 0.5, 0.5, variant == "limit_l", seed)
+            records.append(dict(
+                run_id=f"{variant}/{seed}", experiment="main", dataset="mnist", noise="uniform", rate=0.8, n="all",
+                seed=seed, variant=variant, method=variant, hparams="default" if variant == "ce" else "beta=3",
+                beta=None if variant == "ce" else 3.0, lamb=None, sigma=None, lr=None, dropout=None,
+                weight_decay=None, clean_validation=False, run_dir=str(run_dir), best_val_acc=0.5, test_acc=0.5,
+                best_epoch=10 + seed, epochs_run=30, selected=True, figure1=False))
+    runs = pd.DataFrame(records)
+    figures.figure_curves(runs, tmp_path / "fig3", "mnist", "uniform", 0.8, "all")
+    data = pd.read_csv(tmp_path / "fig3.csv")
+    history = {(r.variant, r.seed): pd.read_csv(Path(r.run_dir) / "history.csv") for r in runs.itertuples()}
+    for panel in ("train_acc", "test_acc"):
+        drawn = data[data["panel"] == panel]
+        limit = drawn[(drawn["kind"] == "mean") & (drawn["curve"] == "LIMIT$_L$ (β = 3)")]
+        a, b = history["limit_l", 1][panel].to_numpy(), history["limit_l", 2][panel].to_numpy()
+        assert limit["value"].to_numpy() == pytest.approx((a + b) / 2)
+        # two seeds: every resampled mean is a, b or their mean, so the 95% band runs from the smaller to the larger
+        assert limit["band_low"].to_numpy() == pytest.approx(np.minimum(a, b))
+        assert limit["band_high"].to_numpy() == pytest.approx(np.maximum(a, b))
+        assert set(limit["seeds"]) == {"1 2"}
+        ce = drawn[(drawn["kind"] == "mean") & (drawn["curve"] == "CE")]
+        assert ce["value"].to_numpy() == pytest.approx(history["ce", 1][panel].to_numpy())
+        assert ce["band_low"].isna().all() and ce["band_high"].isna().all()  # one seed: no band
+        dots = drawn[drawn["kind"] == "selected epoch"].set_index(["curve", "epoch"])
+        assert list(dots.index) == [("CE", 11), ("LIMIT$_L$ (β = 3)", 11), ("LIMIT$_L$ (β = 3)", 12)]
+        assert dots["value"].to_numpy() == pytest.approx([history["ce", 1][panel][11], (a[11] + b[11]) / 2,
+                                                          (a[12] + b[12]) / 2])
+        assert list(dots["seeds"].astype(str)) == ["1", "1", "2"]
 
 
 def test_figure_beta(runs, tmp_path):
