@@ -1,8 +1,9 @@
 """Bad input anywhere (config, command line, files on disk) gets one clear line and writes nothing.
 
-Every case runs the real entry point (Snakemake on the Snakefile, or ``python -m limit``) and must give:
-exit status 2, exactly one line starting ``error:`` that names the offending key or file, no traceback, and
-no file written.
+Every case must give exit status 2, exactly one line starting ``error:`` that names the offending key or file, no
+traceback, and no file written. Each case runs in this process (the config's checks as the workflow runs them when
+it parses a config, the command line through ``limit.cli.main``); a few run once more through the real entry points
+(Snakemake on the Snakefile, ``python -m limit``).
 """
 import os
 import subprocess
@@ -14,6 +15,8 @@ import pytest
 import yaml
 
 from limit import data as D
+from limit.cli import main
+from limit.grid import ConfigError, expand_runs, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -119,15 +122,56 @@ def files_under(path):
     return {p for p in path.rglob("*") if p.is_file() and ".snakemake" not in p.parts}
 
 
+def run_in_process(argv, capsys):
+    """A ``limit`` command in this process, as ``python -m limit`` runs it: (exit status, output)."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's errors
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def check_config_file(path):
+    """The checks the workflow runs when it parses a config (workflow/rules/common.smk), as its error line."""
+    try:
+        expand_runs(load_config(path))
+    except ConfigError as exc:
+        return 2, f"error: invalid config: {exc}"
+    return 0, ""
+
+
+def assert_one_error_line(code, output, names):
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert code == 2, output[-3000:]
+    assert len(errors) == 1 and names in errors[0], output[-3000:]
+    assert "Traceback" not in output and "hunter2" not in output, output[-3000:]
+
+
 @pytest.mark.parametrize("case,command,names", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_error_line_and_writes_nothing(case, command, names, inputs, tmp_path):
+def test_bad_input_gives_one_error_line_and_writes_nothing(case, command, names, inputs, tmp_path, capsys,
+                                                           monkeypatch):
+    argv = command(tmp_path, {**inputs, "tmp": tmp_path})
+    before = files_under(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    if argv[0] == SNAKEMAKE:
+        code, output = check_config_file(argv[argv.index("--configfile") + 1])
+    else:
+        code, output = run_in_process(argv[3:], capsys)  # after: python -m limit
+    assert_one_error_line(code, output, names)
+    assert files_under(tmp_path) == before, sorted(files_under(tmp_path) - before)
+
+
+# Once more as a user runs them: Snakemake on a bad config, and `python -m limit` with a bad argument and a bad file.
+END_TO_END = ["config: lr 0", "train: --epochs 0", "labels file truncated"]
+
+
+@pytest.mark.pipeline
+@pytest.mark.parametrize("case,command,names", [c for c in CASES if c[0] in END_TO_END], ids=END_TO_END)
+def test_bad_input_through_the_real_entry_points(case, command, names, inputs, tmp_path):
     argv = command(tmp_path, {**inputs, "tmp": tmp_path})
     before = files_under(tmp_path)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path,
                           env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    output = done.stdout + done.stderr
-    errors = [line for line in output.splitlines() if line.startswith("error:")]
-    assert done.returncode == 2, output[-3000:]
-    assert len(errors) == 1 and names in errors[0], output[-3000:]
-    assert "Traceback" not in output and "hunter2" not in output, output[-3000:]
+    assert_one_error_line(done.returncode, done.stdout + done.stderr, names)
     assert files_under(tmp_path) == before, sorted(files_under(tmp_path) - before)

@@ -119,6 +119,7 @@ def own_config(tmp_path, source):
     return path
 
 
+@pytest.mark.pipeline
 def test_workflow_plans_import_training_and_label_issues_for_own_images(tmp_path):
     result = snakemake(tmp_path / "work", "-n", configfile=str(own_config(tmp_path, grey_tree(tmp_path / "tree"))))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -128,6 +129,7 @@ def test_workflow_plans_import_training_and_label_issues_for_own_images(tmp_path
     assert "--dataset results/data/shapes" in result.stdout or "results/data/shapes/dataset.json" in result.stdout
 
 
+@pytest.mark.pipeline
 def test_workflow_refuses_bad_images_before_any_job(tmp_path):
     root = grey_tree(tmp_path / "tree")
     (root / "c").mkdir()
@@ -137,6 +139,7 @@ def test_workflow_refuses_bad_images_before_any_job(tmp_path):
     assert not (tmp_path / "work" / "results").exists()
 
 
+@pytest.mark.pipeline
 def test_the_documented_own_images_route_runs_to_its_report_under_the_datasets_name(tmp_path):
     work = tmp_path / "work"
     result = snakemake(work, "--cores", "2", configfile=str(own_config(tmp_path, grey_tree(tmp_path / "tree"))))

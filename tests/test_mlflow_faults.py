@@ -27,6 +27,8 @@ from limit.mlflow_server import free_port, start_server, stop_server
 from limit.rundir import run_tags
 from pipeline_helpers import pipeline_env, snakemake_command
 
+pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
+
 WARNING = "MLflow tracking to"
 PER_EPOCH = ("train_loss", "train_acc", "val_acc", "test_acc")
 ARTIFACTS = {"history.csv", "metrics.json", "test_outputs.npz", "config.json"}

@@ -142,6 +142,7 @@ def shell_commands(output, program):
     return found
 
 
+@pytest.mark.pipeline
 def test_a_packed_run_gets_exactly_the_command_of_the_same_run_unpacked(tmp_path):
     config = load_config("config/test.yaml")
     unpacked, packed = tmp_path / "unpacked.yaml", tmp_path / "packed.yaml"

@@ -13,7 +13,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from limit.grid import expand_runs, pack_runs, recorded_packs
+from limit.grid import ConfigError, expand_runs, pack_runs, recorded_packs
+from limit.grid import load_config as grid_load_config
+from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -38,6 +40,7 @@ def load_config(path):
     return {**defaults, **yaml.safe_load((REPO / path).read_text())}
 
 
+@pytest.mark.pipeline
 def test_paper_config_builds_the_full_grid(tmp_path):
     result = snakemake(tmp_path, "-n", configfile="config/paper.yaml", timeout=300)
     assert result.returncode == 0, result.stderr
@@ -91,6 +94,7 @@ def test_a_finished_pack_keeps_its_runs_when_the_config_changes(tmp_path):
 
 
 @pytest.mark.parametrize("configfile", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+@pytest.mark.pipeline
 def test_every_config_parses_without_the_scientific_stack(configfile, tmp_path):
     """A login node's `snakemake -n` needs neither torch nor matplotlib: here they cannot even be imported."""
     blocked = tmp_path / "blocked"
@@ -120,6 +124,7 @@ def dot_graph(workdir):
     return nodes, edges
 
 
+@pytest.mark.pipeline
 def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
     nodes, edges = dot_graph(tmp_path)
     train = {k: v[1]["run"] for k, v in nodes.items() if v[0] == "train"}
@@ -152,39 +157,16 @@ def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
     (lambda c: c["experiments"]["main"]["methods"].pop("ce"), "starts from the CE run"),
 ])
 def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, message):
+    """The checks the workflow runs when it parses a config (tests/test_bad_input.py runs one through Snakemake)."""
     config = load_config("config/test.yaml")
     edit(config)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = snakemake(tmp_path / "work", "--cores", "1", configfile=str(path))
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr
-    assert not (tmp_path / "work" / "results").exists()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        expand_runs(grid_load_config(path))
 
 
-def git(checkout, *args):
-    return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True).stdout
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(fmnist_dir, tmp_path_factory):
-    """The tiny config's whole default workflow (report included), run inside a git checkout of this tree."""
-    work = tmp_path_factory.mktemp("pipeline")
-    for name in git(REPO, "ls-files", "-z").split("\0"):
-        if name and (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            (work / name).write_bytes((REPO / name).read_bytes())
-    git(work, "init", "-q")
-    git(work, "add", "-A")
-    git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "checkout")
-    result = subprocess.run([SNAKEMAKE, "-s", str(work / "Snakefile"), "-d", str(work), "--cores", "2",
-                             "--configfile", str(work / "config" / "test.yaml"), "--config", f"data_dir={fmnist_dir}"],
-                            capture_output=True, text=True, timeout=1800,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return work
-
-
+@pytest.mark.pipeline
 def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
     assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").exists()  # the report ran
     assert git(tiny_pipeline, "status", "--porcelain", "--untracked-files=no") == ""
@@ -192,6 +174,7 @@ def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
     assert git(tiny_pipeline, "status", "--porcelain") == ""
 
 
+@pytest.mark.pipeline
 def test_tiny_pipeline_runs_every_stage(tiny_pipeline):
     runs = pd.read_csv(tiny_pipeline / "results" / "runs.csv")
     assert len(runs) == 10 and set(runs.variant) == {"ce", "fw", "limit_g", "limit_l_init"}
@@ -203,6 +186,7 @@ def test_tiny_pipeline_runs_every_stage(tiny_pipeline):
     assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.pipeline
 def test_selection_picks_the_best_mean_validation_accuracy(tiny_pipeline):
     runs = pd.read_csv(tiny_pipeline / "results" / "runs.csv")
     for variant, group in runs.groupby("variant"):
@@ -214,6 +198,7 @@ def test_selection_picks_the_best_mean_validation_accuracy(tiny_pipeline):
     assert len(runs[runs.variant == "limit_g"].hparams.unique()) == 2
 
 
+@pytest.mark.pipeline
 def test_changing_one_methods_grid_reruns_only_that_methods_jobs(tiny_pipeline, fmnist_dir, tmp_path):
     config = load_config("config/test.yaml")
     config["data_dir"] = str(fmnist_dir)
@@ -236,6 +221,7 @@ def copy_pipeline(pipeline, to):
     return to
 
 
+@pytest.mark.pipeline
 def test_a_changed_config_trains_exactly_its_new_runs_in_one_invocation(tiny_pipeline, fmnist_dir, tmp_path):
     work = copy_pipeline(tiny_pipeline, tmp_path / "work")
     config = load_config("config/test.yaml")
@@ -271,6 +257,7 @@ def test_a_changed_config_trains_exactly_its_new_runs_in_one_invocation(tiny_pip
     assert len(parents) == 10 and all(children[p] >= 1 for p in parents)  # one parent per group, none empty
 
 
+@pytest.mark.pipeline
 def test_a_failed_report_leaves_the_previous_tables_and_figures(tiny_pipeline, fmnist_dir, tmp_path):
     work = copy_pipeline(tiny_pipeline, tmp_path / "work")
     outputs = [work / "results/tables", work / "results/figures"]
