@@ -264,8 +264,9 @@ def test_a_failed_report_leaves_the_previous_tables_and_figures(tiny_pipeline, f
     before = {p: p.read_bytes() for d in outputs for p in d.rglob("*") if p.is_file()}
     runs_csv = work / "results/runs.csv"
     runs = pd.read_csv(runs_csv)
-    (work / runs[runs.selected].run_dir.iloc[0] / "history.csv").write_text("x\n1\n")  # the figures fail on it
-    runs_csv.touch()
+    # a new run table naming a run directory that is not there: the report starts, then fails on the figures
+    runs.loc[runs.selected.idxmax(), "run_dir"] = "results/runs/missing"
+    runs.to_csv(runs_csv, index=False)
     failed = snakemake(work, "--cores", "1", "--config", f"data_dir={fmnist_dir}")
     assert failed.returncode != 0 and "report" in failed.stderr
     assert {p: p.read_bytes() for d in outputs for p in d.rglob("*") if p.is_file()} == before
