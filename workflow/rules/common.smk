@@ -1,3 +1,4 @@
+import inspect
 import os
 import shlex
 import sys
@@ -11,6 +12,7 @@ sys.path.insert(0, str(REPO))  # the package is importable without installing it
 from limit.grid import (  # noqa: E402
     ConfigError,
     check_schema,
+    check_slurm_submission,
     expand_runs,
     figure_facts,
     pack_runs,
@@ -23,11 +25,26 @@ from limit.rundir import setting_path  # noqa: E402
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
+
+
+def snakemake_executor():
+    """The --executor of the snakemake command line (a profile's included), or None when the workflow is not
+    run from it. Snakemake parses the workflow before it sets up the executor, so it is read from the caller's
+    parsed arguments; jobs inside Slurm run another executor (slurm-jobstep) and skip the submission checks."""
+    for frame in inspect.stack(0):
+        if frame.function == "args_to_api" and frame.frame.f_globals.get("__name__") == "snakemake.cli":
+            return getattr(frame.frame.f_locals.get("args"), "executor", None)
+    return None
+
 # A bad config stops here, before any job: one line naming the key, exit status 2.
 try:
     check_schema(config, SCHEMA)
     validate(config, str(SCHEMA))  # fills the defaults
     RUN_ROWS = expand_runs(config)
+    if snakemake_executor() == "slurm":
+        check_slurm_submission(
+            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", config["mlflow"]["tracking_uri"])
+        )
 except ConfigError as exc:
     print(f"error: invalid config: {exc}", file=sys.stderr)
     sys.exit(2)
