@@ -55,7 +55,7 @@ for pack, members in PACKS.items():
         params:
             runs=[run_command(m["run_id"]) for m in members],
             threads=members[0]["threads"],
-        threads: sum(m["threads"] for m in members)
+        threads: sum(m["threads"] for m in members) + 1  # and one for the pack process itself
         resources:
             mem_mb=pack_resource(members, "mem_mb"),
             runtime=pack_resource(members, "runtime"),
