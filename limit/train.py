@@ -519,6 +519,9 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     rundir.write_text(out / rundir.HISTORY, history_csv.getvalue())
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
+    if cfg["dataset"] == "clothing1m":  # images skipped because they cannot be decoded (limit.clothing1m)
+        metrics["unreadable_images"] = len({p for split in (run_data.train, run_data.val, run_data.test)
+                                            for p in split.unreadable})
     rundir.write_json(out / rundir.METRICS, metrics)
     if not cfg["keep_state"]:  # the run is complete: its training state is only storage now
         for name in (rundir.STATE, rundir.STATE_PREV):
