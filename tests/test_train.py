@@ -178,3 +178,11 @@ def test_a_changed_ce_model_restarts_the_runs_initialised_from_it(fmnist_dir, ma
         train(fw, tmp_path / "fw")  # the same command again: its state.pt is stale
     train(fw, tmp_path / "fw_fresh")
     assert_same_outputs(outputs(tmp_path / "fw_fresh"), outputs(tmp_path / "fw"))
+
+
+def test_dmi_batches_that_miss_a_class():
+    """CIFAR-100's class counts at batch 256: every batch misses a class (DMI's determinant is 0 there); with
+    CIFAR-10's, almost none (docs/reproduction.md)."""
+    from limit.train import batches_missing_a_class
+    assert batches_missing_a_class(torch.arange(100).repeat(400), 100, 256, seed=42) == 1.0
+    assert batches_missing_a_class(torch.arange(10).repeat(4000), 10, 256, seed=42) < 0.05
