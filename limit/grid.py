@@ -144,7 +144,7 @@ def expand_runs(config):
                         "max_runtime": int(train.get("max_runtime", train["runtime"])),
                         **{k: train.get(k) for k in SLURM_RESOURCES},
                         "slurm_partition": train.get("slurm_partition", config.get("slurm_partition")),
-                        "log_checkpoints": train.get("log_checkpoints", config["mlflow"]["log_checkpoints"]),
+                        "log_checkpoints": train.get("log_checkpoints", config["mlflow"].get("log_checkpoints", True)),
                         **{k: train.get(k, TRAINING_DEFAULTS[k]) for k in DEVICE_SETTINGS},
                         "pack": int(train.get("pack", JOB_DEFAULTS["pack"])),
                         "init_from": None,
