@@ -395,7 +395,7 @@ def record_attempt(out, device):
 
 def batches_missing_a_class(labels, num_classes, batch_size, seed):
     """The fraction of an epoch's training batches (shuffled as the run's first epoch) whose labels miss a
-    class. DMI's loss is -log|det(U)| of the batch's joint matrix U: with a class missing, a column of U is zero,
+    class. DMI's loss is -log|det(U)| of the batch's joint matrix U: with a class missing, a row of U is zero,
     |det| is 0 and the batch's gradient is zero (docs/reproduction.md, DMI on CIFAR-100)."""
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     batches = torch.as_tensor(labels).cpu()[order].split(batch_size)
