@@ -82,7 +82,7 @@ def cuda_problem(device):
 def pick_device(name, environ=os.environ):
     """The torch device of a run. ``auto``: CUDA when torch sees a GPU, or when this is a Slurm job holding one
     (which then must work); else the CPU. A CUDA device that cannot run raises DeviceError at once."""
-    allocation = slurm_gpu_allocation(environ) if name == "auto" else None
+    allocation = slurm_gpu_allocation(environ)
     if name == "auto":
         name = "cuda" if allocation or torch.cuda.is_available() else "cpu"
     try:
@@ -92,8 +92,8 @@ def pick_device(name, environ=os.environ):
     if device.type == "cuda":
         problem = cuda_problem(device)
         if problem:
-            where = f"this Slurm job holds a GPU ({allocation}) but " if allocation else f"--device {name}: "
-            raise DeviceError(where + problem)
+            held = f"this Slurm job holds a GPU ({allocation}) but " if allocation else ""
+            raise DeviceError(f"--device {name}: {held}{problem}")
     return device
 
 

@@ -23,7 +23,7 @@ def test_slurm_gpu_allocation_from_the_job_environment():
 def test_cuda_without_a_gpu_is_refused_with_what_torch_reports():
     with pytest.raises(DeviceError, match=r"^--device cuda: torch .* (finds no usable GPU|CPU-only)"):
         pick_device("cuda")
-    with pytest.raises(DeviceError, match=r"^this Slurm job holds a GPU \(SLURM_JOB_GPUS=0\) but torch"):
+    with pytest.raises(DeviceError, match=r"^--device cuda: this Slurm job holds a GPU \(SLURM_JOB_GPUS=0\) but torch"):
         pick_device("auto", {"SLURM_JOB_ID": "7", "SLURM_JOB_GPUS": "0"})
     assert pick_device("auto", {"SLURM_JOB_ID": "7"}) == torch.device("cpu")  # a CPU job: the CPU
     with pytest.raises(DeviceError, match="--device gpu0"):
