@@ -44,3 +44,17 @@ def test_train_stops_at_once_with_one_error_line(fmnist_dir, make_labels, tmp_pa
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "GPU" in lines[0], done.stderr
     assert not out.exists()  # nothing of the run was written
+
+
+def test_job_json_keeps_every_attempt_and_names_a_change_of_device_model(tmp_path):
+    import json
+
+    from limit.train import record_attempt
+    (tmp_path / "job.json").write_text(json.dumps({"device": "cuda", "device_name": "NVIDIA A100-SXM4-80GB",
+                                                   "slurm_job_id": "41"}))  # a previous version's job.json
+    with pytest.warns(RuntimeWarning, match="attempt 2 runs on .*attempt 1 ran on NVIDIA A100"):
+        record_attempt(tmp_path, torch.device("cpu"))
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert [a.get("slurm_job_id") for a in job["attempts"]] == ["41", None] and job["device"] == "cpu"
+    assert job["device_change"] == f"NVIDIA A100-SXM4-80GB -> {job['device_name']}"
+    assert {"host", "driver", "cuda", "torch_version", "started"} <= set(job["attempts"][1])
