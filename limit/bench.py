@@ -130,13 +130,14 @@ def _synchronize(device):
 
 # The methods of a benchmark pack's members, in turn: a pack mixes one-network and two-network runs.
 PACK_METHODS = ("ce", "limit_l")
+WARMUP_STEPS = 20  # a member's untimed warm-up (allocations, kernel selection), at most this many steps
 
 
 def pack_worker(method_name, steps, batch_size, device_name):
-    """One benchmark run in its own process: a warm-up epoch, "ready", wait for "go", one timed epoch, "done"."""
+    """One benchmark run in its own process: a warm-up, "ready", wait for "go", one timed epoch, "done"."""
     device = pick_device(device_name)
+    package_epoch(method_name, *random_mnist(min(steps, WARMUP_STEPS) * batch_size), device, batch_size)()
     epoch = package_epoch(method_name, *random_mnist(steps * batch_size), device, batch_size)
-    epoch()
     _synchronize(device)
     print("ready", flush=True)
     sys.stdin.readline()
@@ -177,8 +178,9 @@ def processes_rate(k, args, together):
             proc.wait()
         return seconds
 
-    seconds = go([start(i) for i in range(k)]) if together else sum(go([start(i)]) for i in range(k))
-    return k * args.steps * args.batch_size / seconds
+    if together:
+        return k * args.steps * args.batch_size / go([start(i) for i in range(k)])
+    return k * args.steps * args.batch_size / sum(go([start(i)]) for i in range(k))
 
 
 def one_process_rate(k, args, device):
@@ -194,9 +196,11 @@ def pack_main(args, device):
     k = args.pack
     print(f"device {device}, torch {torch.__version__}, {k} runs of the MNIST CNN ({', '.join(PACK_METHODS)} in "
           f"turn), {args.threads} thread(s) per run, {args.steps} steps of batch {args.batch_size} per run")
-    rows = {f"{k} separate runs, one after another": processes_rate(k, args, together=False),
-            f"{k} runs packed (train-pack: {k} processes)": processes_rate(k, args, together=True),
-            f"{k} models taking turns in one process": one_process_rate(k, args, device)}
+    separate = args.separate or k  # the separate rate: this many of the runs, one after another
+    rows = {f"{separate} separate runs, one after another": processes_rate(separate, args, together=False),
+            f"{k} runs packed (train-pack: {k} processes)": processes_rate(k, args, together=True)}
+    if not args.no_turns:
+        rows[f"{k} models taking turns in one process"] = one_process_rate(k, args, device)
     for name, rate in rows.items():
         print(f"{name:48s} {rate:10.0f} images/s")
     separate, packed = list(rows.values())[:2]

@@ -105,6 +105,7 @@ def cmd_train(args):
               "precision": args.precision, "deterministic": not args.nondeterministic,
               "checkpoint_every": args.checkpoint_every, "test_curve_every": args.test_curve_every,
               "decode": args.decode, "log_checkpoints": not args.no_checkpoint_artifacts,
+              "keep_state": args.keep_state,
               "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
     tracker = None if args.no_tracking else Tracker(args.out, args.tracking_uri)
     metrics = train(config, args.out, tracker)
@@ -310,7 +311,9 @@ def build_parser():
                    help="seed of initialisation, shuffling and sampling")
     s.add_argument("--clean-validation", action="store_true", help="select on clean validation labels (Figure 1)")
     s.add_argument("--init-from", help="CE run directory (FW, DMI, +init)")
-    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
+    s.add_argument("--device", default="auto",
+                   help="auto (CUDA if torch sees a GPU or this Slurm job holds one), cpu, cuda, cuda:1 ...; "
+                        "cuda without a working GPU stops at once")
     s.add_argument("--no-test-curve", action="store_true", help="skip the clean test accuracy of every epoch")
     s.add_argument("--test-curve-size", type=_positive_int, help="log every epoch's test accuracy on the first N test "
                                                        "examples only (the final test accuracy uses all)")
@@ -331,6 +334,8 @@ def build_parser():
                    help="log the clean test accuracy every N epochs (default 1)")
     s.add_argument("--nondeterministic", action="store_true",
                    help="allow nondeterministic (faster) GPU kernels; a resumed run may then differ")
+    s.add_argument("--keep-state", action="store_true",
+                   help="keep state.pt and state.prev.pt once the run finished (removed by default)")
     s.add_argument("--out", required=True, help="run directory")
     s.add_argument("--tracking-uri", help="MLflow tracking URI without a password (default: $MLFLOW_TRACKING_URI, "
                                           "else sqlite:///results/mlflow.db)")
@@ -408,6 +413,9 @@ def build_parser():
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
     s.add_argument("--pack", type=int, metavar="K", help="images/s of K runs packed against K separate runs")
     s.add_argument("--threads", type=int, default=1, help="with --pack: CPU threads per run (default 1)")
+    s.add_argument("--separate", type=int, metavar="N",
+                   help="with --pack: time N of the runs one after another for the separate rate (default K)")
+    s.add_argument("--no-turns", action="store_true", help="with --pack: skip K models taking turns in one process")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("find-label-issues", help="rank the training examples of a LIMIT run by how likely their "

@@ -7,6 +7,7 @@ Each split keeps one loader whose workers persist across epochs. ``decode="torch
 only read the files and decodes, resizes, crops and flips with ``torchvision.io.decode_jpeg`` and tensor
 ops on the training device (the GPU when there is one); its resizing differs from PIL's in the last bits.
 """
+import warnings
 from itertools import islice
 from pathlib import Path
 
@@ -115,8 +116,9 @@ def _resize_crop_flip(img, seed, image_size, resize_size):
 
 
 class _JpegDataset(torch.utils.data.Dataset):
-    """Keyed by (index, augmentation seed); seed -1 means no augmentation. Returns uint8 (3, S, S), or with
-    ``raw`` the file's bytes (decoded in the main process)."""
+    """Keyed by (index, augmentation seed); seed -1 means no augmentation. Returns (index, uint8 (3, S, S) or
+    None, the error of an unreadable image or None), or with ``raw`` the file's bytes (decoded in the main
+    process)."""
 
     def __init__(self, files, image_size, resize_size, raw=False):
         self.files, self.image_size, self.resize_size, self.raw = files, image_size, resize_size, raw
@@ -128,9 +130,12 @@ class _JpegDataset(torch.utils.data.Dataset):
         index, seed = key
         if self.raw:
             return index, seed, Path(self.files[index]).read_bytes()  # bytes: no tensor through the queue
-        with Image.open(self.files[index]) as img:
-            img = img.convert("RGB")
-        return index, TF.pil_to_tensor(_resize_crop_flip(img, seed, self.image_size, self.resize_size))
+        try:
+            with Image.open(self.files[index]) as img:
+                img = img.convert("RGB")  # decodes: a truncated file raises here
+        except (OSError, ValueError, SyntaxError) as exc:  # what PIL raises for a broken image
+            return index, None, f"{type(exc).__name__}: {exc}"
+        return index, TF.pil_to_tensor(_resize_crop_flip(img, seed, self.image_size, self.resize_size)), None
 
 
 class _EpochKeys(torch.utils.data.Sampler):
@@ -151,10 +156,37 @@ def _raw_batch(items):
     return torch.tensor(indices), list(seeds), list(data)
 
 
+def _decoded_batch(items):
+    """(indices of the readable images, their stacked images or None, {index: error} of the others)."""
+    good = [(i, x) for i, x, _ in items if x is not None]
+    failed = {i: error for i, _, error in items if error is not None}
+    return (torch.tensor([i for i, _ in good], dtype=torch.int64), torch.stack([x for _, x in good]) if good else None,
+            failed)
+
+
+def _decode_on_device(data, device):
+    """decode_jpeg of a batch; a batch with a file it cannot decode is decoded one file at a time, and the
+    unreadable ones come back as their errors: (images, {position: error})."""
+    mode = torchvision.io.ImageReadMode.RGB
+    try:
+        return torchvision.io.decode_jpeg(data, mode=mode, device=device), {}
+    except RuntimeError:
+        images, failed = [], {}
+        for k, one in enumerate(data):
+            try:
+                images.append(torchvision.io.decode_jpeg(one, mode=mode, device=device))
+            except RuntimeError as exc:
+                images.append(None)
+                failed[k] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        return images, failed
+
+
 class Clothing1MSplit:
     """One Clothing1M split streamed from disk, with the interface of ``limit.data.InMemorySplit``.
 
     ``labels`` / ``true_labels`` (numpy) hold the split's labels, as from ``read_clothing1m_split``.
+    An image that cannot be decoded (a truncated file, not a JPEG) is skipped wherever it comes, warned about
+    once with its path, and kept in ``unreadable`` (path -> error); the run counts them in its metrics.
     """
 
     def __init__(self, root, split, device, augment=False, num_workers=4, image_size=224, decode="pil"):
@@ -167,11 +199,12 @@ class Clothing1MSplit:
         dataset = _JpegDataset([str(Path(root) / p) for p in self.paths], self.image_size, self.resize_size,
                                raw=decode == "torchvision")
         self.keys = _EpochKeys()
+        self.unreadable = {}
         self.loaders = {}  # batch size -> loader whose workers persist across epochs
         self.make_loader = lambda size: torch.utils.data.DataLoader(
             dataset, batch_size=size, sampler=self.keys, num_workers=num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=num_workers > 0,
-            collate_fn=_raw_batch if decode == "torchvision" else None)
+            collate_fn=_raw_batch if decode == "torchvision" else _decoded_batch)
 
     def __len__(self):
         return len(self.paths)
@@ -193,11 +226,24 @@ class Clothing1MSplit:
             if self.decode == "torchvision":
                 idx, seeds, files = batch
                 data = [torch.frombuffer(bytearray(f), dtype=torch.uint8) for f in files]
-                images = torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=self.device)
-                x = torch.stack([_resize_crop_flip(img, seed, self.image_size, self.resize_size)
-                                 for img, seed in zip(images, seeds)])
+                images, failed = _decode_on_device(data, self.device)
+                failed = {int(idx[k]): error for k, error in failed.items()}
+                keep = [k for k, img in enumerate(images) if img is not None]
+                x = torch.stack([_resize_crop_flip(images[k], seeds[k], self.image_size, self.resize_size)
+                                 for k in keep]) if keep else None
+                idx = idx[keep]
             else:
-                idx, x = batch
+                idx, x, failed = batch
+            self._skipped(failed)
+            if x is None:
+                continue
             idx = idx.to(self.device, non_blocking=pin)
             x = x.to(self.device, non_blocking=pin)
             yield idx, to_float(x, self.mean, self.std)
+
+    def _skipped(self, failed):
+        for index, error in failed.items():
+            path = self.paths[index]
+            if path not in self.unreadable:
+                self.unreadable[path] = error
+                warnings.warn(f"{path}: unreadable image, skipped ({error})", RuntimeWarning)

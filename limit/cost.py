@@ -12,6 +12,9 @@
 3. A run's time = E epochs x (its training steps + validation every epoch + the test curve every
    ``test_curve_every`` epochs) + the final test evaluation + the job's start-up (timed: a fresh Python
    importing the package).
+5. Storage of a block: what its finished runs keep (best.pt, test outputs, the MLflow copy of best.pt unless
+   log_checkpoints is off, state.pt and state.prev.pt with keep_state), and the training state (state.pt and
+   state.prev.pt: the networks, Adam's two moments) its runs hold while they run, from the networks' sizes.
 4. A pack's members run at the same time: it takes as long as its longest member, or as long as the
    device needs for all members' work at full load, whichever is more. Full load is the per-image time at
    a large batch (``SATURATION_BATCH``) on a GPU, where per-step overheads (Python, kernel launches) no longer
@@ -55,16 +58,37 @@ def _synchronize(device):
         torch.cuda.synchronize()
 
 
+def _nets(arch, dataset, q_network):
+    info = D.dataset_info(dataset)
+    kw = dict(in_channels=info.channels, image_size=info.size)
+    nets = [build_model(arch, info.num_classes, **kw)]
+    if q_network:
+        nets.append(build_model(arch, info.num_classes, q_network=True, **kw))
+    return nets
+
+
+def storage_bytes(row, model_bytes):
+    """(bytes a finished run keeps, bytes of its state.pt + state.prev.pt). ``model_bytes``: a cache of the
+    networks' state-dict bytes by (arch, dataset, two networks)."""
+    key = (row["arch"], row["dataset"], get_method(row["method"]).q_network)
+    if key not in model_bytes:
+        nets = _nets(*key)
+        weights = sum(t.numel() * t.element_size() for n in nets for t in n.state_dict().values())
+        params = sum(p.numel() * p.element_size() for n in nets for p in n.parameters())
+        model_bytes[key] = (weights, weights + 2 * params)  # best.pt; state.pt (+ Adam's two moments)
+    best, state = model_bytes[key]
+    n_test = SIZES[row["dataset"]][2]
+    outputs = n_test * D.dataset_info(row["dataset"]).num_classes * 4 + n_test * 8  # test logits and labels
+    kept = best + outputs + (best if row["log_checkpoints"] else 0) + (2 * state if row["keep_state"] else 0)
+    return kept, 2 * state
+
+
 def time_steps(arch, dataset, q_network, batch, precision, device):
     """(seconds per training step, seconds per evaluation step) of ``batch`` random images."""
     info = D.dataset_info(dataset)
     method_name = FAMILIES[q_network]
-    kw = dict(in_channels=info.channels, image_size=info.size)
     torch.manual_seed(0)
-    nets = [build_model(arch, info.num_classes, **kw)]
-    if q_network:
-        nets.append(build_model(arch, info.num_classes, q_network=True, **kw))
-    nets = [set_precision(n.to(device), precision, device) for n in nets]
+    nets = [set_precision(n.to(device), precision, device) for n in _nets(arch, dataset, q_network)]
     ctx = Context(*nets)
     optimizer = make_optimizer(nets, {"lr": 1e-3, "weight_decay": 0.0})
     x = torch.randn(batch, info.channels, info.size, info.size, device=device)
@@ -136,14 +160,15 @@ def train_size(row):
 
 def plan(config, device, runs_csv=None, out=print):
     """Print the per-block table and the total line; return (packed hours, unpacked hours)."""
-    configure(device, deterministic=False)  # timing only: the fastest kernels, as a long run gets them
     rows = expand_runs({**config, "results": config.get("results", "results")})
     previous = previous_epochs(runs_csv)
     timings = {}
     for r in rows:
         q = get_method(r["method"]).q_network
-        key = (r["arch"], q, r["batch_size"], r["precision"])  # the dataset changes only the head: not timed apart
+        # the dataset changes only the head: not timed apart
+        key = (r["arch"], q, r["batch_size"], r["precision"], r["deterministic"])
         if key not in timings:
+            configure(device, r["deterministic"], r["precision"])  # the kernels the runs get
             if device.type == "cpu":  # a CPU run uses its job's threads (contended extra threads only slow it)
                 torch.set_num_threads(min(r["threads"], os.cpu_count()))
             batch = r["batch_size"] if device.type == "cuda" else min(r["batch_size"],
@@ -155,7 +180,8 @@ def plan(config, device, runs_csv=None, out=print):
                 saturated = time_steps(r["arch"], r["dataset"], q, big, r["precision"], device)[0] / big
             timings[key] = (train_s / batch, eval_s / batch, saturated)
             out(f"timed {r['arch']} / {family(r['method'])} / batch {r['batch_size']} / {r['precision']}: "
-                f"{1 / timings[key][0]:,.1f} training images/s" + (f" (timed at batch {batch})"
+                f"{1 / timings[key][0]:,.1f} training images/s"
+                + ("" if r["deterministic"] else ", nondeterministic") + (f" (timed at batch {batch})"
                                                                    if batch != r["batch_size"] else ""))
     start = startup_seconds()
     out(f"job start-up: {start:.1f} s")
@@ -163,7 +189,7 @@ def plan(config, device, runs_csv=None, out=print):
     seconds, busy, epochs = {}, {}, {}
     for r in rows:
         per_train, per_eval, saturated = timings[(r["arch"], get_method(r["method"]).q_network, r["batch_size"],
-                                                  r["precision"])]
+                                                  r["precision"], r["deterministic"])]
         n_train, n_val, n_test = train_size(r)
         curve = r["test_curve_size"] or n_test
         e = epochs[r["run_id"]] = expected_epochs(r, previous)
@@ -177,9 +203,11 @@ def plan(config, device, runs_csv=None, out=print):
                                       sum(busy[m["run_id"]] for m in members))
                     for name, members in packs.items()}
 
+    model_bytes = {}
+    storage = {r["run_id"]: storage_bytes(r, model_bytes) for r in rows}
     out(f"\n{'block':18s} {'runs':>6s} {'jobs':>6s} {'epochs':>7s} {'packed h':>10s} {'unpacked h':>11s} "
-        f"{'largest job h':>14s}")
-    totals = [0.0, 0.0]
+        f"{'largest job h':>14s} {'kept GB':>8s} {'state GB':>9s}")
+    totals = [0.0, 0.0, 0.0, 0.0]
     for experiment in config["experiments"]:
         block = [r for r in rows if r["experiment"] == experiment]
         unpacked = [start + seconds[r["run_id"]] for r in block]
@@ -194,10 +222,18 @@ def plan(config, device, runs_csv=None, out=print):
         mean_epochs = sum(epochs[r["run_id"]] for r in block) / len(block)
         totals[0] += sum(packed) / 3600
         totals[1] += sum(unpacked) / 3600
+        kept, state = (sum(storage[r["run_id"]][i] for r in block) / 1e9 for i in (0, 1))
+        totals[2] += kept
+        totals[3] += state
         out(f"{experiment:18s} {len(block):6d} {jobs:6d} {mean_epochs:7.0f} {sum(packed) / 3600:10.2f} "
-            f"{sum(unpacked) / 3600:11.2f} {largest / 3600:14.2f}")
-    out(f"total: {totals[0]:,.2f} device-hours packed, {totals[1]:,.2f} unpacked ({device_name(device)})")
-    return tuple(totals)
+            f"{sum(unpacked) / 3600:11.2f} {largest / 3600:14.2f} {kept:8.1f} {state:9.1f}")
+    out(f"total: {totals[0]:,.2f} device-hours packed, {totals[1]:,.2f} unpacked ({device_name(device)}); "
+        f"{totals[2]:,.1f} GB kept, {totals[3]:,.1f} GB of training state if every run were in flight at once")
+    out("kept GB: best.pt, test outputs, MLflow's copy of best.pt (log_checkpoints), state files (keep_state). "
+        "state GB: state.pt + state.prev.pt of each run, removed when it finishes.\n"
+        "Left out of the hours: data loading and JPEG decoding (Clothing1M), checkpoint and MLflow I/O, queue "
+        "waits and retries; packed members are assumed to overlap perfectly up to the device's full load.")
+    return tuple(totals[:2])
 
 
 def main(args):

@@ -1,26 +1,126 @@
-"""How a run uses its device: deterministic kernels and the networks' numeric precision.
+"""How a run uses its device: which device (a requirement, not a guess), deterministic kernels and precision.
+
+Device: ``cuda`` (and ``auto`` inside a Slurm job that holds a GPU) must give a working GPU, or the run stops at
+once with what torch reports: a GPU job never trains on the CPU until its time limit.
 
 Determinism: ``torch.use_deterministic_algorithms(True)`` makes every op pick a deterministic kernel or
 raise. The paper's networks use one op without a deterministic CUDA backward, adaptive average pooling
 (the ResNets' global pool); ``limit.models`` replaces it by a mean over the spatial dimensions. cuBLAS
 needs ``CUBLAS_WORKSPACE_CONFIG`` set before its first use for deterministic matrix products.
 
-Precision: ``bf16`` runs each network's forward (and so its backward) under bfloat16 autocast with
+Precision: ``fp32`` is IEEE float32: TF32 (10-bit mantissa on Ampere and newer) is off for matrix products and
+convolutions. ``bf16`` runs each network's forward (and so its backward) under bfloat16 autocast with
 channels_last memory, and hands float32 outputs to the methods: losses, DMI's determinant, FW's ``@ T``
-and LIMIT's gradient arithmetic stay in float32. Parameters and Adam's state stay float32.
+and LIMIT's gradient arithmetic stay in float32 (TF32 off there too). Parameters and Adam's state stay float32.
 """
 import os
+import re
+from pathlib import Path
 
 import torch
 
 from limit.registry import PRECISIONS
 
+# Set by Slurm in a job that holds GPUs (--gpus, --gres=gpu, --gpus-per-*).
+SLURM_GPU_VARIABLES = ("SLURM_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
+                       "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
 
-def configure(device, deterministic):
+
+class DeviceError(ValueError):
+    """The run's device cannot be used (one ``error:`` line, exit status 2)."""
+
+
+def slurm_gpu_allocation(environ=os.environ):
+    """The variable that shows this process is in a Slurm job holding a GPU (``NAME=value``), else None."""
+    if "SLURM_JOB_ID" not in environ:
+        return None
+    for name in (*SLURM_GPU_VARIABLES, "CUDA_VISIBLE_DEVICES"):
+        value = environ.get(name, "")
+        # GPU indices (0 is a GPU) or counts (SLURM_GPUS_ON_NODE=0 is none)
+        if value not in ("", "-1", "NoDevFiles") and not (name == "SLURM_GPUS_ON_NODE" and value == "0"):
+            return f"{name}={value}"
+    return None
+
+
+def _supported(capability):
+    """Whether this torch build has kernels (or PTX it can compile) for a GPU of ``capability``."""
+    major, minor = capability
+    arch = major * 10 + minor
+    for entry in torch.cuda.get_arch_list():
+        kind, _, number = entry.partition("_")
+        if (kind == "sm" and int(number) == arch) or (kind == "compute" and int(number) <= arch):
+            return True
+    return False
+
+
+def cuda_problem(device):
+    """Why ``device`` (a CUDA device) cannot run this build of torch, in torch's words; None when it can."""
+    build = f"torch {torch.__version__}"
+    if torch.version.cuda is None:
+        return f"{build} is a CPU-only build (install a CUDA wheel, docs/cluster.md)"
+    if not torch.cuda.is_available():
+        try:  # is_available() only says no; init() raises with the reason (no driver, driver too old, ...)
+            torch.cuda.init()
+            reason = "no CUDA device visible"
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, AssertionError or others
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return f"{build} (built for CUDA {torch.version.cuda}) finds no usable GPU: {reason}"
+    index = device.index or 0
+    if index >= torch.cuda.device_count():
+        return f"no GPU {index}: {build} sees {torch.cuda.device_count()}"
+    capability = torch.cuda.get_device_capability(index)
+    if not _supported(capability):
+        return (f"{torch.cuda.get_device_name(index)} is sm_{capability[0]}{capability[1]}; {build} has kernels "
+                f"for {' '.join(torch.cuda.get_arch_list())} only (install a wheel built for it, docs/cluster.md)")
+    try:
+        (torch.ones(2, device=device) * 2).sum().item()
+    except RuntimeError as exc:
+        return f"a first kernel on {torch.cuda.get_device_name(index)} failed: {str(exc).strip().splitlines()[0]}"
+    return None
+
+
+def pick_device(name, environ=os.environ):
+    """The torch device of a run. ``auto``: CUDA when torch sees a GPU, or when this is a Slurm job holding one
+    (which then must work); else the CPU. A CUDA device that cannot run raises DeviceError at once."""
+    allocation = slurm_gpu_allocation(environ)
+    if name == "auto":
+        name = "cuda" if allocation or torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise DeviceError(f"--device {name}: {exc}") from None
+    if device.type == "cuda":
+        problem = cuda_problem(device)
+        if problem:
+            held = f"this Slurm job holds a GPU ({allocation}) but " if allocation else ""
+            raise DeviceError(f"--device {name}: {held}{problem}")
+    return device
+
+
+def driver_version():
+    """The NVIDIA kernel driver's version (from /proc), or None without one."""
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text)
+    return found.group(1) if found else None
+
+
+def configure(device=torch.device("cpu"), deterministic=True, precision="fp32"):
     """Process-wide settings of a run on ``device``; call before the first CUDA op."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
     torch.use_deterministic_algorithms(deterministic)
+    # No kernel reads memory it did not write; the fill of every new tensor is a kernel per allocation (and
+    # one queued on the current stream, behind work of other streams that writes the same buffer).
+    torch.utils.deterministic.fill_uninitialized_memory = False
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    # float32 stays float32 in both precisions (bf16 runs only the networks under autocast)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic

@@ -20,7 +20,7 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
 SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
 # Per-dataset training settings of how a run uses its job (defaults: limit.registry.TRAINING_DEFAULTS).
-DEVICE_SETTINGS = ("precision", "checkpoint_every", "test_curve_every", "deterministic", "decode")
+DEVICE_SETTINGS = ("precision", "checkpoint_every", "test_curve_every", "deterministic", "decode", "keep_state")
 
 
 class ConfigError(ValueError):
@@ -172,6 +172,8 @@ def expand_runs(config):
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
                         "max_runtime": int(train.get("max_runtime", train["runtime"])),
                         **{k: train.get(k) for k in SLURM_RESOURCES},
+                        "slurm_partition": train.get("slurm_partition", config.get("slurm_partition")),
+                        "log_checkpoints": train.get("log_checkpoints", config["mlflow"].get("log_checkpoints", True)),
                         **{k: train.get(k, TRAINING_DEFAULTS[k]) for k in DEVICE_SETTINGS},
                         "pack": int(train.get("pack", JOB_DEFAULTS["pack"])),
                         "init_from": None,
@@ -201,7 +203,7 @@ def _link_ce_runs(rows):
 
 def train_arguments(row):
     """The training settings of a run as ``python -m limit train`` arguments (the workflow adds its files:
-    --dataset, --data-dir, --labels, --init-from, --out)."""
+    --dataset, --data-dir, --labels, --init-from, --out, and where it tracks and what it keeps)."""
     args = ["--method", row["method"], "--arch", row["arch"],
             "--epochs", str(row["epochs"]), "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]),
             "--seed", str(row["seed"]), "--bn-init", row["bn_init"], "--experiment", row["experiment"],
@@ -216,11 +218,29 @@ def train_arguments(row):
             args += [f"--{key.replace('_', '-')}", str(row[key])]
     if not row["deterministic"]:
         args.append("--nondeterministic")
+    if row["gpus"] > 0:  # a GPU job trains on its GPU or stops at once, never on the CPU
+        args += ["--device", "cuda"]
     if row["dataset"] == "clothing1m":  # loader workers = the job's threads
         args += ["--num-workers", str(row["threads"]), "--decode", row["decode"]]
     if row["clean_validation"]:
         args.append("--clean-validation")
     return args
+
+
+def check_slurm_submission(config, rows, tracking_uri):
+    """Checks of a config submitted under the Slurm executor, before any job: every GPU training job names its
+    partition (clusters' default partitions are often CPU-only), and no job tracks to an SQLite file (hundreds
+    of jobs writing one file on a shared file system lock it). ``tracking_uri``: the one jobs would use."""
+    unset = sorted({r["dataset"] for r in rows if r["gpus"] > 0 and "slurm_partition" not in config
+                    and "slurm_partition" not in config["training"][r["dataset"]]})
+    if unset:
+        raise ConfigError(f"training.{unset[0]}.slurm_partition: GPU training jobs ({', '.join(unset)}) have no "
+                          f"Slurm partition; set it per dataset or for all (--config slurm_partition=NAME; "
+                          f"slurm_partition: null in a config file takes the cluster's default partition)")
+    if config["mlflow"]["enabled"] and tracking_uri.startswith("sqlite:"):
+        raise ConfigError(f"mlflow.tracking_uri: {tracking_uri} is one SQLite file written by every Slurm job; start "
+                          f"one tracking server (docs/cluster.md, 'Tracking server') and export "
+                          f"MLFLOW_TRACKING_URI=http://HOST:PORT before snakemake, or set mlflow.enabled=false")
 
 
 def recorded_packs(pack_dir, runs_dir):

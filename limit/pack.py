@@ -6,14 +6,24 @@ K processes keep the device K times as busy, while K models in one process take 
 its unpacked command, so it writes the same files, stops early on its own, resumes from its own
 ``state.pt``, and on CPU gives bit-identical numbers to the same run unpacked (same threads per run).
 A member process dies with the pack (kill -9 included), so the next attempt resumes every member.
+
+A GPU in EXCLUSIVE_PROCESS compute mode takes one CUDA context: the pack then starts a job-private MPS daemon
+(its pipe and log directories in the job's temporary directory), whose one context the members share, and
+stops it at the end; without ``nvidia-cuda-mps-control`` it stops at once (docs/cluster.md, GPU compute modes).
 """
+import contextlib
 import ctypes
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
+
+from limit.rundir import TrainingError
 
 PR_SET_PDEATHSIG = 1
 
@@ -43,8 +53,51 @@ def _relay(proc, name, lock):
 
 def member_name(train_args):
     """The run directory of a member (its ``--out``), which names its lines in the pack's log."""
+    return _option(train_args, "--out", train_args)
+
+
+def compute_modes():
+    """The compute modes of the GPUs this job sees (nvidia-smi), [] where nvidia-smi is missing or fails."""
+    try:
+        done = subprocess.run(["nvidia-smi", "--query-gpu=compute_mode", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in done.stdout.splitlines() if line.strip()] if done.returncode == 0 else []
+
+
+def _option(train_args, name, default=None):
     args = shlex.split(train_args)
-    return args[args.index("--out") + 1] if "--out" in args else train_args
+    return args[args.index(name) + 1] if name in args[:-1] else default
+
+
+@contextlib.contextmanager
+def shared_gpu(runs):
+    """Let the members share their GPU for the duration of the block: nothing to do unless they train on CUDA on
+    a GPU in EXCLUSIVE_PROCESS mode; then a job-private MPS daemon, stopped at the end."""
+    on_cuda = any(_option(r, "--device", "auto").startswith("cuda") for r in runs)
+    if not (on_cuda and any(mode.lower() == "exclusive_process" for mode in compute_modes())):
+        yield
+        return
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        dataset = _option(runs[0], "--dataset", "its dataset")
+        raise TrainingError(f"the GPU is in EXCLUSIVE_PROCESS compute mode (one process at a time) and "
+                            f"nvidia-cuda-mps-control is not available: set training.{dataset}.pack: 1, or run "
+                            f"on GPUs in the default mode or with MPS (docs/cluster.md)")
+    root = Path(tempfile.mkdtemp(prefix="limit-mps-", dir=os.environ.get("TMPDIR")))
+    mps = {"CUDA_MPS_PIPE_DIRECTORY": str(root / "pipe"), "CUDA_MPS_LOG_DIRECTORY": str(root / "log")}
+    for path in mps.values():
+        os.makedirs(path)
+    os.environ.update(mps)  # the members inherit it and connect to this daemon, not to a system-wide one
+    subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True, timeout=60)
+    print(f"GPU in EXCLUSIVE_PROCESS mode: started a private MPS daemon ({root})", flush=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, timeout=120)
+        for name in mps:
+            os.environ.pop(name)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def run_pack(runs, threads):
@@ -54,11 +107,12 @@ def run_pack(runs, threads):
     """
     lock = threading.Lock()
     procs, relays = {}, []
-    for train_args in runs:
-        name = member_name(train_args)
-        procs[name] = start_member([sys.executable, "-m", "limit", "train", *shlex.split(train_args)], threads)
-        relays.append(threading.Thread(target=_relay, args=(procs[name], name, lock), daemon=True))
-        relays[-1].start()
-    for relay in relays:
-        relay.join()
-    return [name for name, proc in procs.items() if proc.wait() != 0]
+    with shared_gpu(runs):
+        for train_args in runs:
+            name = member_name(train_args)
+            procs[name] = start_member([sys.executable, "-m", "limit", "train", *shlex.split(train_args)], threads)
+            relays.append(threading.Thread(target=_relay, args=(procs[name], name, lock), daemon=True))
+            relays[-1].start()
+        for relay in relays:
+            relay.join()
+        return [name for name, proc in procs.items() if proc.wait() != 0]

@@ -66,7 +66,7 @@ TRAINING_DEFAULTS = {"arch": "cnn", "epochs": 400, "patience": 100, "batch_size"
                      "bn_init": "authors",
                      # how a run uses its device and job (docs/cluster.md)
                      "precision": "fp32", "checkpoint_every": 1, "test_curve_every": 1, "deterministic": True,
-                     "decode": "pil"}
+                     "decode": "pil", "keep_state": False}
 JOB_DEFAULTS = {"pack": 1}  # runs trained together in one job (workflow only)
 # "authors": BatchNorm statistics warmed on noise as the authors' network builder leaves them (docs/reproduction.md,
 # limit.models.authors_bn_warmup); "standard": PyTorch's (0, 1).

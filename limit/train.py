@@ -2,7 +2,8 @@
 
 A run directory (file names: ``limit.rundir``) holds the resolved config, ``state.pt`` (the full training state,
 rewritten atomically every ``checkpoint_every`` epochs or minutes and when training ends; the one before is kept
-as ``state.prev.pt``, the fallback if a crash tears it), ``best.pt`` (rewritten when validation improves), and
+as ``state.prev.pt``, the fallback if a crash tears it; both are removed once ``metrics.json`` is written, unless
+``keep_state``), ``job.json`` (where each attempt ran), ``best.pt`` (rewritten when validation improves), and
 when the run is complete ``history.csv``, ``test_outputs.npz``, ``train_scores.npz`` (LIMIT runs) and, last,
 ``metrics.json``.
 """
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from limit import data as D
 from limit import device as devices
+from limit.device import pick_device  # noqa: F401 - the device of a run, also for bench, cost, label issues
 from limit import rundir
 from limit.cadence import CheckpointCadence, parse_checkpoint_every
 from limit.methods import LOSSES, Context, forward_correction_matrix
@@ -41,7 +43,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
 # Keys that do not change what a run computes (more epochs extend it); everything else must match to resume.
 NON_SEMANTIC_KEYS = {"data_dir", "labels", "init_from", "device", "run", "num_workers", "epochs", "checkpoint_every",
-                     "decode", "log_checkpoints"}
+                     "decode", "log_checkpoints", "keep_state"}
 
 DEFAULTS = {
     **TRAINING_DEFAULTS, "hparams": {}, "clean_validation": False, "init_from": None, "device": "auto",
@@ -82,12 +84,6 @@ def resolve_config(config):
     if method.init_from_ce and not cfg["init_from"]:
         raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
     return cfg
-
-
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -372,23 +368,60 @@ def job_info(device):
     except importlib.metadata.PackageNotFoundError:
         version = None
     return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device),
-            "device_name": _device_name(device), "git_commit": _git_commit(), "torch_version": torch.__version__,
-            "limit_version": version}
+            "device_name": _device_name(device), "driver": devices.driver_version(), "cuda": torch.version.cuda,
+            "git_commit": _git_commit(), "torch_version": torch.__version__, "limit_version": version,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def record_attempt(out, device):
+    """Write ``job.json``: this attempt at the top level (MLflow tags) and every attempt under ``attempts``. A
+    retry on another device model warns (numbers are bit-identical only on the same model) and adds
+    ``device_change`` (an MLflow tag)."""
+    path = out / rundir.JOB
+    old = rundir.read_json(path) if path.exists() else {}
+    attempts = old.get("attempts", [old] if old else [])  # a job.json of the previous version: one attempt
+    attempt = job_info(device)
+    attempts = [*attempts, attempt]
+    models = [a.get("device_name") for a in attempts]
+    job = {**attempt, "attempts": attempts}
+    if len(set(models)) > 1:
+        job["device_change"] = " -> ".join(m for i, m in enumerate(models) if i == 0 or m != models[i - 1])
+    if len(models) > 1 and models[-1] != models[-2]:
+        warnings.warn(f"{out}: attempt {len(models)} runs on {models[-1]}, attempt {len(models) - 1} ran on "
+                      f"{models[-2]}: a run resumed on another device model is not bit-identical to one run "
+                      f"on one model", RuntimeWarning)
+    rundir.write_json(path, job)
+
+
+def batches_missing_a_class(labels, num_classes, batch_size, seed):
+    """The fraction of an epoch's training batches (shuffled as the run's first epoch) whose labels miss a
+    class. DMI's loss is -log|det(U)| of the batch's joint matrix U: with a class missing, a row of U is zero,
+    |det| is 0 and the batch's gradient is zero (docs/reproduction.md, DMI on CIFAR-100)."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    batches = torch.as_tensor(labels).cpu()[order].split(batch_size)
+    return sum(len(b.unique()) < num_classes for b in batches) / len(batches)
 
 
 def train(config, out_dir, tracker=None):
     """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics."""
     cfg = resolve_config(config)
     out = Path(out_dir)
-    device = pick_device(cfg["device"])
-    devices.configure(device, cfg["deterministic"])
+    device = pick_device(cfg["device"])  # a GPU that cannot run stops here, in seconds
+    devices.configure(device, cfg["deterministic"], cfg["precision"])
 
     torch.manual_seed(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
     run_data = load_run_data(cfg, device)  # bad input stops here, before anything is written
     init_sha256 = init_checkpoint_sha256(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    rundir.write_json(out / rundir.JOB, job_info(device))
+    record_attempt(out, device)
+    if cfg["method"] == "dmi":
+        missing = batches_missing_a_class(run_data.train_noisy, run_data.num_classes, cfg["batch_size"], cfg["seed"])
+        if missing > 0:
+            warnings.warn(f"DMI: {missing:.0%} of the training batches (batch size {cfg['batch_size']}, "
+                          f"{run_data.num_classes} classes) miss a class; their determinant is 0 and their "
+                          f"gradient zero, so the run stays near its CE start (docs/reproduction.md)",
+                          RuntimeWarning)
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
     for model in _models(ctx).values():
@@ -486,7 +519,13 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     rundir.write_text(out / rundir.HISTORY, history_csv.getvalue())
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
+    if cfg["dataset"] == "clothing1m":  # images skipped because they cannot be decoded (limit.clothing1m)
+        metrics["unreadable_images"] = len({p for split in (run_data.train, run_data.val, run_data.test)
+                                            for p in split.unreadable})
     rundir.write_json(out / rundir.METRICS, metrics)
+    if not cfg["keep_state"]:  # the run is complete: its training state is only storage now
+        for name in (rundir.STATE, rundir.STATE_PREV):
+            (out / name).unlink(missing_ok=True)
     if tracker is not None:
         tracker.finish(out, metrics)
     return metrics

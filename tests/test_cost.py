@@ -13,8 +13,9 @@ from limit import cost
 from limit.grid import expand_runs
 
 ROOT = Path(__file__).resolve().parents[1]
-ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,.]+)$")
-TOTAL = re.compile(r"^total: ([\d,.]+) device-hours packed, ([\d,.]+) unpacked \((.+)\)$")
+ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,.]+)$")
+TOTAL = re.compile(r"^total: ([\d,.]+) device-hours packed, ([\d,.]+) unpacked \((.+)\); ([\d,.]+) GB kept, "
+                   r"([\d,.]+) GB of training state")
 
 
 def plan_rows(config, runs_csv=None):
@@ -35,13 +36,15 @@ def test_plan_prints_a_row_per_block_and_the_total(tmp_path):
     rows, lines, (packed, unpacked) = plan_rows(config)
     assert set(rows) == set(config["experiments"])
     runs = expand_runs(config)
-    for block, (n_runs, jobs, epochs, packed_h, unpacked_h, largest_h) in rows.items():
+    for block, (n_runs, jobs, epochs, packed_h, unpacked_h, largest_h, kept_gb, state_gb) in rows.items():
         assert int(n_runs) == int(jobs) == sum(r["experiment"] == block for r in runs)  # pack: 1
         assert float(packed_h) == float(unpacked_h) > 0
+        assert float(state_gb) > 0 and float(kept_gb) > 0
     # main: 20 epochs, patience 8 -> ceil(2) + 8 + 1 = 11; figure1: patience 1000 -> all 30 epochs
     assert rows["main"][2] == "11" and rows["figure1"][2] == "30"
-    total = TOTAL.match(lines[-1])
+    total = TOTAL.match(next(line for line in lines if line.startswith("total: ")))
     assert total and "cores" in total[3]
+    assert "Left out of the hours: data loading" in "\n".join(lines)  # the table says what it does not count
     assert abs(float(total[1].replace(",", "")) - packed) < 0.05 and packed == unpacked
 
 

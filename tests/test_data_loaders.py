@@ -288,3 +288,22 @@ def test_clothing1m_persistent_workers_and_torchvision_decoding(tmp_path):
     for (i_pil, x_pil), (i_tv, x_tv) in zip(epoch(pil, 3), epoch(tv, 3)):
         assert torch.equal(i_pil, i_tv)
         assert (x_pil - x_tv).abs().mean() < 0.1  # normalised units: a few grey levels on average
+
+
+@pytest.mark.parametrize("decode", ["pil", "torchvision"])
+def test_clothing1m_unreadable_images_are_skipped_named_and_counted(tmp_path, decode):
+    """A truncated JPEG and a file that is no image never stop an epoch: skipped, warned about once with their
+    paths, and kept in the split's ``unreadable``."""
+    write_clothing1m(tmp_path)
+    train = Clothing1MSplit(tmp_path, "train", "cpu", augment=True, num_workers=0, image_size=8, decode=decode)
+    truncated, not_an_image = tmp_path / train.paths[3], tmp_path / train.paths[10]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    not_an_image.write_text("not a JPEG")
+    with pytest.warns(RuntimeWarning, match="unreadable image, skipped") as caught:
+        batches = list(train.batches(10, generator=torch.Generator().manual_seed(0), shuffle=True, augment=True))
+    assert sorted(torch.cat([i for i, _ in batches]).tolist()) == sorted(set(range(28)) - {3, 10})
+    assert all(len(i) == len(x) for i, x in batches)
+    assert set(train.unreadable) == {train.paths[3], train.paths[10]}
+    assert len([w for w in caught if "unreadable" in str(w.message)]) == 2
+    list(train.batches(10))  # a second pass warns no more, skips the same
+    assert len(train.unreadable) == 2

@@ -110,3 +110,49 @@ def test_bad_member_arguments_stop_the_pack_before_any_run(tmp_path):
                              f"--bogus --out {tmp_path / 'y'}"], capture_output=True, text=True)
     assert result.returncode == 2 and "error:" in result.stderr
     assert not (tmp_path / "y").exists()
+
+
+def _gpu_stand_ins(bin_dir, mode, mps_calls=None):
+    """nvidia-smi reporting ``mode`` and, with ``mps_calls``, an nvidia-cuda-mps-control that records its calls
+    (arguments, stdin, pipe directory) there."""
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho {mode}\n")
+    if mps_calls is not None:
+        (bin_dir / "nvidia-cuda-mps-control").write_text(
+            f'#!/bin/sh\nif [ "$1" = -d ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {mps_calls}; '
+            f'else read line; echo "$line $CUDA_MPS_PIPE_DIRECTORY" >> {mps_calls}; fi\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "TMPDIR": str(bin_dir.parent)}
+
+
+def test_an_exclusive_process_gpu_without_mps_stops_the_pack_at_once(tmp_path):
+    env = _gpu_stand_ins(tmp_path / "bin", "Exclusive_Process")
+    member = f"--dataset mnist --labels x.npz --method ce --device cuda --out {tmp_path / 'run'}"
+    done = subprocess.run([sys.executable, "-m", "limit", "train-pack", member, member], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("error: ") and "training.mnist.pack: 1" in done.stderr
+    assert done.stdout == "" and not (tmp_path / "run").exists()  # no member started
+
+
+def test_an_exclusive_process_gpu_gets_a_private_mps_daemon_stopped_at_the_end(tmp_path):
+    calls = tmp_path / "mps-calls.txt"
+    env = _gpu_stand_ins(tmp_path / "bin", "Exclusive_Process", calls)
+    # the members stop at once here (no GPU on a test machine); the daemon is stopped all the same
+    member = f"--dataset mnist --labels x.npz --method ce --device cuda --no-tracking --out {tmp_path / 'run'}"
+    done = subprocess.run([sys.executable, "-m", "limit", "train-pack", member], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert "private MPS daemon" in done.stdout, done.stdout + done.stderr
+    start, stop = calls.read_text().splitlines()
+    pipe = start.split()[1]
+    assert start == f"start {pipe}" and stop == f"quit {pipe}" and pipe.startswith(str(tmp_path / "limit-mps-"))
+    assert not Path(pipe).exists()  # the job-private directories are removed
+
+
+def test_default_compute_mode_needs_no_mps(tmp_path):
+    calls = tmp_path / "mps-calls.txt"
+    env = _gpu_stand_ins(tmp_path / "bin", "Default", calls)
+    member = f"--dataset mnist --labels x.npz --method ce --device cuda --no-tracking --out {tmp_path / 'run'}"
+    subprocess.run([sys.executable, "-m", "limit", "train-pack", member], env=env, capture_output=True,
+                   timeout=300)
+    assert not calls.exists()

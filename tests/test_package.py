@@ -31,7 +31,7 @@ def test_schema_training_defaults_are_the_tables():
     defaults = {**TRAINING_DEFAULTS, **JOB_DEFAULTS}
     shared = set(training) & set(defaults)
     assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init", "precision", "checkpoint_every",
-                      "test_curve_every", "deterministic", "decode", "pack"}
+                      "test_curve_every", "deterministic", "decode", "keep_state", "pack"}
     assert {k: training[k]["default"] for k in shared} == {k: defaults[k] for k in shared}
 
 

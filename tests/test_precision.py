@@ -92,6 +92,23 @@ def test_deterministic_setting(monkeypatch):
         torch.use_deterministic_algorithms(False)
 
 
+def test_fp32_is_float32_and_determinism_fills_no_memory(monkeypatch):
+    """TF32 off for matrix products and convolutions; no fill kernel per allocation under determinism."""
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        configure(precision="fp32")
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.utils.deterministic.fill_uninitialized_memory is False
+        with pytest.raises(ValueError, match="precision"):
+            configure(precision="fp16")
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+
+
 def test_checkpoint_every_in_epochs_or_minutes():
     assert parse_checkpoint_every(3) == ("epochs", 3) and parse_checkpoint_every("3") == ("epochs", 3)
     assert parse_checkpoint_every("30min") == ("minutes", 30.0) and parse_checkpoint_every("1.5m") == ("minutes", 1.5)

@@ -251,7 +251,8 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
 
 def test_a_pack_is_one_slurm_job(slurm_cluster, fmnist_dir, fast_config, tmp_path):
     """training.<dataset>.pack: 4 trains the test config's 10 runs as 3 packs (4 + 2 runs, and the 4 runs that start
-    from a CE run): 3 Slurm jobs, each with the threads and memory of all its members and one job id for all."""
+    from a CE run): 3 Slurm jobs, each with the threads and memory of all its members (and a CPU for the pack
+    process) and one job id for all."""
     packed = tmp_path / "pack.yaml"
     packed.write_text(yaml.safe_dump({"training": {"fashion_mnist": {"pack": 4}}}))
     workdir = tmp_path / "work"
@@ -270,6 +271,29 @@ def test_a_pack_is_one_slurm_job(slurm_cluster, fmnist_dir, fast_config, tmp_pat
         record = finished[job_id]
         assert record["JobState"] == "COMPLETED", record
         # the threads of all members, as far as the node has CPUs (Snakemake caps a job's threads at them)
-        cpus = min(len(runs_of_job), os.cpu_count())
+        cpus = min(len(runs_of_job) + 1, os.cpu_count())  # + the pack process
         assert f"cpu={cpus}," in record["Tres"] and f"mem={1000 * len(runs_of_job)}M" in record["Tres"], record
     assert output.count("submitted with SLURM jobid") == 3, output[-6000:]
+
+
+def test_a_gpu_job_runs_on_the_gpu_resource_and_stops_at_once_without_a_gpu(slurm_cluster, fmnist_dir, fast_config,
+                                                                              tmp_path):
+    """gpus: 1 is scheduled on the node's GPU GRES (backed by a stand-in device file, slurm-up.sh): Slurm gives
+    the job a GPU as on a GPU node, but nothing there runs CUDA. The job stops within a minute with the one-line
+    device error instead of training on the CPU; nothing of the run is written."""
+    gpu = tmp_path / "gpu.yaml"
+    gpu.write_text(yaml.safe_dump({"training": {"fashion_mnist": {"gpus": 1, "slurm_partition": "debug"}}}))
+    run = "main/fashion_mnist/uniform-0.5/n256/seed1/ce/default"
+    workdir = tmp_path / "work"
+    before = set(jobcomp(slurm_cluster))
+    rc, output = run_snakemake(workdir, fmnist_dir, f"results/runs/{run}/metrics.json", "--retries", "0",
+                               config_files=[fast_config, gpu])
+    assert rc != 0 and "Error in rule train" in output, output[-4000:]
+    log = (workdir / "results/logs/train" / f"{run}.log").read_text().strip().splitlines()
+    # scheduled on the GPU resource: Slurm gave the job GPU 0 (jobcomp's Tres lists GPUs only with slurmdbd)
+    assert len(log) == 1 and log[0].startswith("error: --device cuda: this Slurm job holds a GPU ("), log
+    assert "finds no usable GPU" in log[0] and not (workdir / "results/runs" / run).exists()
+    jobs = [job for job_id, job in jobcomp(slurm_cluster).items() if job_id not in before]
+    assert len(jobs) == 1 and jobs[0]["JobState"] == "FAILED", jobs
+    started, ended = (time.strptime(jobs[0][k], "%Y-%m-%dT%H:%M:%S") for k in ("StartTime", "EndTime"))
+    assert time.mktime(ended) - time.mktime(started) < 60

@@ -53,3 +53,38 @@ def test_training_settings_become_sbatch_options(fmnist_dir, tmp_path):
         assert "--qos=high" in args and "--gpus=a100:1" in args
         # config/test.yaml: mem_mb 1000 grows with the attempt; runtime 10 does not (max_runtime defaults to it)
         assert options["--mem"] == str(1000 * attempt) and options["-t"] == "10"
+
+
+def dry_run(tmp_path, settings, *args, env=None):
+    """``snakemake --profile slurm -n -p`` of the test config with ``settings`` merged in: (exit code, output)."""
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    env = {**(os.environ if env is None else env), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    done = subprocess.run(["snakemake", "-n", "-p", "--profile", "slurm", "--directory", str(tmp_path / "work"),
+                           "--configfile", "config/test.yaml", str(config), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_gpu_jobs_without_a_partition_stop_before_any_submission(tmp_path):
+    rc, output = dry_run(tmp_path, {"training": {"fashion_mnist": {"gpus": 1}}, "mlflow": {"enabled": False}})
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and "training.fashion_mnist.slurm_partition" in errors[0], output[-3000:]
+    assert "rule train" not in output
+    # an explicit null chooses the cluster's default partition knowingly; a GPU job then trains on its GPU or stops
+    rc, output = dry_run(tmp_path, {"training": {"fashion_mnist": {"gpus": 1, "slurm_partition": None}},
+                                    "mlflow": {"enabled": False}})
+    assert rc == 0, output[-3000:]
+    train_commands = [line for line in output.splitlines() if "python -m limit train " in line]
+    assert len(train_commands) == 10 and all("--device cuda" in line for line in train_commands)
+
+
+def test_an_sqlite_tracking_store_is_refused_under_slurm(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    rc, output = dry_run(tmp_path, {}, env=env)  # config/test.yaml: sqlite:///results/mlflow.db
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and "mlflow.tracking_uri" in errors[0], output[-3000:]
+    assert "MLFLOW_TRACKING_URI" in errors[0] and "rule train" not in output
+    rc, output = dry_run(tmp_path, {}, env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"})
+    assert rc == 0, output[-3000:]

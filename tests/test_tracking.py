@@ -11,7 +11,7 @@ from limit.train import train
 def small_run(fmnist_dir, labels, out, tracker, epochs=3):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(labels), "method": "limit_l",
            "hparams": {"beta": 1.0}, "epochs": epochs, "batch_size": 128, "seed": 1,
-           "run": {"experiment": "main", "variant": "limit_l"}}
+           "run": {"experiment": "main", "variant": "limit_l"}, "keep_state": True}  # extended below
     return train(cfg, out, tracker)
 
 

@@ -83,6 +83,16 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(fmnist_dir, make_labels, 
     assert result.returncode == 0, result.stderr
     assert f"epoch {epochs_done}:" in result.stdout and "epoch 0:" not in result.stdout  # continued, not restarted
     assert_same_outputs(outputs(tmp_path / "whole"), outputs(killed))
+    # finished: the training state is gone (storage), job.json records both attempts
+    assert not (killed / "state.pt").exists() and not (killed / "state.prev.pt").exists()
+    job = json.loads((killed / "job.json").read_text())
+    assert len(job["attempts"]) == 2 and job["device"] == "cpu" and "device_change" not in job
+
+
+def test_keep_state_keeps_the_training_state_of_a_finished_run(fmnist_dir, make_labels, tmp_path):
+    train(config(fmnist_dir, make_labels(rate=0.5), epochs=2, keep_state=True), tmp_path / "run")
+    assert len(torch.load(tmp_path / "run" / "state.pt", weights_only=True)["history"]) == 2
+    assert (tmp_path / "run" / "state.prev.pt").exists()
 
 
 def test_resume_after_early_stop_and_rerun_of_a_complete_run(fmnist_dir, make_labels, tmp_path):
@@ -96,7 +106,7 @@ def test_resume_after_early_stop_and_rerun_of_a_complete_run(fmnist_dir, make_la
 
 def test_mismatched_or_corrupt_checkpoint_is_refused(fmnist_dir, make_labels, tmp_path):
     labels = make_labels(rate=0.5)
-    train(config(fmnist_dir, labels, epochs=1), tmp_path / "run")
+    train(config(fmnist_dir, labels, epochs=1, keep_state=True), tmp_path / "run")
     with pytest.raises(TrainingError, match="different config"):
         train(config(fmnist_dir, labels, epochs=1, hparams={"lr": 0.01}), tmp_path / "run")
     with pytest.raises(TrainingError, match="different config"):
@@ -135,8 +145,8 @@ def test_non_finite_loss_stops_with_the_epoch_and_term(fmnist_dir, make_labels, 
 def test_methods_that_start_from_the_ce_run(fmnist_dir, make_labels, tmp_path, method, extra):
     labels = make_labels(rate=0.5)
     train(config(fmnist_dir, labels, epochs=2), tmp_path / "ce")
-    metrics = train(config(fmnist_dir, labels, method=method, epochs=2, init_from=str(tmp_path / "ce"), **extra),
-                    tmp_path / method)
+    metrics = train(config(fmnist_dir, labels, method=method, epochs=2, init_from=str(tmp_path / "ce"),
+                           keep_state=True, **extra), tmp_path / method)
     assert metrics["test_acc"] > 0.3
     if method == "fw":
         matrix = torch.load(tmp_path / "fw" / "state.pt", weights_only=True)["extra"]["transition_matrix"]
@@ -149,7 +159,7 @@ def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fm
     cfg = config(fmnist_dir, make_labels(rate=0.5), method="limit_g_s", hparams={"beta": 1.0, "lamb": 50.0},
                  eval_test_each_epoch=False)
     train(cfg, tmp_path / "whole")
-    train({**cfg, "epochs": 2}, tmp_path / "torn")  # a run stopped after its second epoch...
+    train({**cfg, "epochs": 2, "keep_state": True}, tmp_path / "torn")  # a run stopped after its second epoch...
     state = tmp_path / "torn" / "state.pt"
     assert len(torch.load(tmp_path / "torn" / "state.prev.pt", weights_only=True)["history"]) == 1
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # ...whose last checkpoint is torn
@@ -160,7 +170,7 @@ def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fm
 
 def test_a_changed_ce_model_restarts_the_runs_initialised_from_it(fmnist_dir, make_labels, tmp_path):
     labels, fast = make_labels(rate=0.5), {"epochs": 2, "eval_test_each_epoch": False}
-    fw = config(fmnist_dir, labels, method="fw", init_from=str(tmp_path / "ce"), **fast)
+    fw = config(fmnist_dir, labels, method="fw", init_from=str(tmp_path / "ce"), keep_state=True, **fast)
     train(config(fmnist_dir, labels, **fast), tmp_path / "ce")
     train(fw, tmp_path / "fw")
     train(config(fmnist_dir, labels, seed=8, **fast), tmp_path / "ce_new")  # the CE model changes
@@ -169,3 +179,11 @@ def test_a_changed_ce_model_restarts_the_runs_initialised_from_it(fmnist_dir, ma
         train(fw, tmp_path / "fw")  # the same command again: its state.pt is stale
     train(fw, tmp_path / "fw_fresh")
     assert_same_outputs(outputs(tmp_path / "fw_fresh"), outputs(tmp_path / "fw"))
+
+
+def test_dmi_batches_that_miss_a_class():
+    """CIFAR-100's class counts at batch 256: every batch misses a class (DMI's determinant is 0 there); with
+    CIFAR-10's, almost none (docs/reproduction.md)."""
+    from limit.train import batches_missing_a_class
+    assert batches_missing_a_class(torch.arange(100).repeat(400), 100, 256, seed=42) == 1.0
+    assert batches_missing_a_class(torch.arange(10).repeat(4000), 10, 256, seed=42) < 0.05

@@ -9,10 +9,14 @@
 # It never replaces a slurm.conf, slurmdbd.conf or munge key that it did not write: on a host with its
 # own Slurm it refuses (exit 3). Files it creates are listed in STATE_DIR/created; slurm-down.sh
 # STATE_DIR stops the daemons and removes those files.
+# The node has one GPU GRES backed by a stand-in device file ($GPU_DEV, a character device with /dev/null's
+# numbers): Slurm schedules `--gpus=1` jobs on it and sets SLURM_JOB_GPUS / CUDA_VISIBLE_DEVICES as on a GPU
+# node, but nothing can run CUDA on it.
 set -euo pipefail
 S=${1:-${TMPDIR:-/tmp}/limit-slurm}
 WITH_SLURMDBD=${WITH_SLURMDBD:-0}
 NODE=$(hostname -s)
+GPU_DEV=/dev/limit-test-gpu0
 MARK="# written by limit-pipeline tests/cluster/slurm-up.sh; removed by slurm-down.sh"
 export DEBIAN_FRONTEND=noninteractive
 
@@ -23,6 +27,7 @@ ours_or_absent() {  # file: refuse to touch a file this script did not write
 }
 created() { grep -qxF "$1" "$S/created" 2>/dev/null || echo "$1" >> "$S/created"; }
 ours_or_absent /etc/slurm/slurm.conf
+ours_or_absent /etc/slurm/gres.conf
 [ "$WITH_SLURMDBD" = 1 ] && ours_or_absent /etc/slurm/slurmdbd.conf
 mkdir -p "$S"
 
@@ -91,8 +96,15 @@ JobCompLoc=$S/log/jobcomp.txt
 MinJobAge=300
 KillWait=5
 InactiveLimit=0
-NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=8 RealMemory=8000 State=UNKNOWN
+GresTypes=gpu
+NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=8 RealMemory=8000 Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+[ -e "$GPU_DEV" ] || { mknod "$GPU_DEV" c 1 3; created "$GPU_DEV"; }
+created /etc/slurm/gres.conf
+cat > /etc/slurm/gres.conf <<CONF
+$MARK
+Name=gpu File=$GPU_DEV
 CONF
 
 if [ "$WITH_SLURMDBD" = 1 ]; then

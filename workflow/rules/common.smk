@@ -1,4 +1,5 @@
 import hashlib
+import inspect
 import os
 import shlex
 import sys
@@ -13,6 +14,7 @@ from limit.grid import (  # noqa: E402
     SCHEMA,
     ConfigError,
     check_schema,
+    check_slurm_submission,
     expand_runs,
     figure_facts,
     pack_runs,
@@ -25,11 +27,26 @@ from limit.rundir import METRICS, RUNS_DIR, setting_path  # noqa: E402
 # Jobs (local, Slurm or conda) import the package from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
+
+def snakemake_executor():
+    """The --executor of the snakemake command line (a profile's included), or None when the workflow is not
+    run from it. Snakemake parses the workflow before it sets up the executor, so it is read from the caller's
+    parsed arguments; jobs inside Slurm run another executor (slurm-jobstep) and skip the submission checks."""
+    for frame in inspect.stack(0):
+        if frame.function == "args_to_api" and frame.frame.f_globals.get("__name__") == "snakemake.cli":
+            return getattr(frame.frame.f_locals.get("args"), "executor", None)
+    return None
+
+
 # A bad config stops here, before any job: one line naming the key, exit status 2.
 try:
     check_schema(config, SCHEMA)
     validate(config, str(SCHEMA))  # fills the defaults
     RUN_ROWS = expand_runs(config)
+    if snakemake_executor() == "slurm":
+        check_slurm_submission(
+            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", config["mlflow"]["tracking_uri"])
+        )
 except ConfigError as exc:
     print(f"error: invalid config: {exc}", file=sys.stderr)
     sys.exit(2)
@@ -98,11 +115,13 @@ def data_ready(dataset):
     return DATA_READY.format(dataset=dataset)
 
 
-def tracking_arguments():
-    if not TRACKING:
-        return ["--no-tracking"]
-    checkpoints = [] if config["mlflow"]["log_checkpoints"] else ["--no-checkpoint-artifacts"]
-    return [*TRACKING_URI_ARGS, *checkpoints]
+def tracking_arguments(row):
+    """Where a run tracks and what it keeps (MLflow's copy of best.pt, its state once finished): not what it
+    computes, so the rules derive them from the output and a change reruns nothing."""
+    args = [*TRACKING_URI_ARGS] if TRACKING else ["--no-tracking"]
+    if TRACKING and not row["log_checkpoints"]:
+        args.append("--no-checkpoint-artifacts")
+    return args + (["--keep-state"] if row["keep_state"] else [])
 
 
 def train_inputs(wildcards):
@@ -124,7 +143,7 @@ def run_command(run, tracking=True):
     init_from = ["--init-from", run_dir(row["init_from"])] if row["init_from"] else []
     return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), "--data-dir", config["data_dir"],
                        "--labels", labels_file(row), *init_from, "--out", run_dir(run),
-                       *(tracking_arguments() if tracking else [])])
+                       *(tracking_arguments(row) if tracking else [])])
 
 
 def pack_digest(pack):
@@ -150,6 +169,8 @@ def job_resource(key, scale_with_attempt=False):
     def get(wildcards, attempt):
         runs = members(wildcards)
         value = sum(r[key] for r in runs) if key in ("threads", "mem_mb") else runs[0][key]
+        if key == "threads" and "pack" in wildcards.keys():
+            value += 1  # the pack's own process, which starts its members and relays their output
         return value * attempt if scale_with_attempt else value
 
     return get

@@ -18,7 +18,7 @@ rule train:
             shlex.join(["--init-from", os.path.dirname(input.ce_run)]) if "ce_run" in input.keys() else ""
         ),
         # where to track is not what to train: derived from the output, so a changed store retrains nothing
-        tracking=lambda wc, output: shlex.join(tracking_arguments()),
+        tracking=lambda wc, output: shlex.join(tracking_arguments(RUNS[wc.run])),
     threads: job_resource("threads")
     resources:
         mem_mb=job_resource("mem_mb", scale_with_attempt=True),
