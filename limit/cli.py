@@ -401,14 +401,14 @@ def build_parser():
     s.add_argument("--settings", nargs="+", metavar="NOISE:RATE:N",
                    help="noise settings and training-set sizes (default: the five of docs/label-issues.md)")
     s.add_argument("--seeds", type=int, nargs="+", help="default 42 43")
-    s.add_argument("--epochs", type=int, help="epoch budget of every model (default 30)")
+    s.add_argument("--epochs", type=int, help="epoch budget of every model (default 20)")
     s.add_argument("--patience", type=int, help="early-stopping patience (default: a quarter of --epochs, as "
                                                 "the paper's 100 of 400)")
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--folds", type=int, help="cleanlab's cross-validation folds (default 5)")
     s.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
     s.add_argument("--betas", type=float, nargs="+", help="LIMIT's beta grid (default 1 10)")
-    s.add_argument("--quick", action="store_true", help="a small version (n = 300, 3 epochs, 2 folds, one seed)")
+    s.add_argument("--quick", action="store_true", help="a small version (n = 300, 4 epochs, 2 folds, one seed)")
     s.add_argument("--dev", action="store_true", help="only the development setting the default score was "
                                                       "chosen on (uniform 0.3, n = 5000, seed 41), and the rule")
     s.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")

@@ -199,7 +199,7 @@ def find_label_issues(run_dir, out_dir, top_k=24, device="cpu", score=None):
     for rank, i in enumerate(order, 1):
         row = [rank, split[i], int(scores["index"][i]), path_of(i), names[scores["given_label"][i]],
                names[scores["predicted_label"][i]], f"{ranked[i]:.6f}",
-               *(f"{scores[name][i]:.6f}" for name in SCORES if name in scores)]
+               *(f"{scores[name][i]:.9g}" for name in SCORES if name in scores)]  # float32 exactly
         writer.writerow(row + ([names[scores["true_label"][i]] if scores["true_label"][i] >= 0 else "",
                                 int(scores["is_corrupted"][i])] if known else []))
     rundir.write_text(out / "label_issues.csv", table.getvalue())
