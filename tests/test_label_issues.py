@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from scipy.stats import rankdata
 
+from limit import data as D
 from limit import label_issues as LI
 from limit.cli import main
 from limit.label_issues import SPLITS
@@ -179,3 +180,32 @@ def test_detection_metrics_on_a_known_ranking():
     assert half["precision_at_k"] == 0.5 and half["roc_auc"] == 0.5
     assert half["average_precision"] == pytest.approx((1 + 2 / 6) / 2)
     assert np.isnan(detection_metrics(np.ones(6), np.zeros(6))["roc_auc"])
+
+
+def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_disk(tmp_path, monkeypatch, capsys):
+    from torch import nn
+
+    from limit import train as T
+    from limit.clothing1m import clothing1m_labels
+    from limit.models import Classifier
+    from test_data_loaders import write_clothing1m
+    root, labels, run, out = tmp_path / "clothing1m", tmp_path / "labels.npz", tmp_path / "run", tmp_path / "o"
+    lists = write_clothing1m(root)
+    D.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
+                                                          "n": "all", "seed": 1, "val_size": None})
+    # A pooled linear model stands in for ResNet-50 (classifier and q): this test is about the data path.
+    monkeypatch.setattr(T, "build_model", lambda *a, **k: Classifier(
+        nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(3, 14)))
+    T.train({"dataset": "clothing1m", "data_dir": str(root), "labels": str(labels), "method": "limit_l",
+             "arch": "resnet50", "epochs": 2, "batch_size": 16, "num_workers": 0, "device": "cpu"}, run)
+    opened = []
+    real_open = LI.tile_image
+    monkeypatch.setattr(LI, "tile_image", lambda split, position, path: (opened.append(path),
+                                                                         real_open(split, position, path))[1])
+    assert main(["find-label-issues", str(run), "--out", str(out), "--top-k", "5", "--score", "grad_distance"]) == 0
+    rows = read_rows(out / "label_issues.csv")
+    assert len(rows) == len(lists["train"]) + len(lists["val"])
+    assert {r["path"] for r in rows} == {str(root / p) for p in lists["train"] + lists["val"]}
+    assert len(opened) == 5 and all(p == r["path"] for p, r in zip(opened, rows))  # the top 5, read from disk
+    assert (out / "gallery.png").stat().st_size > 0
+    assert "the top 5 in" in capsys.readouterr().out
