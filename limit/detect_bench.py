@@ -38,8 +38,8 @@ SEEDS = [42, 43]
 DEV_SETTING, DEV_SEED = "uniform:0.3:5000", 41  # where the default score was chosen; not in the table
 QUICK = {"settings": ["uniform:0.5:300"], "seeds": [7], "epochs": 4, "folds": 2, "betas": [1, 10]}
 FULL = {"settings": SETTINGS, "seeds": SEEDS, "epochs": 20, "folds": 5, "betas": [1, 10]}
-METHODS = {"limit": "LIMIT, {score} (β grid, 1 selected run)", "cleanlab": "cleanlab find_label_issues ({folds} folds)",
-           "ce_loss": "CE loss (1 run)"}
+METHODS = {"limit": "LIMIT, {score} (β grid, 1 selected run)",
+           "cleanlab": "cleanlab find_label_issues ({folds} folds)", "ce_loss": "CE loss (1 run)"}
 
 
 def timed(fn):

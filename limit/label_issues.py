@@ -97,9 +97,8 @@ def example_scores(run_dir, device="cpu"):
     epoch_scores = Path(run_dir) / rundir.EPOCH_SCORES
     if epoch_scores.exists():  # runs of earlier versions have none
         with np.load(epoch_scores) as f:
-            for kind in ("loss", "margin"):
-                scores[f"{'ce_loss' if kind == 'loss' else 'margin'}_avg"] = np.concatenate(
-                    [f[f"{name}_{kind}"] for name in SPLITS])
+            for score, kind in (("ce_loss_avg", "loss"), ("margin_avg", "margin")):
+                scores[score] = np.concatenate([f[f"{name}_{kind}"] for name in SPLITS])
     components = [name for name in SCORES if name in scores]
     scores["rank_average"] = np.mean([within_split(scores[name], scores["split"]) for name in components], axis=0)
     return cfg, run_data, scores
@@ -126,8 +125,8 @@ def image_paths(cfg, run_data):
     if cfg["dataset"] not in D.DATASETS:
         from limit.folder_data import read_cache
         paths = read_cache(cfg["dataset"]).train_paths
-        return {name: [paths[i] for i in idx] for name, idx in (("train", run_data.train_idx),
-                                                                 ("val", D.read_labels_file(cfg["labels"])[0]["val_idx"]))}
+        val_idx = D.read_labels_file(cfg["labels"])[0]["val_idx"]
+        return {name: [paths[i] for i in idx] for name, idx in (("train", run_data.train_idx), ("val", val_idx))}
     if hasattr(run_data.train, "paths"):  # streamed from disk (Clothing1M): relative to the data directory
         return {name: [str(Path(cfg["data_dir"]) / p) for p in split.paths]
                 for name, split in zip(SPLITS, (run_data.train, run_data.val))}
