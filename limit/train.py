@@ -9,6 +9,7 @@ runs) and, last, ``metrics.json``.
 ``epoch_scores.npz`` holds, per training and validation example, the classifier's cross-entropy loss and margin
 on the given label averaged over the epochs up to the selected one (the idea of the area under the margin,
 Pleiss et al. 2020). They are recorded in the forward passes training and validation make anyway: no extra pass.
+Validation examples are scored against the labels validation selects on (the clean ones with clean_validation).
 """
 import copy
 import csv
