@@ -9,7 +9,6 @@ known, so memorisation and detection are measured as for synthetic noise.
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from limit.noise import HUMAN_NOISE
 
@@ -30,6 +29,7 @@ def label_file(data_dir, dataset):
 
 def read_label_file(path):
     """The release's dict of label arrays, loaded as data only (numpy arrays are allowed, nothing else)."""
+    import torch  # here, not above: checking a config for these files must not import torch
     reconstruct = np._core.multiarray._reconstruct
     numpy_globals = [np.ndarray, np.dtype, np.dtypes.Int64DType, np.dtypes.Int32DType, np.dtypes.UInt8DType,
                      reconstruct, (reconstruct, "numpy.core.multiarray._reconstruct")]  # files pickled by numpy 1.x

@@ -9,7 +9,8 @@ import warnings
 from pathlib import Path
 
 from limit import rundir
-from limit.registry import BN_INIT, DATASETS, HPARAMS, METHODS, PRECISIONS, TRAINING_DEFAULTS
+from limit.registry import (BN_INIT, DATASETS, HPARAMS, METHODS, PRECISIONS, TRAINING_DEFAULTS, dataset_name,
+                            method_hparams, method_name)
 
 
 def cmd_prepare(args):
@@ -42,6 +43,18 @@ def _count(text):
     return text
 
 
+def _method(text):
+    """argparse type of --method: a registry name, also in the tables' spelling (LIMIT_L)."""
+    try:
+        return method_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _option(name):
+    return f"--{name.replace('_', '-')}"
+
+
 def _positive_int(text):
     try:
         value = int(text)
@@ -50,18 +63,6 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
-
-
-def _experiment_id(path, name):
-    """The MLflow experiment id of ``name`` in the experiments file written by ``mlflow-init``."""
-    try:
-        ids = json.loads(Path(path).read_text())["experiments"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError(f"--experiments-file {path} is not a file written by `python -m limit mlflow-init`") from None
-    if name not in ids:
-        raise ValueError(f"--experiment {name!r} is not in {path} (it has {sorted(ids)}); "
-                         f"add it to the config's experiments and rerun mlflow-init")
-    return ids[name]
 
 
 def cmd_corrupt(args):
@@ -79,7 +80,7 @@ def cmd_corrupt(args):
             human = human_labels(args.data_dir, args.dataset, args.noise, train_labels)
         arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
                                      n=_n_arg(args.n), val_size=args.val_size, human_labels=human)
-    meta = {"dataset": args.dataset, "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
+    meta = {"dataset": dataset_name(args.dataset), "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
             "val_size": args.val_size}
     meta = D.write_labels_file(args.out, arrays, meta)
     print(f"{args.out}: {len(arrays['train_idx'])} train ({arrays['is_corrupted'].mean():.3f} corrupted), "
@@ -90,6 +91,11 @@ def cmd_train(args):
     from limit.tracking import Tracker
     from limit.train import train
     hparams = {k: getattr(args, k) for k in HPARAMS if getattr(args, k) is not None}
+    own = method_hparams(args.method)
+    unused = [k for k in hparams if k not in own]
+    if unused:
+        raise ValueError(f"{_option(unused[0])}: not a hyperparameter of {args.method!r} (its hyperparameters: "
+                         f"{', '.join(map(_option, own))})")
     config = {"dataset": args.dataset, "data_dir": args.data_dir, "labels": args.labels, "method": args.method,
               "arch": args.arch, "hparams": hparams, "epochs": args.epochs, "patience": args.patience,
               "batch_size": args.batch_size, "seed": args.seed, "clean_validation": args.clean_validation,
@@ -100,12 +106,7 @@ def cmd_train(args):
               "checkpoint_every": args.checkpoint_every, "test_curve_every": args.test_curve_every,
               "decode": args.decode, "log_checkpoints": not args.no_checkpoint_artifacts,
               "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
-    tracker = None
-    if not args.no_tracking:
-        experiment_id = args.experiment_id
-        if args.experiments_file:  # written by `limit mlflow-init` before any job starts
-            experiment_id = _experiment_id(args.experiments_file, args.experiment)
-        tracker = Tracker(args.out, args.tracking_uri, experiment_id)
+    tracker = None if args.no_tracking else Tracker(args.out, args.tracking_uri)
     metrics = train(config, args.out, tracker)
     print(json.dumps(metrics))
 
@@ -168,34 +169,41 @@ def cmd_mlflow_sync(args):
 
 
 def cmd_mlflow_init(args):
-    """Create the store and the experiments before any job starts (MLflow races otherwise)."""
-    from limit.tracking import _client, get_or_create_experiment, get_or_create_parent, redact, tracking_uri
+    """Create the store, the experiments and the groups' parent runs before any job starts (MLflow races
+    otherwise)."""
+    from limit.tracking import _client, get_or_create_experiment, get_or_create_parent, tracking_uri
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
-    ids = {name: get_or_create_experiment(client, name, uri) for name in args.experiments}
-    for group in args.groups:  # the parent runs, before parallel jobs would race to create them
+    ids = {name: get_or_create_experiment(client, name, uri) for name in sorted({g.split("/", 1)[0] for g in args.groups})}
+    for group in args.groups:
         get_or_create_parent(client, ids[group.split("/", 1)[0]], group)
-    rundir.write_json(args.out, {"tracking_uri": redact(uri), "experiments": ids})
     print(f"{json.dumps(ids)}; {len(args.groups)} parent runs")
 
 
 def cmd_train_pack(args):
     """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
     import shlex
-    from limit.pack import run_pack
+    from limit.pack import member_name, run_pack
     parser = build_parser()
     for run in args.runs:  # bad arguments stop the pack before any member starts
         parser.parse_args(["train", *shlex.split(run)])
     failed = run_pack(args.runs, args.threads)
     if failed:
         raise rundir.TrainingError(f"{len(failed)} of {len(args.runs)} packed runs failed: {', '.join(failed)}")
+    if args.out:
+        rundir.write_json(args.out, {"run_dirs": [member_name(run) for run in args.runs]})
     print(f"{len(args.runs)} packed runs finished")
 
 
 def cmd_cost(args):
     from limit.cost import main
+    main(args)
+
+
+def cmd_plan(args):
+    from limit.plan import main
     main(args)
 
 
@@ -219,8 +227,22 @@ def cmd_detect_bench(args):
     main(args)
 
 
+class Formatter(argparse.HelpFormatter):
+    """Help that shows an option's default, where it has one that its help does not already give."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or action.default in (None, False, argparse.SUPPRESS)
+                or "default" in text):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class Parser(argparse.ArgumentParser):
     """Bad arguments: one line ``error: ...`` and exit status 2, as every other bad input."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=Formatter, **kwargs)
 
     def error(self, message):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
@@ -269,18 +291,21 @@ def build_parser():
     s = sub.add_parser("train", help="train one run (exactly as the workflow does)",
                        description="Train one run into --out; started again with the same command, a killed run "
                                    "resumes from its last complete epoch.")
-    s.add_argument("--dataset", required=True)
-    s.add_argument("--data-dir", default="data")
+    s.add_argument("--dataset", required=True,
+                   help=f"one of {', '.join(DATASETS)}, or an image cache written by `limit import-images`")
+    s.add_argument("--data-dir", default="data", help="dataset directory")
     s.add_argument("--labels", required=True, help="labels file written by `limit corrupt`")
-    s.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    s.add_argument("--method", required=True, type=_method,
+                   help=f"one of {', '.join(METHODS)} (any case: LIMIT_L is limit_l)")
     s.add_argument("--arch", default=TRAINING_DEFAULTS["arch"],
                    help="cnn (MNIST-style), mlp (Figure 1), resnet34 (CIFAR), resnet50")
     for name, (default, meaning) in HPARAMS.items():
-        s.add_argument(f"--{name.replace('_', '-')}", type=float, help=f"{meaning} (default {default:g})")
-    s.add_argument("--epochs", type=int, default=TRAINING_DEFAULTS["epochs"])
+        s.add_argument(_option(name), type=float, help=f"{meaning} (default {default:g})")
+    s.add_argument("--epochs", type=int, default=TRAINING_DEFAULTS["epochs"],
+                   help="most epochs to train (the paper's MNIST setting; the workflow's configs set their own)")
     s.add_argument("--patience", type=int, default=TRAINING_DEFAULTS["patience"],
                    help="early-stopping patience in epochs")
-    s.add_argument("--batch-size", type=int, default=TRAINING_DEFAULTS["batch_size"])
+    s.add_argument("--batch-size", type=int, default=TRAINING_DEFAULTS["batch_size"], help="training batch size")
     s.add_argument("--seed", type=int, default=TRAINING_DEFAULTS["seed"],
                    help="seed of initialisation, shuffling and sampling")
     s.add_argument("--clean-validation", action="store_true", help="select on clean validation labels (Figure 1)")
@@ -312,8 +337,6 @@ def build_parser():
     s.add_argument("--experiment", default="manual",
                    help="the config's experiment block, also the MLflow experiment (default: manual)")
     s.add_argument("--variant", help="the block's method variant (default: the method)")
-    s.add_argument("--experiment-id", help="MLflow experiment id (pass it: creating experiments races)")
-    s.add_argument("--experiments-file", help="JSON of experiment ids from `limit mlflow-init`")
     s.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
     s.add_argument("--no-checkpoint-artifacts", action="store_true",
                    help="do not log best.pt and train_scores.npz to MLflow (large checkpoints)")
@@ -324,12 +347,14 @@ def build_parser():
                                    "started again with the same command, every member resumes.")
     s.add_argument("runs", nargs="+", metavar="RUN", help="the arguments of one `python -m limit train`, quoted")
     s.add_argument("--threads", type=int, default=1, help="CPU threads of each run (default 1)")
+    s.add_argument("--out", help="JSON file listing the run directories, written once every run has finished")
     s.set_defaults(func=cmd_train_pack)
 
     s = sub.add_parser("select", help="select the hyperparameters of one setting and method variant")
     s.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the group")
     s.add_argument("--out", required=True, help="JSON file with the selection")
-    s.add_argument("--tracking-uri")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///results/mlflow.db)")
     s.add_argument("--no-tracking", action="store_true", help="do not tag the selected runs in MLflow")
     s.set_defaults(func=cmd_select)
 
@@ -349,17 +374,25 @@ def build_parser():
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("mlflow-sync", help="put run directories into MLflow (idempotent)")
-    s.add_argument("run_dirs", nargs="+")
-    s.add_argument("--tracking-uri")
+    s.add_argument("run_dirs", nargs="+", help="run directories (results/runs/...)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///results/mlflow.db)")
     s.set_defaults(func=cmd_mlflow_sync)
 
-    s = sub.add_parser("mlflow-init", help="create the MLflow store and experiments")
-    s.add_argument("--tracking-uri")
-    s.add_argument("--experiments", nargs="+", required=True)
-    s.add_argument("--groups", nargs="*", default=[], help="selection groups (experiment/setting/variant): "
-                                                           "one parent run each")
-    s.add_argument("--out", required=True, help="JSON file of experiment ids")
+    s = sub.add_parser("mlflow-init", help="create the MLflow store, experiments and parent runs")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                                          "sqlite:///results/mlflow.db)")
+    s.add_argument("--groups", nargs="+", required=True, help="selection groups (experiment/setting/variant): "
+                                                              "one parent run each, in its experiment")
     s.set_defaults(func=cmd_mlflow_init)
+
+    s = sub.add_parser("plan", help="what a config asks for and what is left of it, on one screen",
+                       description="Runs and finished runs per experiment block, then the jobs a dry run "
+                                   "(snakemake -n -q) would start, per rule. Run it from the repository.")
+    s.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
+    s.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="...",
+                   help="more Snakemake options, e.g. --profile slurm")
+    s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("cost", help="device-hours of a config's grid on this device, packed and unpacked",
                        description="Times a few real training steps of every architecture, method family and "
@@ -370,9 +403,9 @@ def build_parser():
     s.set_defaults(func=cmd_cost)
 
     s = sub.add_parser("bench", help="images/s of training steps on this device")
-    s.add_argument("--steps", type=int, default=30)
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--device", default="auto")
+    s.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    s.add_argument("--batch-size", type=int, default=256, help="batch size of the steps")
+    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
     s.add_argument("--pack", type=int, metavar="K", help="images/s of K runs packed against K separate runs")
     s.add_argument("--threads", type=int, default=1, help="with --pack: CPU threads per run (default 1)")
     s.set_defaults(func=cmd_bench)
@@ -391,20 +424,20 @@ def build_parser():
                                     "first")
     s.add_argument("--out", required=True, help="output directory")
     s.add_argument("--top-k", type=int, default=24, help="examples in the gallery (default 24)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="cpu, cuda ...")
     s.set_defaults(func=cmd_find_label_issues)
 
     s = sub.add_parser("detect-bench", help="mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss",
                        description="The benchmark of docs/label-issues.md; its table is in the README.")
     s.add_argument("--out", default="results/detect_bench", help="output directory (runs, tables)")
-    s.add_argument("--data-dir", default="data")
+    s.add_argument("--data-dir", default="data", help="dataset directory")
     s.add_argument("--settings", nargs="+", metavar="NOISE:RATE:N",
                    help="noise settings and training-set sizes (default: the five of docs/label-issues.md)")
-    s.add_argument("--seeds", type=int, nargs="+", help="default 42 43")
+    s.add_argument("--seeds", type=int, nargs="+", help="seeds of the split and noise (default 42 43)")
     s.add_argument("--epochs", type=int, help="epoch budget of every model (default 20)")
     s.add_argument("--patience", type=int, help="early-stopping patience (default: a quarter of --epochs, as "
                                                 "the paper's 100 of 400)")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=256, help="training batch size")
     s.add_argument("--folds", type=int, help="cleanlab's cross-validation folds (default 5)")
     s.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
     s.add_argument("--betas", type=float, nargs="+", help="LIMIT's beta grid (default 1 10)")
@@ -412,7 +445,7 @@ def build_parser():
     s.add_argument("--dev", action="store_true", help="only the development setting the default score was "
                                                       "chosen on (uniform 0.3, n = 5000, seed 41), and the rule")
     s.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
-    s.add_argument("--device", default="auto")
+    s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
     s.set_defaults(func=cmd_detect_bench)
     return p
 

@@ -29,7 +29,7 @@ import torch
 
 from limit import data as D
 from limit.device import configure, set_precision
-from limit.grid import ConfigError, check_schema, expand_runs, pack_runs
+from limit.grid import expand_runs, load_config, pack_runs
 from limit.methods import LOSSES, Context
 from limit.registry import get_method
 from limit.models import build_model
@@ -48,23 +48,6 @@ FAMILIES = {False: "ce", True: "limit_l"}  # the method timed for one-network an
 
 def family(method):
     return "two networks" if get_method(method).q_network else "one network"
-
-
-def load_config(path):
-    """A workflow config with the schema's defaults filled in; ValueError on a config the schema rejects."""
-    import yaml
-    from snakemake.utils import validate
-    try:
-        config = yaml.safe_load(Path(path).read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not YAML: {' '.join(str(exc).split())}") from None
-    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-    try:
-        check_schema(config, schema)
-    except ConfigError as exc:
-        raise ConfigError(f"invalid config {path}: {exc}") from None
-    validate(config, str(schema))  # fills in the defaults
-    return config
 
 
 def _synchronize(device):

@@ -1,8 +1,10 @@
-"""The paper's figures from a run table and run directories; each is saved as ``out_prefix``.png and .pdf.
+"""The paper's figures from a run table and run directories; each is saved as ``out_prefix``.png and .pdf, and
+the data it draws as ``out_prefix``.csv (to check it, or to draw it again).
 
-Accuracy curves (Figures 1, 3, A0) are the mean over seeds with seaborn's bootstrap 95% confidence band
-(1000 resamples of the seeds, fixed seed: the figure is reproducible); a dot marks each seed's selected
-(best-validation) epoch, the checkpoint evaluated on the test set. Smoothing is off unless asked for.
+Accuracy curves (Figures 1, 3, A0) are the mean over seeds with a bootstrap 95% confidence band of that mean
+(1000 resamples of the seeds, fixed seed: the figure is reproducible; no band with one seed); a dot marks each
+seed's selected (best-validation) epoch, the checkpoint evaluated on the test set. Smoothing is off unless asked
+for.
 """
 from pathlib import Path
 
@@ -24,20 +26,21 @@ from limit.paper import (configuration_label, math_label, number_text, setting_t
                          variant_order)
 from limit.registry import HPARAMS  # noqa: E402
 
-BAND = ("ci", 95)  # seaborn: bootstrap confidence interval of the mean over seeds
+BAND_PERCENTILES = (2.5, 97.5)  # the 95% bootstrap confidence interval of the mean over seeds
 N_BOOT = 1000
 BAND_SEED = 0
 SMOOTHING_SIGMA = 2  # epochs, when smoothing is asked for (the authors' plotting helper used 2)
 SELECTED_EPOCH = dict(marker="o", s=28, edgecolor="black", linewidth=0.6, zorder=4)
 
 
-def save_figure(fig, out_prefix):
-    """Save as PNG and PDF, close, and return the two paths."""
+def save_figure(fig, out_prefix, data):
+    """Save as PNG and PDF, and the data drawn (a frame) as CSV; close; return the three paths."""
     paths = [Path(f"{out_prefix}.png"), Path(f"{out_prefix}.pdf")]
     for path in paths:
         fig.savefig(path, dpi=150, bbox_inches="tight")
     plt.close(fig)
-    return paths
+    data.to_csv(f"{out_prefix}.csv", index=False)
+    return [*paths, Path(f"{out_prefix}.csv")]
 
 
 def _subplots(nrows, ncols, **kwargs):
@@ -87,16 +90,39 @@ def run_curves(runs, curve_labels, smoothing=None):
     return pd.concat(frames, ignore_index=True)
 
 
+def mean_band(curves, column):
+    """Per curve and epoch: the mean of ``column`` over seeds, the bootstrap 95% band of that mean (NaN with one
+    seed; resamples of the seeds from a fixed seed) and the seeds."""
+    rng = np.random.default_rng(BAND_SEED)
+    rows = []
+    for (curve, epoch), group in curves.dropna(subset=[column]).groupby(["curve", "epoch"], sort=False):
+        values = group[column].to_numpy(float)
+        low = high = np.nan
+        if len(values) > 1:
+            means = values[rng.integers(0, len(values), (N_BOOT, len(values)))].mean(axis=1)
+            low, high = np.percentile(means, BAND_PERCENTILES)
+        rows.append({"curve": curve, "epoch": epoch, "value": values.mean(), "band_low": low, "band_high": high,
+                     "seeds": " ".join(map(str, group["seed"]))})
+    return pd.DataFrame(rows, columns=["curve", "epoch", "value", "band_low", "band_high", "seeds"])
+
+
 def plot_mean_curves(ax, curves, column, palette):
-    """Mean over seeds per curve with the bootstrap band; a dot at each seed's selected epoch on the mean."""
-    order = list(palette)
-    sns.lineplot(curves, x="epoch", y=column, hue="curve", hue_order=order, palette=palette, errorbar=BAND,
-                 n_boot=N_BOOT, seed=BAND_SEED, linewidth=1.6, legend=False, ax=ax)
-    means = curves.groupby(["curve", "epoch"])[column].mean()
-    for curve, epochs in curves.groupby("curve")["best_epoch"]:
-        selected = sorted(set(epochs))
-        ax.scatter(selected, means.loc[curve].reindex(selected), color=palette[curve], **SELECTED_EPOCH)
+    """Mean over seeds per curve with its bootstrap band, and a dot at each seed's selected epoch on the mean.
+    Returns what it drew: a ``mean`` row per curve and epoch, a ``selected epoch`` row per dot."""
+    band = mean_band(curves, column)
+    drawn = [band.assign(kind="mean")]
+    for curve, color in palette.items():
+        line = band[band["curve"] == curve]
+        ax.plot(line["epoch"], line["value"], color=color, linewidth=1.6)
+        if line["band_low"].notna().any():
+            ax.fill_between(line["epoch"], line["band_low"], line["band_high"], color=color, alpha=0.2, linewidth=0)
+        best = curves[curves["curve"] == curve].groupby("best_epoch")["seed"].unique()
+        dots = line.set_index("epoch")["value"].reindex(best.index)
+        ax.scatter(dots.index, dots, color=color, **SELECTED_EPOCH)
+        drawn.append(pd.DataFrame({"curve": curve, "epoch": dots.index, "value": dots.to_numpy(),
+                                   "seeds": [" ".join(map(str, seeds)) for seeds in best], "kind": "selected epoch"}))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return pd.concat(drawn, ignore_index=True).assign(panel=column)
 
 
 def curve_legend(ax, palette, curves, **kwargs):
@@ -156,7 +182,7 @@ def figure_fano(out_prefix, k=10, rates=(0.2, 0.4, 0.6, 0.8)):
     ax.set(xlabel="I(w; y | x) / n  (bits)", ylabel="$r_0$, lower bound on the training error rate",
            title=f"Fano bound, {k} classes, uniform label noise", ylim=(0, None))
     ax.legend()
-    save_figure(fig, out_prefix)
+    save_figure(fig, out_prefix, curves)
     return curves
 
 
@@ -167,13 +193,14 @@ def _accuracy_figure(runs, columns, titles, title, smoothing, figsize, legend_pa
     curves = run_curves(runs, labels, smoothing)
     palette = _palette(list(dict.fromkeys(labels)))
     fig, axes = _subplots(1, len(columns), figsize=figsize)
+    drawn = []
     for ax, column, panel_title in zip(axes[0], columns, titles):
-        plot_mean_curves(ax, curves, column, palette)
+        drawn.append(plot_mean_curves(ax, curves, column, palette))
         ax.set(title=panel_title, xlabel="epoch", ylabel="accuracy")
     fig.suptitle(f"{title}\n{seeds_note(curves[['curve', 'seed', 'test_curve_size'] + columns], smoothing)}",
                  fontsize=10)
     curve_legend(axes[0, legend_panel], palette, curves, **legend)
-    return fig, axes, runs
+    return fig, axes, runs, pd.concat(drawn, ignore_index=True)
 
 
 def figure_memorisation(runs, out_prefix, rate=0.8, smoothing=None):
@@ -185,7 +212,7 @@ def figure_memorisation(runs, out_prefix, rate=0.8, smoothing=None):
         raise ValueError(f"no runs of a Figure-1 block at rate {rate}")
     chosen = selected_runs(block, experiments=tuple(block["experiment"].unique()))
     row = chosen.iloc[0]
-    fig, axes, shown = _accuracy_figure(
+    fig, axes, shown, drawn = _accuracy_figure(
         chosen, ["train_acc", "val_acc"],
         ["training accuracy (noisy labels)", "validation accuracy (clean labels)"],
         f"Memorisation vs. regularisation: {setting_title(row.dataset, row.noise, rate, row.n)}", smoothing,
@@ -193,7 +220,8 @@ def figure_memorisation(runs, out_prefix, rate=0.8, smoothing=None):
     axes[0, 0].axhline(1 - rate, color="black", linestyle="--", linewidth=1)
     axes[0, 0].annotate(f"optimum 1 − p = {1 - rate:.0%}", (0, 1 - rate), xytext=(2, 3),
                         textcoords="offset points", fontsize=8)
-    save_figure(fig, out_prefix)
+    optimum = pd.DataFrame([{"panel": "train_acc", "kind": "optimum 1 - p", "value": 1 - rate}])
+    save_figure(fig, out_prefix, pd.concat([drawn, optimum], ignore_index=True))
     return shown
 
 
@@ -201,12 +229,12 @@ def figure_curves(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, 
     """Figure 3: training and test accuracy per epoch of each method's selected configuration (mean over
     seeds)."""
     chosen = _setting_runs(selected_runs(runs), dataset, noise, rate, n)
-    fig, axes, shown = _accuracy_figure(
+    fig, axes, shown, drawn = _accuracy_figure(
         chosen, ["train_acc", "test_acc"],
         ["training accuracy (noisy labels)", "test accuracy (clean labels)"],
         f"Training and test accuracy: {setting_title(dataset, noise, rate, n)}", smoothing, (12, 4.5), 1,
         loc="center left", bbox_to_anchor=(1.02, 0.5))
-    save_figure(fig, out_prefix)
+    save_figure(fig, out_prefix, drawn)
     return shown
 
 
@@ -221,7 +249,7 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
     if not shown:
         raise ValueError(f"none of the variants {variants} ran at {dataset} {noise} p={rate} n={n}")
     fig, axes = _subplots(len(shown), 2, figsize=(11, 3.8 * len(shown)))
-    notes = []
+    notes, drawn = [], []
     for panels, variant in zip(axes, shown):
         block = runs[runs["variant"] == variant].sort_values(["beta", "seed"], kind="stable")
         labels = [f"β = {number_text(run.beta)}" + (" (selected)" if run.selected else "")
@@ -231,13 +259,13 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
         name = math_label(configuration_label(variant, None, {}))
         for ax, column, what in zip(panels, ["train_acc", "test_acc"],
                                     ["training accuracy (noisy labels)", "test accuracy (clean labels)"]):
-            plot_mean_curves(ax, curves, column, palette)
+            drawn.append(plot_mean_curves(ax, curves, column, palette).assign(variant=variant))
             ax.set(title=f"{name}: {what}", xlabel="epoch", ylabel="accuracy")
         curve_legend(panels[1], palette, curves, loc="center left", bbox_to_anchor=(1.02, 0.5))
         notes.append(seeds_note(curves, smoothing))
     fig.suptitle(f"Effect of β: {setting_title(dataset, noise, rate, n)}\n"
                  + "; ".join(dict.fromkeys(notes)), fontsize=10)
-    save_figure(fig, out_prefix)
+    save_figure(fig, out_prefix, pd.concat(drawn, ignore_index=True))
     return runs
 
 
@@ -259,7 +287,7 @@ def figure_histograms(run_dir, out_prefix, title=None):
     axes[0, 0].set_title("Figure A1: predicted-gradient norm")
     axes[0, 1].set_title(f"Figure A2: gradient distance (ROC AUC {100 * auc:.2f}%)")
     fig.suptitle(title or f"Training set, gradient predictions of {_run_name(run_dir)}")
-    save_figure(fig, out_prefix)
+    save_figure(fig, out_prefix, frame)
     return auc
 
 
@@ -296,5 +324,5 @@ def figure_top_examples(run_dir, images, out_prefix, per_class=8, class_names=No
                          f"{names.get(int(example.predicted), example.predicted)}", fontsize=7)
     fig.suptitle(title or f"Largest ‖μ − g$_{{CE}}$‖ per given label, {_run_name(run_dir)}", fontsize=10,
                  y=1 - 0.1 / height)
-    save_figure(fig, out_prefix)
+    save_figure(fig, out_prefix, examples)
     return examples

@@ -91,6 +91,8 @@ def scan_source(source, classes=None):
         return scan_imagefolder(source, classes)
     if source.is_file() and source.suffix.lower() == ".csv":
         return scan_csv(source, classes)
+    if not source.exists():
+        raise ImageSourceError(f"{source}: no such file or directory")
     raise ImageSourceError(f"{source}: neither an ImageFolder directory nor a .csv file")
 
 
@@ -193,7 +195,8 @@ def import_images(source, out_dir, test=None, classes=None, size=None, channels=
                     train_paths=np.array(train.paths, dtype=str), test_x=test_x,
                     test_y=test_source.labels if test_source else np.empty(0, dtype=np.int64),
                     test_paths=np.array(test_source.paths if test_source else [], dtype=str))
-    info = {"source": str(source), "test": str(test) if test else None, "classes": train.classes,
+    info = {"name": out.resolve().name, "source": str(source), "test": str(test) if test else None,
+            "classes": train.classes,
             "channels": channels, "size": size, "mean": list(mean), "std": list(std),
             "num_train": len(train.paths), "num_test": len(test_x)}
     rundir.write_json(out / CACHE_INFO, info)
@@ -206,6 +209,13 @@ def is_image_cache(name):
 
 def _info(cache_dir):
     return json.loads((Path(cache_dir) / CACHE_INFO).read_text())
+
+
+def cache_name(cache_dir):
+    """An image dataset's name (its identity in run ids, tables and MLflow): the one its cache records, else the
+    cache folder's."""
+    name = _info(cache_dir).get("name") if is_image_cache(cache_dir) else None
+    return name or Path(cache_dir).resolve().name
 
 
 def cache_classes(cache_dir):

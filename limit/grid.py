@@ -4,15 +4,19 @@ The config (schema: ``workflow/schemas/config.schema.yaml``) names experiment bl
 datasets x noise models x rates x training-set sizes x seeds x method variants x hyperparameter grids.
 Checks that need the package (method names, noise limits) live here and name the offending key.
 """
+import hashlib
 import itertools
+import json
+import os
 from pathlib import Path
 
 from limit.folder_data import check_arch, check_sources
 from limit.noise import HUMAN_NOISE, check_noise
 from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, JOB_DEFAULTS, TRAINING_DEFAULTS, dataset_info,
-                            get_method, hparam_problem, is_limit)
+                            get_method, hparam_problem, is_limit, method_name, unknown_name)
 from limit.rundir import fmt, group_key, hparam_label, run_id
 
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
 SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
 # Per-dataset training settings of how a run uses its job (defaults: limit.registry.TRAINING_DEFAULTS).
@@ -104,8 +108,33 @@ def check_schema(config, schema_path):
     import yaml
     schema = yaml.safe_load(Path(schema_path).read_text())
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
-    if error is not None:
-        raise ConfigError(f"{'.'.join(map(str, error.absolute_path)) or 'config'}: {error.message}")
+    if error is None:
+        return
+    where = ".".join(map(str, error.absolute_path)) or "config"
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        known = error.schema.get("properties", {})
+        extra = [k for k in error.instance if k not in known]
+        if extra and known:
+            raise ConfigError(f"{where}: {unknown_name('key', extra[0], known)}")
+    raise ConfigError(f"{where}: {error.message}")
+
+
+def load_config(path):
+    """A workflow config with the schema's defaults filled in, as Snakemake reads it; ConfigError otherwise."""
+    import yaml
+    from snakemake.utils import validate
+    try:
+        config = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror.lower()}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not YAML: {' '.join(str(exc).split())}") from None
+    try:
+        check_schema(config, SCHEMA)
+    except ConfigError as exc:
+        raise ConfigError(f"invalid config {path}: {exc}") from None
+    validate(config, str(SCHEMA))  # fills in the defaults
+    return config
 
 
 def expand_runs(config):
@@ -124,7 +153,7 @@ def expand_runs(config):
                 exp["datasets"], exp["noise"], exp["rates"], exp["n"], exp["seeds"]):
             train = {**config["training"][dataset], **{k: exp[k] for k in ("arch", "epochs", "patience") if k in exp}}
             for variant, spec in exp["methods"].items():
-                method = spec.get("method", variant)
+                method = method_name(spec.get("method", variant))
                 grid = {k: v for k, v in spec.items() if k not in VARIANT_SETTINGS}
                 for values in itertools.product(*grid.values()):
                     hparams = dict(zip(grid, values))
@@ -196,21 +225,39 @@ def train_arguments(row):
     return args
 
 
-def pack_runs(rows):
+def recorded_packs(pack_dir, runs_dir):
+    """Run id -> pack name, of the packs that have finished: each one's file lists its run directories."""
+    recorded = {}
+    for path in sorted(Path(pack_dir).glob("*.json")):
+        try:
+            run_dirs = json.loads(path.read_text())["run_dirs"]
+        except (OSError, ValueError, KeyError):
+            continue  # not a pack's file
+        recorded.update(dict.fromkeys((os.path.relpath(d, runs_dir) for d in run_dirs), path.stem))
+    return recorded
+
+
+def pack_runs(rows, recorded=None):
     """Packs of runs trained together in one job: {name: rows}, for datasets whose ``pack`` is above 1.
 
-    Consecutive runs (same data setting and seed first) of a dataset, ``pack`` at a time. Runs that start from a
-    CE run are packed apart from the CE runs, so no pack waits for one of its own members.
+    A run that a finished pack trained stays in it (``recorded``, from ``recorded_packs``), so a changed config
+    packs only its new runs. The others are packed consecutively (same data setting and seed first), ``pack`` at
+    a time, runs that start from a CE run apart from the CE runs (no pack waits for one of its own members); a
+    new pack is named by its dataset and a digest of its runs.
     """
-    chunks = {}
+    recorded = recorded or {}
+    packs, chunks = {}, {}
     for r in rows:
-        if r["pack"] > 1:
+        if r["pack"] > 1 and r["run_id"] in recorded:
+            packs.setdefault(recorded[r["run_id"]], []).append(r)
+        elif r["pack"] > 1:
             chunks.setdefault((r["dataset"], bool(r["init_from"])), []).append(r)
-    packs = {}
     for (dataset, from_ce), members in chunks.items():
         size = members[0]["pack"]
         for i in range(0, len(members), size):
-            packs[f"{dataset}{'_from_ce' if from_ce else ''}_{i // size + 1:04d}"] = members[i:i + size]
+            chunk = members[i:i + size]
+            digest = hashlib.sha256("\n".join(m["run_id"] for m in chunk).encode()).hexdigest()[:10]
+            packs[f"{dataset}{'_from_ce' if from_ce else ''}_{digest}"] = chunk
     return packs
 
 

@@ -4,6 +4,8 @@ Rows are true classes, columns observed classes: ``T[i, j] = P(noisy = j | true 
 """
 import numpy as np
 
+from limit.registry import unknown_name
+
 # CIFAR-10 pair noise: truck->automobile, bird->airplane, deer->horse, cat->dog.
 CIFAR10_PAIRS = {9: 1, 2: 0, 4: 7, 3: 5}
 # Patrini et al. (2017) MNIST flips: 2->7, 3->8, 5<->6, 7->1.
@@ -59,7 +61,7 @@ NOISE_MODELS = {
 def check_noise(noise, rate, dataset, num_classes):
     """Raise ValueError with a clear message unless (noise, rate) is valid for the dataset."""
     if noise not in NOISE_MODELS:
-        raise ValueError(f"unknown noise model {noise!r}; choose one of {sorted(NOISE_MODELS)}")
+        raise ValueError(unknown_name("noise model", noise, NOISE_MODELS))
     _, datasets, limit, why = NOISE_MODELS[noise]
     if datasets is not None and dataset not in datasets:
         raise ValueError(f"noise model {noise!r} is defined only for {', '.join(datasets)}, not {dataset!r}")
@@ -74,7 +76,7 @@ def transition_matrix(noise, rate, num_classes, dataset=None):
     if dataset is not None:
         check_noise(noise, rate, dataset, num_classes)
     elif noise not in NOISE_MODELS:
-        raise ValueError(f"unknown noise model {noise!r}; choose one of {sorted(NOISE_MODELS)}")
+        raise ValueError(unknown_name("noise model", noise, NOISE_MODELS))
     if NOISE_MODELS[noise][0] is None:
         raise ValueError(f"noise model {noise!r} has no synthetic matrix: its labels come from a file")
     return NOISE_MODELS[noise][0](num_classes, rate)

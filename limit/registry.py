@@ -3,12 +3,20 @@
 Torch-free, so that the workflow (grid expansion, config checks) parses without the scientific stack.
 The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.clothing1m``.
 """
+import difflib
 import math
 from dataclasses import dataclass
 
 
 class DataError(ValueError):
     """Bad dataset name or an incomplete data directory."""
+
+
+def unknown_name(kind, name, choices):
+    """The message for a name that is none of ``choices``: the closest one, if any is close, then all of them."""
+    close = difflib.get_close_matches(str(name).lower(), [str(c) for c in choices], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}{hint} (choose one of {', '.join(sorted(map(str, choices)))})"
 
 
 @dataclass(frozen=True)
@@ -39,8 +47,17 @@ def dataset_info(name):
     from limit import folder_data
     if folder_data.is_image_cache(name):
         return folder_data.cache_info(name)
-    raise DataError(f"unknown dataset {name!r}; choose one of {sorted(DATASETS)} or an image cache directory "
-                    f"written by `python -m limit import-images`")
+    raise DataError(unknown_name("dataset", name, DATASETS) + " or an image cache directory written by "
+                    "`limit import-images`")
+
+
+def dataset_name(dataset):
+    """A run's dataset by name, as run ids, tables and MLflow show it: a built-in one's, or an image cache's (not
+    its path, which is only where the data is read)."""
+    if dataset in DATASETS:
+        return dataset
+    from limit import folder_data
+    return folder_data.cache_name(dataset)
 
 
 # Training settings of a run that its config does not give (the paper's MNIST setup). The train CLI and
@@ -105,10 +122,21 @@ def is_limit(name):
     return name in LIMIT_METHODS
 
 
+def method_name(name):
+    """A method's registry name, also from the tables' spelling (``LIMIT_L``, ``limit-l``)."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in METHODS:
+        raise ValueError(unknown_name("method", name, METHODS))
+    return key
+
+
 def get_method(name):
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(METHODS)}")
-    return METHODS[name]
+    return METHODS[method_name(name)]
+
+
+def method_hparams(name):
+    """Every hyperparameter a method uses: its own and the generic ones."""
+    return sorted({*get_method(name).hparams, *GENERIC_HPARAMS})
 
 
 def hparam_problem(method, name, value):

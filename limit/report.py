@@ -1,5 +1,6 @@
 """The report stage: every table and figure the run table can fill (``python -m limit report``)."""
 import html
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -95,7 +96,19 @@ def render_figures(runs, out_dir, data_dir):
 
 
 def render_report(runs_csv, tables_dir, figures_dir, data_dir):
+    """Render every table and figure beside ``tables_dir`` and ``figures_dir``, then swap them in: a report that
+    fails, or is killed, leaves the previous ones as they were."""
     runs = normalise_runs(pd.read_csv(runs_csv))
-    render_tables(runs, tables_dir)
-    render_figures(runs, figures_dir, data_dir)
-    return sorted(p.name for d in (tables_dir, figures_dir) for p in Path(d).iterdir())
+    staged = {Path(d): Path(d).with_name(f".{Path(d).name}.new") for d in (tables_dir, figures_dir)}
+    for new in staged.values():
+        shutil.rmtree(new, ignore_errors=True)
+    render_tables(runs, staged[Path(tables_dir)])
+    render_figures(runs, staged[Path(figures_dir)], data_dir)
+    for final, new in staged.items():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    return sorted(p.name for d in staged for p in d.iterdir())

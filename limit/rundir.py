@@ -10,8 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from limit.registry import HPARAMS
+from limit.registry import HPARAMS, dataset_name
 
+RUNS_DIR = "runs"  # under the workflow's results directory: RUNS_DIR/<run id> is a run's directory
 CONFIG = "config.json"
 JOB = "job.json"
 STATE = "state.pt"  # the full training state after the last checkpointed epoch
@@ -165,7 +166,7 @@ def identity(config):
     """The run's identifying columns and its hyperparameter columns (None where the grid set none)."""
     run = _run_section(config)
     given = {k: config["hparams"][k] for k in run["hparams"]}
-    return {"experiment": run["experiment"], "dataset": config["dataset"], "noise": run["noise"],
+    return {"experiment": run["experiment"], "dataset": dataset_name(config["dataset"]), "noise": run["noise"],
             "rate": run["rate"], "n": run["n"], "seed": config["seed"], "variant": run["variant"],
             "method": config["method"], "hparams": hparam_label(given), "arch": config["arch"],
             "clean_validation": config["clean_validation"], **{k: given.get(k) for k in HPARAMS}}

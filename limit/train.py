@@ -39,7 +39,7 @@ from limit.cadence import CheckpointCadence, parse_checkpoint_every
 from limit.methods import LOSSES, Context, forward_correction_matrix
 from limit.models import authors_bn_warmup, build_model
 from limit.registry import (BN_INIT, DATASETS, HPARAM_DEFAULTS, PRECISIONS, TRAINING_DEFAULTS, dataset_info,
-                            get_method, hparam_problem, is_limit)
+                            dataset_name, get_method, hparam_problem, is_limit)
 from limit.rundir import TrainingError, load_checkpoint
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
@@ -137,7 +137,7 @@ def load_run_data(cfg, device):
     """The data of one run: images on the device (or streamed), noisy labels from the labels file."""
     info = dataset_info(cfg["dataset"])
     arrays, meta = D.read_labels_file(cfg["labels"])
-    if meta["dataset"] != cfg["dataset"]:
+    if dataset_name(meta["dataset"]) != dataset_name(cfg["dataset"]):
         raise ValueError(f"labels file {cfg['labels']} is for {meta['dataset']!r}, not {cfg['dataset']!r}")
     val_key = "val_true" if cfg["clean_validation"] else "val_noisy"
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)

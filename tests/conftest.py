@@ -1,9 +1,12 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from limit import data as D
+from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]
 # Tests marked `system` start Slurm, PostgreSQL or Chromium as root: only on opt-in (.ci/run opts in).
@@ -12,10 +15,16 @@ SYSTEM_TESTS = os.environ.get("LIMIT_SYSTEM_TESTS") == "1"
 
 def pytest_configure(config):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # Tiers: `./project test -m unit` is the quick loop; `./project test` runs all three.
+    config.addinivalue_line("markers", "unit: in one process, no Snakemake (every test not marked otherwise)")
+    config.addinivalue_line("markers", "pipeline: runs Snakemake or the command line in subprocesses")
     config.addinivalue_line("markers", "system: starts system services as root; runs only with LIMIT_SYSTEM_TESTS=1")
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "pipeline" not in item.keywords and "system" not in item.keywords:
+            item.add_marker(pytest.mark.unit)
     if SYSTEM_TESTS:
         return
     skip = pytest.mark.skip(reason="system test (installs and starts Slurm, PostgreSQL or Chromium as root): "
@@ -62,3 +71,23 @@ def make_labels(fmnist_dir, tmp_path_factory):
             cache[key] = path
         return cache[key]
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(fmnist_dir, tmp_path_factory):
+    """The tiny config's whole default workflow (report included), run once per test session inside a git
+    checkout of this tree; tests that only read its results share it, tests that change them work on a copy."""
+    work = tmp_path_factory.mktemp("pipeline")
+    for name in git(REPO, "ls-files", "-z").split("\0"):
+        if name and (REPO / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            (work / name).write_bytes((REPO / name).read_bytes())
+    git(work, "init", "-q")
+    git(work, "add", "-A")
+    git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "checkout")
+    result = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-s", str(work / "Snakefile"), "-d",
+                             str(work), "--cores", "2", "--configfile", str(work / "config" / "test.yaml"),
+                             "--config", f"data_dir={fmnist_dir}"], capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work

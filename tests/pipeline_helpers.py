@@ -35,3 +35,7 @@ def snakemake_command(workdir, data_dir, cores, configfiles=()):
     return [sys.executable, "-m", "snakemake", "results/runs.csv", "-s", str(REPO / "Snakefile"), "-d",
             str(workdir), "--cores", str(cores), "--configfile", str(REPO / "config" / "test.yaml"),
             *map(str, configfiles), "--config", f"data_dir={data_dir}"]
+
+
+def git(checkout, *args):
+    return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True).stdout

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import yaml
 
@@ -66,6 +67,7 @@ def test_packing_fewer_jobs_no_more_hours(tmp_path):
     assert packed < unpacked  # on a CPU a pack costs its members' work, with one start-up instead of four
 
 
+@pytest.mark.pipeline
 def test_a_bad_config_is_one_error_line(tmp_path):
     bad = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     bad["training"]["fashion_mnist"]["batch_size"] = "many"

@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
@@ -118,6 +119,7 @@ def own_config(tmp_path, source):
     return path
 
 
+@pytest.mark.pipeline
 def test_workflow_plans_import_training_and_label_issues_for_own_images(tmp_path):
     result = snakemake(tmp_path / "work", "-n", configfile=str(own_config(tmp_path, grey_tree(tmp_path / "tree"))))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -127,6 +129,7 @@ def test_workflow_plans_import_training_and_label_issues_for_own_images(tmp_path
     assert "--dataset results/data/shapes" in result.stdout or "results/data/shapes/dataset.json" in result.stdout
 
 
+@pytest.mark.pipeline
 def test_workflow_refuses_bad_images_before_any_job(tmp_path):
     root = grey_tree(tmp_path / "tree")
     (root / "c").mkdir()
@@ -134,6 +137,18 @@ def test_workflow_refuses_bad_images_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "image_datasets.shapes:" in result.stdout + result.stderr and "class folder has no images" in result.stderr
     assert not (tmp_path / "work" / "results").exists()
+
+
+@pytest.mark.pipeline
+def test_the_documented_own_images_route_runs_to_its_report_under_the_datasets_name(tmp_path):
+    work = tmp_path / "work"
+    result = snakemake(work, "--cores", "2", configfile=str(own_config(tmp_path, grey_tree(tmp_path / "tree"))))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    runs = pd.read_csv(work / "results/runs.csv")
+    assert set(runs.dataset) == {"shapes"}  # the name, not the cache's path
+    assert all(run_id.startswith("own/shapes/given-0/nall/seed1/") for run_id in runs.run_id)
+    assert (work / "results/tables/shapes_given.md").exists()
+    assert (work / "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/beta1/label_issues.csv").exists()
 
 
 def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp_path, monkeypatch):

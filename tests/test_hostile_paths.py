@@ -16,6 +16,8 @@ from mlflow.tracking import MlflowClient
 from limit.mlflow_server import start_server, stop_server
 from pipeline_helpers import pipeline_env
 
+pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
+
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = "da ta'; touch pwned-data"
 RESULTS = 'res ults"; touch pwned-results'

@@ -27,6 +27,8 @@ from limit.mlflow_server import free_port, start_server, stop_server
 from limit.rundir import run_tags
 from pipeline_helpers import pipeline_env, snakemake_command
 
+pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
+
 WARNING = "MLflow tracking to"
 PER_EPOCH = ("train_loss", "train_acc", "val_acc", "test_acc")
 ARTIFACTS = {"history.csv", "metrics.json", "test_outputs.npz", "config.json"}
@@ -120,7 +122,7 @@ def test_server_killed_mid_pipeline_then_sync_fills_in_idempotently(fmnist_dir, 
         assert second.returncode == 0 and "synced 10 runs, 0 epochs added" in second.stdout
         assert store_snapshot(client) == after_first  # the second sync changed nothing
 
-        experiment_id = json.loads((results / "mlflow/experiments.json").read_text())["experiments"]["main"]
+        experiment_id = client.get_experiment_by_name("main").experiment_id
         by_name = {r["name"]: (run_id, r) for run_id, r in after_first.items() if "limit.group" not in r["tags"]}
         assert len(by_name) == 10 and len(after_first) == 10 + 4  # one run per run directory and per group
         for run_dir in run_dirs:
@@ -142,11 +144,9 @@ def test_server_killed_mid_pipeline_then_sync_fills_in_idempotently(fmnist_dir, 
 
 def test_eight_jobs_starting_together_on_a_fresh_sqlite_store(fmnist_dir, make_labels, tmp_path):
     uri = f"sqlite:///{tmp_path}/results/mlflow.db"
-    experiments = tmp_path / "results/mlflow/experiments.json"
     env = pipeline_env(OMP_NUM_THREADS="1")
     init = subprocess.run([sys.executable, "-m", "limit", "mlflow-init", "--tracking-uri", uri,
-                           "--experiments", "main", "figure1", "--groups", "main/fashion_mnist/uniform-0.5/n256/ce",
-                           "--out", str(experiments)],
+                           "--groups", "main/fashion_mnist/uniform-0.5/n256/ce"],
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert init.returncode == 0, init.stderr
     labels = make_labels(n=256, val_size=256)
@@ -155,7 +155,7 @@ def test_eight_jobs_starting_together_on_a_fresh_sqlite_store(fmnist_dir, make_l
         out = tmp_path / f"runs/seed{i}"
         cmd = [sys.executable, "-m", "limit", "train", "--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir),
                "--labels", str(labels), "--method", "ce", "--epochs", "1", "--batch-size", "128", "--seed", str(i),
-               "--device", "cpu", "--no-test-curve", "--out", str(out), "--tracking-uri", uri, "--experiments-file", str(experiments),
+               "--device", "cpu", "--no-test-curve", "--out", str(out), "--tracking-uri", uri,
                "--experiment", "main"]
         jobs.append(subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True))
@@ -173,12 +173,12 @@ def test_eight_jobs_starting_together_on_a_fresh_sqlite_store(fmnist_dir, make_l
         assert WARNING not in output and "database is locked" not in output, output
 
     client = MlflowClient(uri)
-    ids = json.loads(experiments.read_text())["experiments"]
+    main_id = client.get_experiment_by_name("main").experiment_id
     everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
     parents = [r for r in everything if "limit.group" in r.data.tags]
     everything = [r for r in everything if r not in parents]
     assert len(everything) == 8 and len(parents) == 1  # one selection group: one parent, created once
-    assert {r.info.experiment_id for r in everything + parents} == {ids["main"]}  # none in Default or figure1
+    assert {r.info.experiment_id for r in everything + parents} == {main_id}  # none in Default
     assert sorted(r.info.run_name for r in everything) == [f"fashion_mnist/uniform-0.5/n256/seed{i}/ce/default"
                                                            for i in range(8)]
     for run in everything:

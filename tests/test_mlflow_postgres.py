@@ -96,8 +96,6 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
         print(f"pipeline with 4 jobs against the PostgreSQL-backed server: {time.monotonic() - t0:.0f} s")
         assert done.returncode == 0, done.stderr[-5000:]
         results = work / "results"
-        ids = json.loads((results / "mlflow/experiments.json").read_text())
-        assert ids["tracking_uri"] == url
 
         run_dirs = sorted(p.parent for p in (results / "runs").rglob("metrics.json"))
         assert len(run_dirs) == 10
@@ -106,6 +104,7 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
         table = {r["run_dir"]: r for r in csv.DictReader(open(results / "runs.csv"))}
 
         client = MlflowClient(url)
+        main_id = client.get_experiment_by_name("main").experiment_id
         everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
         runs = {r.info.run_name: r for r in everything if "limit.group" not in r.data.tags}
         parents = {r.info.run_id for r in everything if "limit.group" in r.data.tags}
@@ -114,7 +113,7 @@ def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres,
         for run_dir in run_dirs:
             name = str(run_dir.relative_to(results / "runs/main"))
             run = runs[name]
-            assert run.info.experiment_id == ids["experiments"]["main"] and run.info.status == "FINISHED"
+            assert run.info.experiment_id == main_id and run.info.status == "FINISHED"
             assert run.info.run_id == json.loads((run_dir / "mlflow.json").read_text())["run_id"]
             tags = run_tags(json.loads((run_dir / "config.json").read_text()))
             assert {k: run.data.tags.get(k) for k in tags} == tags

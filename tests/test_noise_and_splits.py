@@ -128,6 +128,7 @@ def run_cli(*args):
     (["--dataset", "imagenet", "--noise", "uniform", "--rate", "0.2"], "unknown dataset"),
     (["--dataset", "mnist", "--noise", "uniform", "--rate", "0.2"], "MNIST/raw/train-images-idx3-ubyte"),
 ])
+@pytest.mark.pipeline
 def test_cli_bad_input_exits_non_zero_and_writes_nothing(fmnist_dir, tmp_path, args, message):
     data_dir = fmnist_dir if "mnist" != args[1] else tmp_path / "empty"
     out = tmp_path / "labels.npz"
@@ -138,6 +139,7 @@ def test_cli_bad_input_exits_non_zero_and_writes_nothing(fmnist_dir, tmp_path, a
     assert not out.exists() and not list(tmp_path.glob("*.tmp"))
 
 
+@pytest.mark.pipeline
 def test_corrupt_cli_writes_a_hashed_labels_file(fmnist_dir, tmp_path):
     out = tmp_path / "labels.npz"
     result = run_cli("corrupt", "--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir), "--noise", "uniform",

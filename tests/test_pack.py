@@ -14,6 +14,8 @@ import torch
 from limit.pack import thread_env
 from test_train import assert_same_outputs, outputs
 
+pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
+
 EPOCHS = 4
 
 

@@ -35,6 +35,7 @@ def test_schema_training_defaults_are_the_tables():
     assert {k: training[k]["default"] for k in shared} == {k: defaults[k] for k in shared}
 
 
+@pytest.mark.pipeline
 def test_workflow_modules_and_cli_import_neither_torch_nor_matplotlib():
     code = ("import sys; import limit.grid, limit.registry, limit.rundir, limit.cli; "
             "limit.cli.build_parser().format_help(); "

@@ -11,7 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+
+pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
 
 REPO = Path(__file__).resolve().parents[1]
 SLURM = {"slurm_partition": "gpu", "slurm_account": "proj42", "gpu_model": "a100", "constraint": "ib",

@@ -96,8 +96,7 @@ def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selec
     from limit.cli import main
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     group = "main/fashion_mnist/uniform-0.5/n256/limit_g"
-    assert main(["mlflow-init", "--tracking-uri", uri, "--experiments", "main", "--groups", group,
-                 "--out", str(tmp_path / "experiments.json")]) == 0
+    assert main(["mlflow-init", "--tracking-uri", uri, "--groups", group]) == 0
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("main")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI's model-training view

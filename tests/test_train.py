@@ -65,6 +65,7 @@ def test_same_config_and_seed_give_the_same_numbers(fmnist_dir, make_labels, tmp
     assert not np.array_equal(outputs(tmp_path / "a")[2], outputs(tmp_path / "c")[2])
 
 
+@pytest.mark.pipeline
 def test_kill_9_and_resume_equals_an_uninterrupted_run(fmnist_dir, make_labels, tmp_path):
     labels = make_labels(rate=0.5)
     extra = ["--method", "limit_g_s", "--beta", "1", "--lamb", "50", "--epochs", "6"]

@@ -3,6 +3,7 @@ import collections
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
-from limit.grid import expand_runs, pack_runs
+from limit.grid import ConfigError, expand_runs, pack_runs, recorded_packs
+from limit.grid import load_config as grid_load_config
+from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))
@@ -36,6 +40,7 @@ def load_config(path):
     return {**defaults, **yaml.safe_load((REPO / path).read_text())}
 
 
+@pytest.mark.pipeline
 def test_paper_config_builds_the_full_grid(tmp_path):
     result = snakemake(tmp_path, "-n", configfile="config/paper.yaml", timeout=300)
     assert result.returncode == 0, result.stderr
@@ -46,8 +51,9 @@ def test_paper_config_builds_the_full_grid(tmp_path):
     assert {m["dataset"] for members in packs.values() for m in members} == {"mnist"}
     assert sum(len(members) for members in packs.values()) == 4884 + 12
     assert max(len(members) for members in packs.values()) == 16
-    assert counts["train"] == 5271 - 4896 and counts["mlflow_init"] == 1 and counts["aggregate"] == 1
-    assert sum(n for rule, n in counts.items() if rule.startswith("train_pack_")) == len(packs)
+    # one rule for all packs; no job gates training on MLflow (the store is prepared when the run starts)
+    assert counts["train"] == 5271 - 4896 and counts["train_pack"] == len(packs) == 307
+    assert counts["aggregate"] == 1 and "mlflow_init" not in counts
     runs = pd.DataFrame(rows)
     mnist = runs[runs.experiment.str.startswith("mnist")].groupby("method").size().to_dict()
     # the paper's MNIST grid: 4,884 runs
@@ -64,15 +70,46 @@ def test_paper_config_builds_the_full_grid(tmp_path):
     assert (runs[runs.dataset == "clothing1m"].epochs == 30).all()
 
 
-def test_workflow_parses_without_the_scientific_stack(tmp_path):
+def test_a_finished_pack_keeps_its_runs_when_the_config_changes(tmp_path):
+    rows = expand_runs(load_config("config/paper.yaml"))
+    packs = pack_runs(rows)
+    assert pack_runs(rows) == packs  # a pack's name is a function of its runs
+    name, members = next(iter(packs.items()))
+    (tmp_path / "packs").mkdir()
+    (tmp_path / "packs" / f"{name}.json").write_text(
+        json.dumps({"run_dirs": [f"results/runs/{m['run_id']}" for m in members]}))
+    recorded = recorded_packs(tmp_path / "packs", "results/runs")
+    assert recorded == {m["run_id"]: name for m in members}
+    config = load_config("config/paper.yaml")
+    # a new variant first in the first block shifts every later run along the packing order
+    config["experiments"]["mnist"]["methods"] = {"ce_slow": {"method": "ce", "lr": [0.0001]},
+                                                 **config["experiments"]["mnist"]["methods"]}
+    changed = expand_runs(config)
+    repacked = pack_runs(changed, recorded)
+    assert repacked[name] == members  # the finished pack keeps exactly its runs
+    old = {m["run_id"] for m in rows}
+    packed_new = {m["run_id"] for n, ms in repacked.items() if n != name for m in ms}
+    assert {r["run_id"] for r in changed if r["pack"] > 1} == packed_new | set(recorded)
+    assert len(packed_new - old) == 4 * 3 * 5  # the new variant: 4 rates x 3 training-set sizes x 5 seeds
+
+
+@pytest.mark.parametrize("configfile", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+@pytest.mark.pipeline
+def test_every_config_parses_without_the_scientific_stack(configfile, tmp_path):
     """A login node's `snakemake -n` needs neither torch nor matplotlib: here they cannot even be imported."""
     blocked = tmp_path / "blocked"
-    for name in ("torch", "matplotlib", "sklearn", "seaborn"):
+    for name in ("torch", "torchvision", "matplotlib", "sklearn", "seaborn"):
         (blocked / name).mkdir(parents=True)
         (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} imported while parsing')")
-    result = snakemake(tmp_path / "work", "-n", env={"PYTHONPATH": str(blocked)})
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("CIFAR-10_human.pt", "CIFAR-100_human.pt"):  # CIFAR-N's label files, checked for at parse time
+        (data / name).touch()
+    result = snakemake(tmp_path / "work", "-n", "--config", f"data_dir={data}", configfile=f"config/{configfile}",
+                       env={"PYTHONPATH": str(blocked)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert job_counts(result.stdout)["train"] == 10
+    rows = expand_runs({**load_config(f"config/{configfile}"), "data_dir": str(data)})
+    assert job_counts(result.stdout)["train"] == sum(1 for r in rows if r["pack"] == 1)
 
 
 def dot_graph(workdir):
@@ -87,6 +124,7 @@ def dot_graph(workdir):
     return nodes, edges
 
 
+@pytest.mark.pipeline
 def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
     nodes, edges = dot_graph(tmp_path)
     train = {k: v[1]["run"] for k, v in nodes.items() if v[0] == "train"}
@@ -108,7 +146,7 @@ def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
 
 
 @pytest.mark.parametrize("edit,message", [
-    (lambda c: c.update(colour="blue"), "Additional properties"),
+    (lambda c: c.update(colour="blue"), "config: unknown key 'colour' (choose one of data_dir,"),
     (lambda c: c["experiments"]["main"]["methods"].update(sgd={}), "experiments.main.methods.sgd: unknown method"),
     (lambda c: c["experiments"]["main"].update(datasets=["svhn"]), "svhn"),
     (lambda c: c["experiments"]["main"].update(rates=[1.2]), "1.2"),
@@ -119,39 +157,16 @@ def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
     (lambda c: c["experiments"]["main"]["methods"].pop("ce"), "starts from the CE run"),
 ])
 def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, message):
+    """The checks the workflow runs when it parses a config (tests/test_bad_input.py runs one through Snakemake)."""
     config = load_config("config/test.yaml")
     edit(config)
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(config))
-    result = snakemake(tmp_path / "work", "--cores", "1", configfile=str(path))
-    assert result.returncode != 0
-    assert message in result.stdout + result.stderr
-    assert not (tmp_path / "work" / "results").exists()
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        expand_runs(grid_load_config(path))
 
 
-def git(checkout, *args):
-    return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True).stdout
-
-
-@pytest.fixture(scope="module")
-def tiny_pipeline(fmnist_dir, tmp_path_factory):
-    """The tiny config's whole default workflow (report included), run inside a git checkout of this tree."""
-    work = tmp_path_factory.mktemp("pipeline")
-    for name in git(REPO, "ls-files", "-z").split("\0"):
-        if name and (REPO / name).is_file():
-            (work / name).parent.mkdir(parents=True, exist_ok=True)
-            (work / name).write_bytes((REPO / name).read_bytes())
-    git(work, "init", "-q")
-    git(work, "add", "-A")
-    git(work, "-c", "user.name=test", "-c", "user.email=test@localhost", "commit", "-qm", "checkout")
-    result = subprocess.run([SNAKEMAKE, "-s", str(work / "Snakefile"), "-d", str(work), "--cores", "2",
-                             "--configfile", str(work / "config" / "test.yaml"), "--config", f"data_dir={fmnist_dir}"],
-                            capture_output=True, text=True, timeout=1800,
-                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return work
-
-
+@pytest.mark.pipeline
 def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
     assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").exists()  # the report ran
     assert git(tiny_pipeline, "status", "--porcelain", "--untracked-files=no") == ""
@@ -159,6 +174,7 @@ def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
     assert git(tiny_pipeline, "status", "--porcelain") == ""
 
 
+@pytest.mark.pipeline
 def test_tiny_pipeline_runs_every_stage(tiny_pipeline):
     runs = pd.read_csv(tiny_pipeline / "results" / "runs.csv")
     assert len(runs) == 10 and set(runs.variant) == {"ce", "fw", "limit_g", "limit_l_init"}
@@ -170,6 +186,7 @@ def test_tiny_pipeline_runs_every_stage(tiny_pipeline):
     assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").stat().st_size > 10_000
 
 
+@pytest.mark.pipeline
 def test_selection_picks_the_best_mean_validation_accuracy(tiny_pipeline):
     runs = pd.read_csv(tiny_pipeline / "results" / "runs.csv")
     for variant, group in runs.groupby("variant"):
@@ -181,6 +198,7 @@ def test_selection_picks_the_best_mean_validation_accuracy(tiny_pipeline):
     assert len(runs[runs.variant == "limit_g"].hparams.unique()) == 2
 
 
+@pytest.mark.pipeline
 def test_changing_one_methods_grid_reruns_only_that_methods_jobs(tiny_pipeline, fmnist_dir, tmp_path):
     config = load_config("config/test.yaml")
     config["data_dir"] = str(fmnist_dir)
@@ -195,3 +213,59 @@ def test_changing_one_methods_grid_reruns_only_that_methods_jobs(tiny_pipeline, 
     assert sorted(trained) == [f"main/fashion_mnist/uniform-0.5/n256/seed{s}/limit_g/beta3" for s in (1, 2)]
     unchanged = snakemake(tiny_pipeline, "-n", "--cores", "1", "--config", f"data_dir={fmnist_dir}")
     assert "Nothing to be done" in unchanged.stdout + unchanged.stderr
+
+
+def copy_pipeline(pipeline, to):
+    """A copy of a finished pipeline, with its files' times and Snakemake's records, to change freely."""
+    shutil.copytree(pipeline, to, symlinks=True)
+    return to
+
+
+@pytest.mark.pipeline
+def test_a_changed_config_trains_exactly_its_new_runs_in_one_invocation(tiny_pipeline, fmnist_dir, tmp_path):
+    work = copy_pipeline(tiny_pipeline, tmp_path / "work")
+    config = load_config("config/test.yaml")
+    config["data_dir"] = str(fmnist_dir)
+    before = {r["run_id"] for r in expand_runs(config)}
+    config["experiments"]["main"]["methods"]["mae_slow"] = {"method": "mae", "lr": [0.0001]}  # a new variant
+    config["experiments"]["main"]["rates"].append(0.2)  # and a new rate
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    new = {r["run_id"] for r in expand_runs(config)} - before
+    assert len(new) == 2 + 12  # the variant at the old rate; every variant at the new one (two seeds each)
+    trained_before = {p: p.stat().st_mtime_ns for p in (work / "results/runs").rglob("metrics.json")}
+
+    plan = snakemake(work, "-n", "--cores", "2", configfile=str(path))
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert set(re.findall(r"rule train:\n(?:.*\n)*?\s+wildcards: run=(\S+)", plan.stdout)) == new
+    assert job_counts(plan.stdout)["train"] == len(new)
+    assert "Params have changed" not in plan.stdout  # nothing that ran before is planned again
+
+    run = snakemake(work, "--cores", "2", configfile=str(path))
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    runs = pd.read_csv(work / "results/runs.csv")
+    assert set(runs.run_id) == before | new and set(runs.rate) == {0.2, 0.5}
+    assert "0.2" in (work / "results/tables/fashion_mnist_uniform.md").read_text()  # the tables were rendered again
+    assert {p: p.stat().st_mtime_ns for p in trained_before} == trained_before  # nothing trained again
+    again = snakemake(work, "-n", "--cores", "2", configfile=str(path))
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+    client = MlflowClient(f"sqlite:///{work}/results/mlflow.db")
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=1000)
+    parents = {r.info.run_id: r.data.tags["limit.group"] for r in everything if "limit.group" in r.data.tags}
+    children = collections.Counter(r.data.tags.get("mlflow.parentRunId") for r in everything)
+    assert len(parents) == 10 and all(children[p] >= 1 for p in parents)  # one parent per group, none empty
+
+
+@pytest.mark.pipeline
+def test_a_failed_report_leaves_the_previous_tables_and_figures(tiny_pipeline, fmnist_dir, tmp_path):
+    work = copy_pipeline(tiny_pipeline, tmp_path / "work")
+    outputs = [work / "results/tables", work / "results/figures"]
+    before = {p: p.read_bytes() for d in outputs for p in d.rglob("*") if p.is_file()}
+    runs_csv = work / "results/runs.csv"
+    runs = pd.read_csv(runs_csv)
+    (work / runs[runs.selected].run_dir.iloc[0] / "history.csv").write_text("x\n1\n")  # the figures fail on it
+    runs_csv.touch()
+    failed = snakemake(work, "--cores", "1", "--config", f"data_dir={fmnist_dir}")
+    assert failed.returncode != 0 and "report" in failed.stderr
+    assert {p: p.read_bytes() for d in outputs for p in d.rglob("*") if p.is_file()} == before

@@ -1,3 +1,4 @@
+import hashlib
 import os
 import shlex
 import sys
@@ -9,20 +10,21 @@ REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # the package is importable without installing it
 # torch-free modules only: parsing the workflow must not import the scientific stack
 from limit.grid import (  # noqa: E402
+    SCHEMA,
     ConfigError,
     check_schema,
     expand_runs,
     figure_facts,
     pack_runs,
+    recorded_packs,
     selection_groups,
     train_arguments,
 )
-from limit.rundir import setting_path  # noqa: E402
+from limit.rundir import METRICS, RUNS_DIR, setting_path  # noqa: E402
 
 # Jobs (local, Slurm or conda) import the package from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
-SCHEMA = REPO / "workflow/schemas/config.schema.yaml"
 # A bad config stops here, before any job: one line naming the key, exit status 2.
 try:
     check_schema(config, SCHEMA)
@@ -34,7 +36,6 @@ except ConfigError as exc:
 RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
-PACKS = pack_runs(RUN_ROWS)
 SETTINGS = {
     setting_path(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
 }
@@ -54,12 +55,17 @@ TRACKING_URI_ARGS = (
 DATA_READY = f"{RESULTS}/data/{{dataset}}.ready"
 IMAGE_DATASET = f"{RESULTS}/data/{{name}}"  # the decoded cache of your own images: the --dataset of its jobs
 LABELS = f"{RESULTS}/labels/{{setting}}.npz"
-RUN_DIR = f"{RESULTS}/runs/{{run}}"
+RUN_DIR = f"{RESULTS}/{RUNS_DIR}/{{run}}"
 LABEL_ISSUES = f"{RESULTS}/label_issues/{{run}}"
 SELECTION = f"{RESULTS}/selected/{{group}}.json"
-EXPERIMENTS_FILE = f"{RESULTS}/mlflow/experiments.json"
+PACK_FILE = f"{RESULTS}/packs/{{pack}}.json"  # lists a pack's run directories once all have finished
+MLFLOW_INIT_LOG = f"{RESULTS}/logs/mlflow_init.log"
 # Figures the README shows, copied from the figures directory.
 README_FIGURES = ("figure1_memorisation.png", "figure2_fano.png", "figure3_curves.png")
+
+# A run stays in the pack that trained it, so a changed config packs only its new runs.
+PACKS = pack_runs(RUN_ROWS, recorded_packs(os.path.dirname(PACK_FILE), os.path.dirname(RUN_DIR)))
+PACK_OF = {m["run_id"]: pack for pack, members in PACKS.items() for m in members}
 
 
 def labels_file(row):
@@ -68,6 +74,16 @@ def labels_file(row):
 
 def run_dir(run):
     return RUN_DIR.format(run=run)
+
+
+def run_done(run):
+    """The file that says a run has finished: its metrics.json (written last), or its pack's file."""
+    return PACK_FILE.format(pack=PACK_OF[run]) if run in PACK_OF else os.path.join(run_dir(run), METRICS)
+
+
+def pending_groups():
+    """The selection groups with a run still to train: the MLflow parent runs this invocation needs."""
+    return sorted({g for g, rows in GROUPS.items() if any(not os.path.exists(run_done(r["run_id"])) for r in rows)})
 
 
 def dataset_argument(row):
@@ -86,7 +102,7 @@ def tracking_arguments():
     if not TRACKING:
         return ["--no-tracking"]
     checkpoints = [] if config["mlflow"]["log_checkpoints"] else ["--no-checkpoint-artifacts"]
-    return [*TRACKING_URI_ARGS, "--experiments-file", EXPERIMENTS_FILE, *checkpoints]
+    return [*TRACKING_URI_ARGS, *checkpoints]
 
 
 def train_inputs(wildcards):
@@ -96,57 +112,52 @@ def train_inputs(wildcards):
 def run_inputs(run):
     row = RUNS[run]
     inputs = {"labels": labels_file(row)}
-    if TRACKING:
-        # ancient: recreating the store must not retrain everything
-        inputs["experiments"] = ancient(EXPERIMENTS_FILE)
     if row["init_from"]:
-        inputs["ce_run"] = os.path.join(run_dir(row["init_from"]), "metrics.json")
+        inputs["ce_run"] = run_done(row["init_from"])
     return inputs
 
 
-def run_command(run):
+def run_command(run, tracking=True):
     """The whole ``python -m limit train`` command line of a packed run, as one shell-quoted string (the train
     rule gives the same arguments, its files from its input and output)."""
     row = RUNS[run]
     init_from = ["--init-from", run_dir(row["init_from"])] if row["init_from"] else []
     return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), "--data-dir", config["data_dir"],
-                       "--labels", labels_file(row), *init_from, "--out", run_dir(run), *tracking_arguments()])
+                       "--labels", labels_file(row), *init_from, "--out", run_dir(run),
+                       *(tracking_arguments() if tracking else [])])
 
 
-def pack_inputs(members):
-    """The inputs of every member of a pack (labels files, CE models, the MLflow experiments file)."""
-    return sorted({path for m in members for path in run_inputs(m["run_id"]).values()}, key=str)
+def pack_digest(pack):
+    """A short digest of a pack's member commands (but where they track)."""
+    text = "\n".join(run_command(m["run_id"], tracking=False) for m in PACKS[pack])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def pack_resource(members, key):
-    """A pack's job resources: threads and memory of all its members; GPUs and time limit of one job."""
-    per_job = key in ("gpus", "runtime")
+def pack_inputs(wildcards):
+    """The inputs of every member of a pack (labels files, CE models)."""
+    return sorted({path for m in PACKS[wildcards.pack] for path in run_inputs(m["run_id"]).values()}, key=str)
+
+
+def members(wildcards):
+    """The runs of a train job: its one run, or a pack's members."""
+    return PACKS[wildcards.pack] if "pack" in wildcards.keys() else [RUNS[wildcards.run]]
+
+
+def job_resource(key, scale_with_attempt=False):
+    """A train job's resource: the sum over its runs of their threads or memory (times the attempt on a retry);
+    a dataset's GPUs or Slurm setting (None when unset: Snakemake then drops it)."""
 
     def get(wildcards, attempt):
-        value = members[0][key] if per_job else sum(m[key] for m in members)
-        if key == "runtime":  # capped like a single run's: a retry resumes every member
-            return min(value * attempt, members[0]["max_runtime"])
-        return value if key == "gpus" else value * attempt
-
-    return get
-
-
-def pack_setting(members, key):
-    """A Slurm setting of a pack's dataset (None when unset: Snakemake then drops it)."""
-    return lambda wildcards: members[0][key]
-
-
-def run_resource(key, scale_with_attempt=False):
-    def get(wildcards, attempt):
-        value = RUNS[wildcards.run][key]
+        runs = members(wildcards)
+        value = sum(r[key] for r in runs) if key in ("threads", "mem_mb") else runs[0][key]
         return value * attempt if scale_with_attempt else value
 
     return get
 
 
 def train_runtime(wildcards, attempt):
-    """Minutes: the runtime, times the attempt on a retry, at most max_runtime (a retry resumes from state.pt)."""
-    row = RUNS[wildcards.run]
+    """Minutes: the runtime, times the attempt on a retry, at most max_runtime (a retry resumes every run)."""
+    row = members(wildcards)[0]
     return min(row["runtime"] * attempt, row["max_runtime"])
 
 
@@ -172,8 +183,8 @@ def label_issue_files(name):
     return expand(f"{LABEL_ISSUES}/{name}", run=LABEL_ISSUE_RUNS)
 
 
-def group_metrics(wildcards):
-    return [os.path.join(run_dir(r["run_id"]), "metrics.json") for r in GROUPS[wildcards.group]]
+def group_runs_done(wildcards):
+    return sorted({run_done(r["run_id"]) for r in GROUPS[wildcards.group]})
 
 
 def all_outputs():

@@ -1,15 +1,17 @@
 rule report:
     input:
         runs=f"{RESULTS}/runs.csv",
+    # update: Snakemake neither empties these before the job nor removes them if it fails (it restores them);
+    # `limit report` renders beside them and swaps them in only when every table and figure is written.
     output:
         tables=report(
-            directory(f"{RESULTS}/tables"),
+            update(directory(f"{RESULTS}/tables")),
             patterns=["{name}.html"],
             caption="../report/tables.rst",
             category="Tables",
         ),
         figures=report(
-            directory(f"{RESULTS}/figures"),
+            update(directory(f"{RESULTS}/figures")),
             patterns=["{name}.png"],
             caption="../report/figures.rst",
             category="Figures",

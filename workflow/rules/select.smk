@@ -1,12 +1,13 @@
 rule select:
     input:
-        group_metrics,
+        group_runs_done,
     output:
         SELECTION,
     log:
         f"{RESULTS}/logs/select/{{group}}.log",
     params:
-        run_dirs=lambda wc, input: [os.path.dirname(path) for path in input],
+        # derived from the input (so not compared by Snakemake: a changed group changes the input files)
+        run_dirs=lambda wc, input: [run_dir(r["run_id"]) for r in GROUPS[wc.group]],
         tracking=[] if TRACKING else ["--no-tracking"],
     localrule: True
     conda:

@@ -2,7 +2,7 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        metrics=f"{RUN_DIR}/metrics.json",
+        metrics=f"{RUN_DIR}/{METRICS}",
         history=f"{RUN_DIR}/history.csv",
         test_outputs=f"{RUN_DIR}/test_outputs.npz",
         model=f"{RUN_DIR}/best.pt",
@@ -17,18 +17,19 @@ rule train:
         init_from=lambda wc, input: (
             shlex.join(["--init-from", os.path.dirname(input.ce_run)]) if "ce_run" in input.keys() else ""
         ),
-        tracking=shlex.join(tracking_arguments()),
-    threads: run_resource("threads")
+        # where to track is not what to train: derived from the output, so a changed store retrains nothing
+        tracking=lambda wc, output: shlex.join(tracking_arguments()),
+    threads: job_resource("threads")
     resources:
-        mem_mb=run_resource("mem_mb", scale_with_attempt=True),
+        mem_mb=job_resource("mem_mb", scale_with_attempt=True),
         runtime=train_runtime,
-        gpu=run_resource("gpus"),
+        gpu=job_resource("gpus"),
         # Slurm settings of the dataset (training.<dataset>); unset ones are None, which Snakemake drops
-        slurm_partition=run_resource("slurm_partition"),
-        slurm_account=run_resource("slurm_account"),
-        gpu_model=run_resource("gpu_model"),
-        constraint=run_resource("constraint"),
-        qos=run_resource("qos"),
+        slurm_partition=job_resource("slurm_partition"),
+        slurm_account=job_resource("slurm_account"),
+        gpu_model=job_resource("gpu_model"),
+        constraint=job_resource("constraint"),
+        qos=job_resource("qos"),
     conda:
         "../../envs/train.yaml"
     shell:
@@ -37,35 +38,32 @@ rule train:
         "{params.tracking} > {log:q} 2>&1"
 
 
-# Packed runs (training.<dataset>.pack > 1): one job, one Slurm job, trains its members at the same time.
-for pack, members in PACKS.items():
-
-    rule:
-        name:
-            f"train_pack_{pack}"
-        input:
-            pack_inputs(members),
-        # Other rules depend on a run's metrics.json, written last (best.pt and the rest exist once it does). A
-        # pack declares only that file of each member: Snakemake compiles a regular expression for every declared
-        # file, and four per member made the paper DAG's dry run take 21 s instead of 13 s (measured).
-        output:
-            [os.path.join(run_dir(m["run_id"]), "metrics.json") for m in members],
-        log:
-            f"{RESULTS}/logs/train/pack_{pack}.log",
-        params:
-            runs=[run_command(m["run_id"]) for m in members],
-            threads=members[0]["threads"],
-        threads: sum(m["threads"] for m in members)
-        resources:
-            mem_mb=pack_resource(members, "mem_mb"),
-            runtime=pack_resource(members, "runtime"),
-            gpu=pack_resource(members, "gpus"),
-            slurm_partition=pack_setting(members, "slurm_partition"),
-            slurm_account=pack_setting(members, "slurm_account"),
-            gpu_model=pack_setting(members, "gpu_model"),
-            constraint=pack_setting(members, "constraint"),
-            qos=pack_setting(members, "qos"),
-        conda:
-            "../../envs/train.yaml"
-        shell:
-            "python -m limit train-pack --threads {params.threads} {params.runs:q} > {log:q} 2>&1"
+# Packed runs (training.<dataset>.pack > 1): one job, one Slurm job, trains its members at the same time. Other
+# rules wait for the pack's file, which lists its members once all have finished.
+rule train_pack:
+    input:
+        pack_inputs,
+    output:
+        PACK_FILE,
+    log:
+        f"{RESULTS}/logs/train/pack_{{pack}}.log",
+    params:
+        # A digest stands for the members' commands in Snakemake's record: a changed pack reruns, with a
+        # one-line reason (the commands themselves are derived from the output, so not compared).
+        members=lambda wc: pack_digest(wc.pack),
+        runs=lambda wc, output: [run_command(m["run_id"]) for m in PACKS[wc.pack]],
+        threads=lambda wc: PACKS[wc.pack][0]["threads"],
+    threads: job_resource("threads")
+    resources:
+        mem_mb=job_resource("mem_mb", scale_with_attempt=True),
+        runtime=train_runtime,
+        gpu=job_resource("gpus"),
+        slurm_partition=job_resource("slurm_partition"),
+        slurm_account=job_resource("slurm_account"),
+        gpu_model=job_resource("gpu_model"),
+        constraint=job_resource("constraint"),
+        qos=job_resource("qos"),
+    conda:
+        "../../envs/train.yaml"
+    shell:
+        "python -m limit train-pack --threads {params.threads} --out {output:q} {params.runs:q} > {log:q} 2>&1"
