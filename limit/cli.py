@@ -219,7 +219,7 @@ def cmd_find_label_issues(args):
         import yaml
         from limit.train import train
         train({"data_dir": "data", **yaml.safe_load(Path(args.config).read_text())}, args.run)
-    summary = find_label_issues(args.run, args.out, top_k=args.top_k, device=args.device)
+    summary = find_label_issues(args.run, args.out, top_k=args.top_k, device=args.device, score=args.score)
     print_summary(summary, args.out)
 
 
@@ -418,12 +418,16 @@ def build_parser():
     s.add_argument("--no-turns", action="store_true", help="with --pack: skip K models taking turns in one process")
     s.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("find-label-issues", help="rank the training examples of a LIMIT run by how likely their "
+    from limit.registry import DEFAULT_SCORE, SCORES
+    s = sub.add_parser("find-label-issues", help="rank the labelled examples of a run by how likely their "
                                                  "labels are wrong",
-                       description="Writes label_issues.csv (every training example ranked by ‖μ − g_CE‖, with "
-                                   "the CE-loss and margin baselines), gallery.png (the top-k suspects) and "
+                       description="Writes label_issues.csv (every training and validation example ranked by "
+                                   "--score, with every score of the run), gallery.png (the top-k suspects) and "
                                    "summary.json into --out, and prints a short summary.")
-    s.add_argument("run", help="a finished LIMIT run directory (or where to train one with --config)")
+    s.add_argument("run", help="a finished run directory, LIMIT or CE (or where to train one with --config)")
+    s.add_argument("--score", choices=list(SCORES), default=DEFAULT_SCORE,
+                   help=f"what to rank by (default {DEFAULT_SCORE}; docs/label-issues.md): " +
+                        ", ".join(f"{k} = {v}" for k, v in SCORES.items()))
     s.add_argument("--config", help="YAML/JSON training config (the keys of a run's config.json) to train the run "
                                     "first")
     s.add_argument("--out", required=True, help="output directory")
@@ -431,20 +435,23 @@ def build_parser():
     s.add_argument("--device", default="cpu", help="cpu, cuda ...")
     s.set_defaults(func=cmd_find_label_issues)
 
-    s = sub.add_parser("detect-bench", help="mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss")
+    s = sub.add_parser("detect-bench", help="mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss",
+                       description="The benchmark of docs/label-issues.md; its table is in the README.")
     s.add_argument("--out", default="results/detect_bench", help="output directory (runs, tables)")
     s.add_argument("--data-dir", default="data", help="dataset directory")
-    s.add_argument("--settings", nargs="+", metavar="NOISE:RATE",
-                   help="noise settings (default: the three of docs/label-issues.md)")
-    s.add_argument("--seeds", type=int, nargs="+", default=[42, 43], help="seeds of the split and noise")
-    s.add_argument("--n", type=int, default=5000, help="training examples (default 5000)")
-    s.add_argument("--val-size", type=int, default=1000, help="noisy validation examples (default 1000)")
-    s.add_argument("--epochs", type=int, default=12, help="most epochs of the LIMIT and CE runs (default 12)")
-    s.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
+    s.add_argument("--settings", nargs="+", metavar="NOISE:RATE:N",
+                   help="noise settings and training-set sizes (default: the five of docs/label-issues.md)")
+    s.add_argument("--seeds", type=int, nargs="+", help="seeds of the split and noise (default 42 43)")
+    s.add_argument("--epochs", type=int, help="epoch budget of every model (default 20)")
+    s.add_argument("--patience", type=int, help="early-stopping patience (default: a quarter of --epochs, as "
+                                                "the paper's 100 of 400)")
     s.add_argument("--batch-size", type=int, default=256, help="training batch size")
-    s.add_argument("--folds", type=int, default=5, help="cleanlab's cross-validation folds (default 5)")
+    s.add_argument("--folds", type=int, help="cleanlab's cross-validation folds (default 5)")
     s.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
-    s.add_argument("--beta", type=float, default=1.0, help="its beta (default 1)")
+    s.add_argument("--betas", type=float, nargs="+", help="LIMIT's beta grid (default 1 10)")
+    s.add_argument("--quick", action="store_true", help="a small version (n = 300, 4 epochs, 2 folds, one seed)")
+    s.add_argument("--dev", action="store_true", help="only the development setting the default score was "
+                                                      "chosen on (uniform 0.3, n = 5000, seed 41), and the rule")
     s.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
     s.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
     s.set_defaults(func=cmd_detect_bench)

@@ -1,19 +1,24 @@
 """``python -m limit detect-bench``: finding the corrupted labels, LIMIT against cleanlab and CE's loss.
 
-On Fashion-MNIST (n training examples, noisy validation set) per noise setting and seed:
+On Fashion-MNIST (n training examples, n/5 noisy validation examples) per noise setting and seed, every model
+under one budget rule: at most ``--epochs`` epochs, early stopping on noisy validation accuracy with the paper's
+patience scaled to the budget (100 of 400 epochs: a quarter), the best-validation checkpoint.
 
-- (a) LIMIT: the score ||mu - g_CE|| of one LIMIT run;
+- (a) LIMIT: one run per beta of a small grid, the run with the best noisy validation accuracy selected (the
+  paper's protocol); its scores (``limit.registry.SCORES``), ranked by ``DEFAULT_SCORE``;
 - (b) cleanlab: ``cleanlab.filter.find_label_issues`` on K-fold out-of-sample predicted probabilities of CE models
-  with the same architecture, each trained for the epochs that CE's validation selected; the full ranking
-  (for ROC AUC, average precision and precision@k) is cleanlab's self-confidence label-quality score, the ranking
-  ``find_label_issues`` uses for the examples it flags;
-- (c) CE's loss: the loss of the given label under one CE run (the run that selects the folds' epochs).
+  with the same architecture and budget rule; the full ranking (for ROC AUC, average precision and precision@k) is
+  cleanlab's self-confidence label-quality score, the ranking ``find_label_issues`` uses for what it flags;
+- (c) CE's loss: the loss of the given label under one CE run's selected checkpoint.
 
-Each method's wall time covers all the training it needs (cleanlab's includes the epoch-selection run, (c)).
-Every training run is an ordinary resumable run directory and a finished setting's ``result.json`` is kept, so
-a killed benchmark continues where it stopped; the wall times of a setting resumed midway cover only its rest.
+Each method's wall time covers all the training it needs and its scoring; LIMIT's counts the whole beta grid
+(its selected run's alone is reported too). Detection is measured on the n training examples, which every method
+ranks. Every training run is an ordinary resumable run directory and a finished setting's ``result.json`` is
+kept, so a killed benchmark continues where it stopped (the wall times of a setting resumed midway cover only
+its rest). ``--dev`` runs the development setting on which the default score was chosen, and the rule.
 """
 import json
+import math
 import time
 from pathlib import Path
 
@@ -22,13 +27,19 @@ import numpy as np
 from limit import data as D
 from limit.evaluate import detection_metrics
 from limit.label_issues import example_scores, load_models
+from limit.registry import DEFAULT_SCORE, SCORES
 from limit.train import pick_device, predict, train
 
 DATASET = "fashion_mnist"
-# noise model:rate: two uniform rates and one asymmetric (class-dependent) noise.
-SETTINGS = ["uniform:0.2", "uniform:0.5", "asymmetric-fashion-mnist:0.4"]
-METHODS = {"limit": "LIMIT ‖μ − g_CE‖ (1 run)", "cleanlab": "cleanlab find_label_issues (CE run + 5 folds)",
-           "ce_loss": "CE loss (1 run)"}
+# noise model:rate:n. Three noises in the medium regime (n = 5,000), two in the small one (n = 1,000).
+SETTINGS = ["uniform:0.2:5000", "uniform:0.5:5000", "asymmetric-fashion-mnist:0.4:5000",
+            "uniform:0.5:1000", "asymmetric-fashion-mnist:0.4:1000"]
+SEEDS = [42, 43]
+DEV_SETTING, DEV_SEED = "uniform:0.3:5000", 41  # where the default score was chosen; not in the table
+QUICK = {"settings": ["uniform:0.5:300"], "seeds": [7], "epochs": 4, "folds": 2, "betas": [1, 10]}
+FULL = {"settings": SETTINGS, "seeds": SEEDS, "epochs": 20, "folds": 5, "betas": [1, 10]}
+METHODS = {"limit": "LIMIT, {score} (β grid, 1 selected run)",
+           "cleanlab": "cleanlab find_label_issues ({folds} folds)", "ce_loss": "CE loss (1 run)"}
 
 
 def timed(fn):
@@ -45,7 +56,7 @@ def fold_labels(arrays, train_part):
     return fold
 
 
-def cross_validated_probabilities(arrays, labels_meta, base, out, folds, epochs, device):
+def cross_validated_probabilities(arrays, labels_meta, base, out, folds, device):
     """Out-of-sample softmax probabilities of every training example from ``folds`` CE models."""
     from sklearn.model_selection import StratifiedKFold
     images = D.load_arrays(DATASET, base["data_dir"]).train_x
@@ -56,14 +67,21 @@ def cross_validated_probabilities(arrays, labels_meta, base, out, folds, epochs,
         labels = out / f"fold{fold}.npz"
         D.write_labels_file(labels, fold_labels(arrays, train_part), dict(labels_meta, fold=fold))
         run_dir = out / f"fold{fold}"
-        train({**base, "method": "ce", "labels": str(labels), "epochs": epochs, "patience": epochs}, run_dir)
+        train({**base, "method": "ce", "labels": str(labels)}, run_dir)
         cfg, classifier, _ = load_models(run_dir, device)
         split = D.InMemorySplit(images[arrays["train_idx"][held_out]], DATASET, device)
         probs[held_out] = predict(classifier, split, cfg["batch_size"]).softmax(1).cpu().numpy()
     return probs
 
 
-def bench_setting(noise, rate, seed, args, out):
+def training_scores(run_dir, device):
+    """Every score of a finished run over its training examples (what every method ranks)."""
+    scores = example_scores(run_dir, device)[2]
+    train_part = scores["split"] == "train"
+    return {name: scores[name][train_part] for name in SCORES if name in scores}
+
+
+def bench_setting(noise, rate, n, seed, args, out):
     """Run (a), (b), (c) on one data setting; return (and keep) their detection metrics and wall times."""
     result_path = out / "result.json"
     if result_path.exists():
@@ -72,76 +90,157 @@ def bench_setting(noise, rate, seed, args, out):
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     train_y = D.load_arrays(DATASET, args.data_dir).train_y.numpy()
-    arrays = D.make_noisy_labels(train_y, 10, DATASET, noise, rate, seed, n=args.n, val_size=args.val_size)
-    meta = {"dataset": DATASET, "noise": noise, "rate": rate, "n": args.n, "seed": seed, "val_size": args.val_size}
+    val_size = n // 5
+    arrays = D.make_noisy_labels(train_y, 10, DATASET, noise, rate, seed, n=n, val_size=val_size)
+    meta = {"dataset": DATASET, "noise": noise, "rate": rate, "n": n, "seed": seed, "val_size": val_size}
     D.write_labels_file(out / "labels.npz", arrays, meta)
     base = {"dataset": DATASET, "data_dir": args.data_dir, "labels": str(out / "labels.npz"), "arch": "cnn",
             "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "seed": seed,
             "device": args.device, "eval_test_each_epoch": False}
     is_corrupted = arrays["is_corrupted"]
+    metrics = lambda scores: {name: detection_metrics(values, is_corrupted) for name, values in scores.items()}
 
     def run_and_score(name, config):
         train({**base, **config}, out / name)
-        return example_scores(out / name, args.device)[2]
+        return training_scores(out / name, args.device)
 
     ce, ce_seconds = timed(lambda: run_and_score("ce", {"method": "ce"}))
-    limit, limit_seconds = timed(lambda: run_and_score(
-        "limit", {"method": args.limit_method, "hparams": {"beta": args.beta}}))
-    epochs = json.loads((out / "ce" / "metrics.json").read_text())["best_epoch"] + 1
+    grid, grid_seconds = {}, {}
+    for beta in args.betas:  # train the whole grid; only the selected run's scores are needed
+        _, grid_seconds[beta] = timed(lambda: train({**base, "method": args.limit_method, "hparams": {"beta": beta}},
+                                                    out / f"limit-beta{beta:g}"))
+        grid[beta] = json.loads((out / f"limit-beta{beta:g}" / "metrics.json").read_text())["best_val_acc"]
+    beta = max(args.betas, key=lambda b: grid[b])  # noisy validation accuracy; the first of equals
+    limit, scoring_seconds = timed(lambda: training_scores(out / f"limit-beta{beta:g}", args.device))
 
     def cleanlab_ranking():
-        probs = cross_validated_probabilities(arrays, meta, base, out, args.folds, epochs, device)
+        probs = cross_validated_probabilities(arrays, meta, base, out, args.folds, device)
         flagged = cleanlab.filter.find_label_issues(arrays["train_noisy"], probs,
                                                     return_indices_ranked_by="self_confidence")
         quality = cleanlab.rank.get_label_quality_scores(arrays["train_noisy"], probs, method="self_confidence")
         return flagged, 1.0 - quality
 
-    (flagged, cleanlab_scores), folds_seconds = timed(cleanlab_ranking)
+    (flagged, cleanlab_scores), cleanlab_seconds = timed(cleanlab_ranking)
     result = {
-        "noise": noise, "rate": rate, "seed": seed, "n": args.n, "corrupted": int(is_corrupted.sum()),
-        "fold_epochs": epochs, "device": str(device),
-        "limit": {**detection_metrics(limit["score"], is_corrupted), "seconds": limit_seconds},
-        "cleanlab": {**detection_metrics(cleanlab_scores, is_corrupted), "seconds": ce_seconds + folds_seconds,
+        "noise": noise, "rate": rate, "seed": seed, "n": n, "corrupted": int(is_corrupted.sum()),
+        "device": str(device), "epochs": args.epochs, "patience": args.patience,
+        "limit": {"scores": metrics(limit), "beta": beta, "val_acc": {f"{b:g}": v for b, v in grid.items()},
+                  "seconds": sum(grid_seconds.values()) + scoring_seconds,
+                  "selected_seconds": grid_seconds[beta] + scoring_seconds},
+        "cleanlab": {**detection_metrics(cleanlab_scores, is_corrupted), "seconds": cleanlab_seconds,
                      "flagged": len(flagged), "flagged_precision": float(is_corrupted[flagged].mean()),
                      "flagged_recall": float(is_corrupted[flagged].sum() / max(is_corrupted.sum(), 1))},
         "ce_loss": {**detection_metrics(ce["ce_loss"], is_corrupted), "seconds": ce_seconds},
+        "ce_scores": metrics(ce),
     }
     result_path.write_text(json.dumps(result, indent=2))
     return result
 
 
-def setting_label(noise, rate):
-    return f"{noise} p = {rate:g}"
+def method_metrics(result, method):
+    """A method's metrics and wall time in a result; LIMIT's are those of the default score."""
+    if method == "limit":
+        return {**result["limit"]["scores"][DEFAULT_SCORE], "seconds": result["limit"]["seconds"]}
+    return result[method]
 
 
-def markdown_table(results):
-    """One row per setting and method; each cell lists the seeds' values in seed order."""
+def goal_met(result):
+    """LIMIT beats cleanlab's ROC AUC and average precision, at no more than cleanlab's wall time."""
+    limit, cleanlab = method_metrics(result, "limit"), result["cleanlab"]
+    return {"roc_auc": limit["roc_auc"] > cleanlab["roc_auc"],
+            "average_precision": limit["average_precision"] > cleanlab["average_precision"],
+            "time": limit["seconds"] <= cleanlab["seconds"]}
+
+
+def setting_label(noise, rate, n):
+    return f"{noise} p = {rate:g}, n = {n:,}"
+
+
+def by_setting(results):
+    """(noise, rate, n) -> that setting's results in seed order, settings in the order they ran."""
+    keys = dict.fromkeys((r["noise"], r["rate"], r["n"]) for r in results)
+    return {key: sorted((r for r in results if (r["noise"], r["rate"], r["n"]) == key), key=lambda r: r["seed"])
+            for key in keys}
+
+
+def markdown_table(results, folds):
+    """One row per setting and method; each cell lists the seeds' values in seed order; then the goal per cell
+    (one cell = one setting and seed) and every LIMIT score of the selected run."""
     lines = ["| noise | method | ROC AUC (%) | average precision (%) | precision@k (%) | wall time (s) |",
              "|---|---|---|---|---|---|"]
-    for noise, rate in dict.fromkeys((r["noise"], r["rate"]) for r in results):
-        rows = sorted((r for r in results if (r["noise"], r["rate"]) == (noise, rate)), key=lambda r: r["seed"])
-        for method, label in METHODS.items():
-            cell = lambda key, scale=100, fmt=".1f": " / ".join(f"{r[method][key] * scale:{fmt}}" for r in rows)
-            lines.append(f"| {setting_label(noise, rate)} | {label} | {cell('roc_auc')} | "
-                         f"{cell('average_precision')} | {cell('precision_at_k')} | {cell('seconds', 1, '.0f')} |")
+    labels = {m: label.format(score=SCORES[DEFAULT_SCORE], folds=folds) for m, label in METHODS.items()}
+    groups = by_setting(results)
+    for key, rows in groups.items():
+        for method, label in labels.items():
+            values = [method_metrics(r, method) for r in rows]
+            cell = lambda k, scale=100, fmt=".1f": " / ".join(f"{v[k] * scale:{fmt}}" for v in values)
+            seconds = cell("seconds", 1, ".0f")
+            if method == "limit":
+                seconds += " (selected run: " + " / ".join(f"{r['limit']['selected_seconds']:.0f}" for r in rows) + ")"
+            lines.append(f"| {setting_label(*key)} | {label} | {cell('roc_auc')} | {cell('average_precision')} | "
+                         f"{cell('precision_at_k')} | {seconds} |")
+    lines += ["", "| noise | seed | selected β | LIMIT > cleanlab ROC AUC | LIMIT > cleanlab AP | LIMIT time ≤ "
+              "cleanlab's | goal |", "|---|---|---|---|---|---|---|"]
+    yes = lambda ok: "yes" if ok else "**no**"
+    for key, rows in groups.items():
+        for r in rows:
+            met = goal_met(r)
+            lines.append(f"| {setting_label(*key)} | {r['seed']} | {r['limit']['beta']:g} | {yes(met['roc_auc'])} | "
+                         f"{yes(met['average_precision'])} | {yes(met['time'])} | "
+                         f"{'met' if all(met.values()) else '**missed**'} |")
+    names = [name for name in SCORES if name in results[0]["limit"]["scores"]]
+    lines += ["", "Every score of LIMIT's selected run, ROC AUC / average precision (%), seeds in order:", "",
+              "| noise | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for key, rows in groups.items():
+        cells = [" / ".join(f"{100 * r['limit']['scores'][name]['roc_auc']:.1f}, "
+                            f"{100 * r['limit']['scores'][name]['average_precision']:.1f}" for r in rows)
+                 for name in names]
+        lines.append(f"| {setting_label(*key)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def choose_default(result):
+    """The rule for the default score: the best mean of ROC AUC and average precision on the development
+    setting, among LIMIT's scores."""
+    scores = result["limit"]["scores"]
+    return max(scores, key=lambda name: scores[name]["roc_auc"] + scores[name]["average_precision"])
+
+
+def parse_setting(setting):
+    noise, rate, n = setting.split(":")
+    return noise, float(rate), int(n)
 
 
 def main(args):
     import torch
     torch.set_num_threads(args.threads)
+    protocol = QUICK if args.quick else FULL
+    for key, value in protocol.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.patience is None:
+        args.patience = math.ceil(args.epochs / 4)  # the paper: patience 100 of 400 epochs
+    if args.dev:
+        args.settings, args.seeds = [DEV_SETTING], [DEV_SEED]
     out = Path(args.out)
     results = []
-    for noise, _, rate in (setting.partition(":") for setting in args.settings or SETTINGS):
-        rate = float(rate)
+    for setting in args.settings:
+        noise, rate, n = parse_setting(setting)
         for seed in args.seeds:
-            result = bench_setting(noise, rate, seed, args, out / f"{noise}-{rate:g}" / f"seed{seed}")
+            result = bench_setting(noise, rate, n, seed, args, out / f"{noise}-{rate:g}-n{n}" / f"seed{seed}")
             results.append(result)
-            print(f"{setting_label(noise, rate)}, seed {seed} ({result['corrupted']} of {args.n} corrupted): " +
-                  ", ".join(f"{m} AUC {result[m]['roc_auc']:.4f} AP {result[m]['average_precision']:.4f} "
-                            f"P@k {result[m]['precision_at_k']:.4f} {result[m]['seconds']:.0f}s" for m in METHODS),
-                  flush=True)
-    table = markdown_table(results)
+            print(f"{setting_label(noise, rate, n)}, seed {seed} ({result['corrupted']} of {n} corrupted, β = "
+                  f"{result['limit']['beta']:g}): " +
+                  ", ".join(f"{m} AUC {v['roc_auc']:.4f} AP {v['average_precision']:.4f} "
+                            f"P@k {v['precision_at_k']:.4f} {v['seconds']:.0f}s"
+                            for m, v in ((m, method_metrics(result, m)) for m in METHODS)), flush=True)
+    if args.dev:
+        scores = results[0]["limit"]["scores"]
+        for name, m in scores.items():
+            print(f"  {name:13s} ROC AUC {m['roc_auc']:.4f}  average precision {m['average_precision']:.4f}")
+        print(f"default score by the rule (best ROC AUC + average precision): {choose_default(results[0])}")
+        return
+    table = markdown_table(results, args.folds)
     (out / "detect_bench.md").write_text(table + "\n")
     (out / "detect_bench.json").write_text(json.dumps(results, indent=2))
     print(table)

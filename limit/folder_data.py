@@ -96,11 +96,26 @@ def scan_source(source, classes=None):
     raise ImageSourceError(f"{source}: neither an ImageFolder directory nor a .csv file")
 
 
-def image_geometry(paths, size=None):
+def image_geometry(paths, size=None, cache_dir=None):
     """Open every image's header: (channels, side). Channels are 1 when every image is greyscale, else 3.
 
-    Without ``size`` every image must have the same square size.
+    Without ``size`` every image must have the same square size. With ``cache_dir`` the answer is kept there,
+    keyed by every file's path, size and modification time, so that an unchanged source is not opened again.
     """
+    if cache_dir is None:
+        return _read_geometry(paths, size)
+    import hashlib
+    listing = [(p, st.st_size, st.st_mtime_ns) for p in paths for st in [Path(p).stat()]]
+    key = hashlib.sha256(json.dumps([listing, size]).encode()).hexdigest()
+    cached = Path(cache_dir) / f"{key}.json"
+    if cached.exists():
+        return tuple(json.loads(cached.read_text()))
+    geometry = _read_geometry(paths, size)
+    rundir.write_json(cached, list(geometry))
+    return geometry
+
+
+def _read_geometry(paths, size):
     from PIL import Image
     sizes, grey = {}, True
     for path in paths:
@@ -147,11 +162,12 @@ def decode(paths, channels, size, desc):
     return out
 
 
-def check_sources(source, test=None, classes=None, size=None, channels=None):
-    """Everything ``import_images`` checks before decoding; returns (train source, test source, channels, size)."""
+def check_sources(source, test=None, classes=None, size=None, channels=None, cache_dir=None):
+    """Everything ``import_images`` checks before decoding; returns (train source, test source, channels, size).
+    ``cache_dir``: where image headers already read are remembered (see ``image_geometry``)."""
     train = scan_source(source, classes)
     test_source = scan_source(test, train.classes) if test else None
-    found_channels, size = image_geometry(train.paths + (test_source.paths if test_source else []), size)
+    found_channels, size = image_geometry(train.paths + (test_source.paths if test_source else []), size, cache_dir)
     if channels not in (None, 1, 3):
         raise ImageSourceError(f"channels must be 1 or 3, not {channels}")
     return train, test_source, channels or found_channels, size

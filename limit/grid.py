@@ -28,14 +28,16 @@ class ConfigError(ValueError):
 
 
 def check_image_datasets(config):
-    """Check every image of the config's own datasets (headers only) before any job: name -> (classes, side)."""
+    """Check every image of the config's own datasets (headers only) before any job: name -> (classes, side).
+    The headers read are remembered under the results directory: an unchanged source is not opened again."""
     checked = {}
+    headers = Path(config.get("results", "results")) / "data" / ".image_headers"
     for name, spec in config.get("image_datasets", {}).items():
         if name in DATASETS:
             raise ConfigError(f"image_datasets.{name}: the name of a built-in dataset; choose another")
         try:
             train, _, _, size = check_sources(spec["source"], spec.get("test"), spec.get("classes"),
-                                              spec.get("size"), spec.get("channels"))
+                                              spec.get("size"), spec.get("channels"), headers)
         except ValueError as exc:
             raise ConfigError(f"image_datasets.{name}: {exc}") from None
         checked[name] = (len(train.classes), size)

@@ -1,11 +1,13 @@
-"""``python -m limit find-label-issues``: rank every training example of a finished LIMIT run by how likely
-its label is wrong.
+"""``python -m limit find-label-issues``: rank every labelled example of a finished run (training and
+validation split) by how likely its label is wrong.
 
-The score is the paper's detector (Sec. 5, Fig. 4): ||mu - g_CE|| = ||y - s(q(x))||, the distance between the
-label-free network q's prediction of the logit gradient and the cross-entropy gradient of the given label.
-Two baselines from the run's classifier sit next to it: its cross-entropy loss on the given label and its
-margin (the largest other class probability minus the given label's). All three are recomputed from
-``best.pt``, so any finished LIMIT run works, old or new.
+Scores (``SCORES``; higher = more suspect), all from one run: the paper's ||mu - g_CE|| (LIMIT runs), the
+classifier's cross-entropy loss and margin on the given label at the selected epoch (one pass over the data after
+training), the same two averaged over the epochs up to the selected one (recorded during training:
+``epoch_scores.npz``), and a rank average of the others. The validation examples were never trained on, so their
+losses are larger: every score is turned into its rank fraction within its own split (1 = the most suspect of the
+split) before the two splits are merged into one ranking. A random train/validation split gives both the same
+share of wrong labels, so a rank fraction means the same in both.
 """
 import csv
 import io
@@ -14,25 +16,25 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.stats import rankdata
 
 from limit import data as D
 from limit import rundir
 from limit.evaluate import detection_metrics
-from limit.methods import Context
+from limit.registry import DEFAULT_SCORE, SCORES
 from limit.rundir import load_checkpoint
-from limit.train import build_networks, limit_train_scores, load_run_data, pick_device, predict
+from limit.train import build_networks, load_run_data, loss_and_margin, pick_device
 
-CSV_COLUMNS = ["rank", "index", "path", "given_label", "predicted_label", "score", "ce_loss", "margin",
-               "true_label", "is_corrupted"]
+SPLITS = ("train", "val")
 
 
 def load_models(run_dir, device):
     """A finished run's resolved config and its best-validation networks (q is None for non-LIMIT runs)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").exists():
+    if not (run_dir / rundir.METRICS).exists():
         raise FileNotFoundError(f"{run_dir} is not a finished run (no metrics.json)")
     cfg = rundir.read_json(run_dir / rundir.CONFIG)
-    best = load_checkpoint(run_dir / "best.pt")
+    best = load_checkpoint(run_dir / rundir.BEST)
     classifier, q = build_networks(cfg, D.dataset_info(cfg["dataset"]).num_classes)
     classifier.load_state_dict(best["classifier"])
     if q is not None:
@@ -40,28 +42,65 @@ def load_models(run_dir, device):
     return cfg, classifier.to(device), q.to(device) if q is not None else None
 
 
-def loss_and_margin(logits, labels):
-    """Per example: cross-entropy of the given label, and max other-class probability minus its probability."""
-    probs = logits.softmax(1)
-    given = probs.gather(1, labels[:, None]).squeeze(1)
-    others = probs.scatter(1, labels[:, None], -1.0).max(1).values
-    return F.cross_entropy(logits, labels, reduction="none"), others - given
+@torch.no_grad()
+def selected_scores(classifier, q, split, labels, batch_size, num_classes):
+    """One pass of the selected networks over a split: predicted label, CE loss, margin, ||mu - g_CE||."""
+    classifier.eval()
+    if q is not None:
+        q.eval()
+    out = {"predicted_label": [], "ce_loss": [], "margin": [], "grad_distance": []}
+    for idx, x in split.batches(batch_size):
+        logits, y = classifier(x).float(), labels[idx]
+        loss, margin = loss_and_margin(logits, y)
+        out["predicted_label"].append(logits.argmax(1))
+        out["ce_loss"].append(loss)
+        out["margin"].append(margin)
+        if q is not None:  # ||y - s(q(x))||: q's predicted logit gradient against the given label's
+            out["grad_distance"].append((F.one_hot(y, num_classes).float() - q(x).float().softmax(1)).norm(dim=1))
+    return {k: torch.cat(v).cpu().numpy() for k, v in out.items() if v}
+
+
+def rank_fraction(values):
+    """Average ranks over n (1 = the largest value), ties sharing their mean rank."""
+    return rankdata(values) / len(values)
+
+
+def within_split(values, split):
+    """Each split's values replaced by their rank fractions within that split."""
+    out = np.empty(len(values))
+    for name in SPLITS:
+        mask = split == name
+        if mask.any():
+            out[mask] = rank_fraction(values[mask])
+    return out
 
 
 def example_scores(run_dir, device="cpu"):
-    """Per training example of a finished run: index into the dataset's training images, given/true/predicted
-    label, CE loss, margin, and (LIMIT runs) the score ||mu - g_CE||."""
+    """Per labelled example of a finished run (training examples first, then validation): split, index into the
+    dataset's training images, given/true/predicted label, is_corrupted, and the raw value of every score the
+    run has (see ``SCORES``; ``rank_average`` from within-split ranks)."""
     device = pick_device(device)
     cfg, classifier, q = load_models(run_dir, device)
     run_data = load_run_data({**cfg, "device": str(device)}, device)
-    logits = predict(classifier, run_data.train, cfg["batch_size"])
-    ce_loss, margin = loss_and_margin(logits, run_data.train_noisy)
-    scores = {"index": run_data.train_idx, "given_label": run_data.train_noisy.cpu().numpy(),
-              "true_label": run_data.train_true.cpu().numpy(), "is_corrupted": run_data.is_corrupted.cpu().numpy(),
-              "predicted_label": logits.argmax(1).cpu().numpy(),
-              "ce_loss": ce_loss.cpu().numpy(), "margin": margin.cpu().numpy()}
-    if q is not None:
-        scores["score"] = limit_train_scores(Context(classifier, q), run_data, cfg["batch_size"])["grad_distance"]
+    arrays, _ = D.read_labels_file(cfg["labels"])
+    given = {"train": arrays["train_noisy"], "val": arrays["val_noisy"]}
+    parts = []
+    for name, split in zip(SPLITS, (run_data.train, run_data.val)):
+        labels = torch.as_tensor(given[name], dtype=torch.int64, device=device)
+        part = selected_scores(classifier, q, split, labels, cfg["batch_size"], run_data.num_classes)
+        part.update(split=np.full(len(split), name), index=arrays[f"{name}_idx"], given_label=given[name],
+                    true_label=arrays[f"{name}_true"], is_corrupted=arrays[f"{name}_corrupted" if name == "val"
+                                                                         else "is_corrupted"].astype(bool),
+                    position=np.arange(len(split)))
+        parts.append(part)
+    scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    epoch_scores = Path(run_dir) / rundir.EPOCH_SCORES
+    if epoch_scores.exists():  # runs of earlier versions have none
+        with np.load(epoch_scores) as f:
+            for score, kind in (("ce_loss_avg", "loss"), ("margin_avg", "margin")):
+                scores[score] = np.concatenate([f[f"{name}_{kind}"] for name in SPLITS])
+    components = [name for name in SCORES if name in scores]
+    scores["rank_average"] = np.mean([within_split(scores[name], scores["split"]) for name in components], axis=0)
     return cfg, run_data, scores
 
 
@@ -81,78 +120,123 @@ def true_labels_known(labels_path):
     return meta.get("noise") != "given"
 
 
-def plot_gallery(images, titles, path, caption):
-    """The top suspects as a grid of images, each titled with its given and predicted class."""
+def image_paths(cfg, run_data):
+    """Per split, each example's image file (own images and streamed datasets), or None (built-in arrays)."""
+    if cfg["dataset"] not in D.DATASETS:
+        from limit.folder_data import read_cache
+        paths = read_cache(cfg["dataset"]).train_paths
+        val_idx = D.read_labels_file(cfg["labels"])[0]["val_idx"]
+        return {name: [paths[i] for i in idx] for name, idx in (("train", run_data.train_idx), ("val", val_idx))}
+    if hasattr(run_data.train, "paths"):  # streamed from disk (Clothing1M): relative to the data directory
+        return {name: [str(Path(cfg["data_dir"]) / p) for p in split.paths]
+                for name, split in zip(SPLITS, (run_data.train, run_data.val))}
+    return None
+
+
+def tile_image(split, position, path, side=112):
+    """uint8 (C, H, W): from memory when the split holds its images, else read from disk and shrunk to ``side``."""
+    if hasattr(split, "x"):
+        return split.x[position].cpu().numpy()
+    from PIL import Image
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((side, side))
+        return np.asarray(image).transpose(2, 0, 1)
+
+
+def plot_gallery(tiles, path, caption):
+    """The top suspects as a grid of images titled with file name, score, given and predicted class; tiles
+    whose prediction differs from the given label get a red frame and a red title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    cols = min(8, len(images))
-    rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows + 0.6), squeeze=False)
+    cols = min(6, len(tiles))
+    rows = -(-len(tiles) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.1 * cols, 2.5 * rows + 0.6), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles):
+    for ax, (image, title, differs) in zip(axes.flat, tiles):
         image = image.transpose(1, 2, 0)
         grey = image.shape[2] == 1
         ax.imshow(image[..., 0] if grey else image, cmap="gray" if grey else None, vmin=0, vmax=255)
-        ax.set_title(title, fontsize=7)
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        color = "red" if differs else "0.6"
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(3 if differs else 1)
+        ax.set_title(title, fontsize=6.5, color="red" if differs else "black")
     fig.suptitle(caption, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
 
-def find_label_issues(run_dir, out_dir, top_k=24, device="cpu"):
+def find_label_issues(run_dir, out_dir, top_k=24, device="cpu", score=None):
     """Write ``label_issues.csv``, ``gallery.png`` and ``summary.json`` into ``out_dir``; return the summary."""
     cfg, run_data, scores = example_scores(run_dir, device)
-    if "score" not in scores:
-        raise ValueError(f"{run_dir} is a {cfg['method']!r} run; find-label-issues needs a LIMIT run (limit_*)")
+    score = score or DEFAULT_SCORE
+    if score not in scores:
+        have = [name for name in SCORES if name in scores]
+        raise ValueError(f"run {run_dir} ({cfg['method']}) has no score {score!r}; it has {', '.join(have)} "
+                         f"(--score NAME)")
     names = class_names(cfg["dataset"], run_data.num_classes)
-    paths = None
-    if cfg["dataset"] not in D.DATASETS:
-        from limit.folder_data import read_cache
-        paths = read_cache(cfg["dataset"]).train_paths
-    order = np.argsort(-scores["score"], kind="stable")
+    paths = image_paths(cfg, run_data)
+    split = scores["split"]
+    ranked = within_split(scores[score], split)  # what the two splits are merged by
+    order = np.lexsort((-scores[score], -ranked))
     known = true_labels_known(cfg["labels"])
+    columns = ["rank", "split", "index", "path", "given_label", "predicted_label", "score",
+               *(name for name in SCORES if name in scores), *(["true_label", "is_corrupted"] if known else [])]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = io.StringIO(newline="")
     writer = csv.writer(table)
-    writer.writerow(CSV_COLUMNS if known else CSV_COLUMNS[:-2])
+    writer.writerow(columns)
+    path_of = lambda i: paths[split[i]][scores["position"][i]] if paths is not None else ""
     for rank, i in enumerate(order, 1):
-        index = int(scores["index"][i])
-        row = [rank, index, paths[index] if paths is not None else "", names[scores["given_label"][i]],
-               names[scores["predicted_label"][i]], f"{scores['score'][i]:.6f}", f"{scores['ce_loss'][i]:.6f}",
-               f"{scores['margin'][i]:.6f}"]
-        writer.writerow(row + ([names[scores["true_label"][i]], int(scores["is_corrupted"][i])] if known else []))
+        row = [rank, split[i], int(scores["index"][i]), path_of(i), names[scores["given_label"][i]],
+               names[scores["predicted_label"][i]], f"{ranked[i]:.6f}",
+               *(f"{scores[name][i]:.9g}" for name in SCORES if name in scores)]  # float32 exactly
+        writer.writerow(row + ([names[scores["true_label"][i]] if scores["true_label"][i] >= 0 else "",
+                                int(scores["is_corrupted"][i])] if known else []))
     rundir.write_text(out / "label_issues.csv", table.getvalue())
 
-    top = order[:top_k]
-    images = run_data.train.x[torch.as_tensor(top, device=run_data.train.x.device)].cpu().numpy()
-    titles = [f"#{r} given: {names[scores['given_label'][i]]}\npredicted: {names[scores['predicted_label'][i]]}"
-              for r, i in enumerate(top, 1)]
-    plot_gallery(images, titles, out / "gallery.png",
-                 f"The {len(top)} training examples whose labels LIMIT finds most suspect "
-                 r"(largest $\|\mu - g_{\mathrm{CE}}\|$)")
-    summary = {"run_dir": str(run_dir), "examples": len(order), "top_k": len(top)}
+    splits = {"train": run_data.train, "val": run_data.val}
+    tiles = []
+    for rank, i in enumerate(order[:top_k], 1):
+        file = Path(path_of(i)).name or f"{split[i]} image {scores['index'][i]}"
+        given, predicted = scores["given_label"][i], scores["predicted_label"][i]
+        title = (f"#{rank} {file}\n{score} {scores[score][i]:.3g} ({split[i]})\n"
+                 f"given: {names[given]}\npredicted: {names[predicted]}")
+        tiles.append((tile_image(splits[split[i]], scores["position"][i], path_of(i)), title, given != predicted))
+    plot_gallery(tiles, out / "gallery.png",
+                 f"The {len(tiles)} labelled examples most suspect by {SCORES[score]} "
+                 "(red: the classifier predicts another class)")
+    summary = {"run_dir": str(run_dir), "score": score, "examples": len(order),
+               "train_examples": int((split == "train").sum()), "val_examples": int((split == "val").sum()),
+               "top_k": len(tiles)}
     if known:
         summary["corrupted"] = int(scores["is_corrupted"].sum())
-        summary["detection"] = {name: detection_metrics(scores[key], scores["is_corrupted"])
-                                for name, key in [("limit", "score"), ("ce_loss", "ce_loss"), ("margin", "margin")]}
+        summary["detection"] = {name: detection_metrics(within_split(scores[name], split), scores["is_corrupted"])
+                                for name in SCORES if name in scores}
     rundir.write_json(out / "summary.json", summary)
     return summary
 
 
 def print_summary(summary, out_dir, rows=10):
     """The short summary: where the files are, the top suspects, and detection quality when it is known."""
-    print(f"{summary['examples']} training examples ranked by ‖μ − g_CE‖ in {out_dir}/label_issues.csv; "
-          f"the top {summary['top_k']} in {out_dir}/gallery.png")
+    print(f"{summary['examples']} labelled examples ({summary['train_examples']} training, "
+          f"{summary['val_examples']} validation) ranked by {SCORES[summary['score']]} ({summary['score']}) in "
+          f"{out_dir}/label_issues.csv; the top {summary['top_k']} in {out_dir}/gallery.png")
     with open(Path(out_dir) / "label_issues.csv", newline="") as f:
         for row, _ in zip(csv.DictReader(f), range(rows)):
-            print(f"  #{row['rank']:>3} index {row['index']:>6}  given {row['given_label']} -> predicted "
-                  f"{row['predicted_label']}  score {float(row['score']):.3f}  {row['path']}")
+            print(f"  #{row['rank']:>3} {row['split']:5s} index {row['index']:>6}  given {row['given_label']} -> "
+                  f"predicted {row['predicted_label']}  {summary['score']} {float(row[summary['score']]):.3f}  "
+                  f"{row['path']}")
     if "detection" in summary:
         print(f"true labels known: {summary['corrupted']} of {summary['examples']} labels corrupted (k)")
         for name, m in summary["detection"].items():
-            print(f"  {name:8s} ROC AUC {m['roc_auc']:.4f}  average precision {m['average_precision']:.4f}  "
+            print(f"  {name:13s} ROC AUC {m['roc_auc']:.4f}  average precision {m['average_precision']:.4f}  "
                   f"precision@k {m['precision_at_k']:.4f}")

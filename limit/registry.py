@@ -152,3 +152,16 @@ def hparam_problem(method, name, value):
     if value < 0:
         return "must be >= 0"
     return None
+
+
+# The mislabel scores of ``limit find-label-issues`` (higher = more suspect), named for --score.
+SCORES = {
+    "grad_distance": "‖μ − g_CE‖",
+    "ce_loss": "CE loss (selected epoch)",
+    "margin": "margin (selected epoch)",
+    "ce_loss_avg": "CE loss averaged over epochs",
+    "margin_avg": "margin averaged over epochs",
+    "rank_average": "rank average",
+}
+# Chosen once, by detect-bench, on the development setting (uniform 0.3, n = 5,000, seed 41): docs/label-issues.md.
+DEFAULT_SCORE = "ce_loss"

@@ -21,6 +21,7 @@ HISTORY = "history.csv"
 TEST_OUTPUTS = "test_outputs.npz"
 BEST = "best.pt"
 TRAIN_SCORES = "train_scores.npz"  # LIMIT runs only
+EPOCH_SCORES = "epoch_scores.npz"  # per-example loss and margin averaged over the epochs up to the selected one
 METRICS = "metrics.json"  # written last: a run directory with it is complete
 MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking)
 

@@ -4,8 +4,13 @@ A run directory (file names: ``limit.rundir``) holds the resolved config, ``stat
 rewritten atomically every ``checkpoint_every`` epochs or minutes and when training ends; the one before is kept
 as ``state.prev.pt``, the fallback if a crash tears it; both are removed once ``metrics.json`` is written, unless
 ``keep_state``), ``job.json`` (where each attempt ran), ``best.pt`` (rewritten when validation improves), and
-when the run is complete ``history.csv``, ``test_outputs.npz``, ``train_scores.npz`` (LIMIT runs) and, last,
-``metrics.json``.
+when the run is complete ``history.csv``, ``test_outputs.npz``, ``epoch_scores.npz``, ``train_scores.npz`` (LIMIT
+runs) and, last, ``metrics.json``.
+
+``epoch_scores.npz`` holds, per training and validation example, the classifier's cross-entropy loss and margin
+on the given label averaged over the epochs up to the selected one (the idea of the area under the margin,
+Pleiss et al. 2020). They are recorded in the forward passes training and validation make anyway: no extra pass.
+Validation examples are scored against the labels validation selects on (the clean ones with clean_validation).
 """
 import copy
 import csv
@@ -84,6 +89,28 @@ def resolve_config(config):
     if method.init_from_ce and not cfg["init_from"]:
         raise ValueError(f"method {cfg['method']!r} starts from a CE run: give init_from (--init-from DIR)")
     return cfg
+
+
+def loss_and_margin(logits, labels):
+    """Per example: cross-entropy of the given label, and max other-class probability minus its probability."""
+    probs = logits.float().softmax(1)
+    given = probs.gather(1, labels[:, None]).squeeze(1)
+    others = probs.scatter(1, labels[:, None], -1.0).max(1).values
+    return F.cross_entropy(logits.float(), labels, reduction="none"), others - given
+
+
+def new_epoch_sums(run_data):
+    """Running sums of per-example loss and margin (training and validation examples) and their epoch count."""
+    zeros = lambda split: torch.zeros(len(split), device=run_data.train_noisy.device)
+    return {"train_loss": zeros(run_data.train), "train_margin": zeros(run_data.train),
+            "val_loss": zeros(run_data.val), "val_margin": zeros(run_data.val),
+            "epochs": torch.zeros((), device=run_data.train_noisy.device)}
+
+
+def add_epoch_scores(sums, split, idx, logits, labels):
+    loss, margin = loss_and_margin(logits.detach(), labels)
+    sums[f"{split}_loss"].index_add_(0, idx, loss)
+    sums[f"{split}_margin"].index_add_(0, idx, margin)
 
 
 @dataclass
@@ -243,8 +270,9 @@ def _models(ctx):
     return {"classifier": ctx.classifier, **({"q": ctx.q} if ctx.q is not None else {})}
 
 
-def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator):
-    """One pass over the noisy training set. Sums stay on the device: one host sync per epoch."""
+def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator, epoch_sums):
+    """One pass over the noisy training set. Sums stay on the device: one host sync per epoch. Adds each
+    example's loss and margin of this forward pass to ``epoch_sums``."""
     for m in _models(ctx).values():
         m.train()
     hp = cfg["hparams"]
@@ -264,6 +292,7 @@ def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator):
             sums["train_acc"] += hit.float().mean()  # unweighted mean of batch accuracies, as the authors
             sums["true_correct"] += (pred == run_data.train_true[idx]).sum()
             sums["corrupted_memorised"] += (hit & run_data.is_corrupted[idx]).sum()
+            add_epoch_scores(epoch_sums, "train", idx, logits, y)
             for name, value in terms.items():
                 sums[name] = sums.get(name, 0) + value.detach()
         batches += 1
@@ -280,10 +309,16 @@ def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator):
 
 
 @torch.no_grad()
-def validation_accuracy(model, split, labels, batch_size):
-    """Unweighted mean of per-batch accuracies, as the authors' selection statistic."""
+def validation_accuracy(model, split, labels, batch_size, epoch_sums=None):
+    """Unweighted mean of per-batch accuracies, as the authors' selection statistic; adds each example's loss
+    and margin to ``epoch_sums`` when given."""
     model.eval()
-    accs = [(model(x).argmax(1) == labels[idx]).float().mean() for idx, x in split.batches(batch_size)]
+    accs = []
+    for idx, x in split.batches(batch_size):
+        logits = model(x)
+        accs.append((logits.argmax(1) == labels[idx]).float().mean())
+        if epoch_sums is not None:
+            add_epoch_scores(epoch_sums, "val", idx, logits, labels[idx])
     return float(torch.stack(accs).mean())
 
 
@@ -447,10 +482,13 @@ def train(config, out_dir, tracker=None):
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"], generator)
         history, best = state["history"], state["best"]
+        # A state of the previous version has no sums: the averages then cover the epochs from here on.
+        epoch_sums = {k: v.to(device) for k, v in state.get("epoch_sums", new_epoch_sums(run_data)).items()}
     else:
         prepare_method(cfg, ctx, run_data, device)
         optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
         history, best = [], {"val_acc": -1.0, "epoch": 0, "models": None}
+        epoch_sums = new_epoch_sums(run_data)
     # The config of the latest invocation (a resumed run may extend its epochs).
     rundir.write_json(out / rundir.CONFIG, cfg)
 
@@ -464,12 +502,15 @@ def train(config, out_dir, tracker=None):
         if stopped:
             break
         t0 = time.perf_counter()
-        row = {"epoch": epoch, **run_epoch(ctx, LOSSES[cfg["method"]], run_data, cfg, optimizer, generator)}
+        row = {"epoch": epoch, **run_epoch(ctx, LOSSES[cfg["method"]], run_data, cfg, optimizer, generator,
+                                           epoch_sums)}
         for term in ("train_loss", "q_loss", "mu_sq_norm"):
             if row[term] is not None and not math.isfinite(row[term]):
                 raise TrainingError(f"epoch {epoch}: {term} became {row[term]}; the run stopped "
                                     f"(state.pt keeps the last complete epoch, {epoch - 1})")
-        row["val_acc"] = validation_accuracy(ctx.classifier, run_data.val, run_data.val_labels, cfg["batch_size"])
+        row["val_acc"] = validation_accuracy(ctx.classifier, run_data.val, run_data.val_labels, cfg["batch_size"],
+                                             epoch_sums)
+        epoch_sums["epochs"] += 1
         curve_labels = run_data.test_labels[:len(run_data.test_curve)]
         row["test_acc"] = (test_accuracy(ctx.classifier, run_data.test_curve, curve_labels, cfg["batch_size"])[0]
                            if cfg["eval_test_each_epoch"] and epoch % cfg["test_curve_every"] == 0
@@ -480,7 +521,8 @@ def train(config, out_dir, tracker=None):
         if row["val_acc"] > best["val_acc"]:
             best = {"val_acc": row["val_acc"], "epoch": epoch,
                     "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
-                               for k, m in _models(ctx).items()}}
+                               for k, m in _models(ctx).items()},
+                    "epoch_sums": {k: v.detach().cpu().clone() for k, v in epoch_sums.items()}}
             save_best(best, out)
         stopped = epoch - best["epoch"] >= cfg["patience"]
         if cadence.due(epoch - start_epoch + 1) or stopped or epoch == cfg["epochs"] - 1:
@@ -488,6 +530,7 @@ def train(config, out_dir, tracker=None):
                                     "models": {k: m.state_dict() for k, m in _models(ctx).items()},
                                     "optimizer": optimizer.state_dict(), "rng": _rng_state(generator),
                                     "history": history, "best": best,
+                                    "epoch_sums": {k: v.cpu() for k, v in epoch_sums.items()},
                                     "extra": {k: v.cpu() for k, v in ctx.extra.items()}})
             cadence.saved(epoch - start_epoch + 1)
         if tracker is not None:
@@ -510,6 +553,10 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     acc, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
     rundir.save_npz(out / rundir.TEST_OUTPUTS, logits=logits.cpu().numpy().astype(np.float32),
                     labels=run_data.test_labels.cpu().numpy())
+    if "epoch_sums" in best:  # (absent only when the best epoch came before a resume from an older version)
+        sums = best["epoch_sums"]
+        rundir.save_npz(out / rundir.EPOCH_SCORES, epochs=int(sums["epochs"]),
+                        **{k: (v / sums["epochs"]).numpy() for k, v in sums.items() if k != "epochs"})
     if is_limit(cfg["method"]):
         rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
     history_csv = io.StringIO(newline="")

@@ -1,33 +1,46 @@
-"""detect-bench on a tiny real Fashion-MNIST setting: LIMIT, cleanlab on out-of-sample folds, CE's loss."""
+"""detect-bench --quick on a tiny real Fashion-MNIST setting: LIMIT's beta grid selected on noisy validation,
+cleanlab on out-of-sample folds, CE's loss, all under one budget rule."""
 import json
+import math
 
 import numpy as np
 
 from limit import data as D
 from limit.cli import main
+from limit.detect_bench import QUICK
+from limit.registry import DEFAULT_SCORE, SCORES
 
 
-def test_detect_bench_scores_three_detectors_on_out_of_sample_folds(fmnist_dir, tmp_path, capsys):
+def test_detect_bench_quick_scores_three_detectors_under_one_budget_rule(fmnist_dir, tmp_path, capsys):
     out = tmp_path / "bench"
-    args = ["detect-bench", "--out", str(out), "--data-dir", str(fmnist_dir), "--settings", "uniform:0.5",
-            "--seeds", "7", "--n", "300", "--val-size", "100", "--epochs", "2", "--patience", "2", "--folds", "2"]
+    args = ["detect-bench", "--quick", "--out", str(out), "--data-dir", str(fmnist_dir)]
     assert main(args) == 0
-    setting = out / "uniform-0.5" / "seed7"
+    setting = out / "uniform-0.5-n300" / "seed7"
     result = json.loads((setting / "result.json").read_text())
     labels, _ = D.read_labels_file(setting / "labels.npz")
     corrupted = int(labels["is_corrupted"].sum())
-    assert result["corrupted"] == corrupted and 100 < corrupted < 200
-    for method in ("limit", "cleanlab", "ce_loss"):
-        m = result[method]
-        assert m["k"] == corrupted and 0 <= m["roc_auc"] <= 1 and 0 <= m["precision_at_k"] <= 1 and m["seconds"] > 0
+    assert result["corrupted"] == corrupted and 100 < corrupted < 200 and len(labels["val_idx"]) == 60
+    metrics = [result["cleanlab"], result["ce_loss"], *result["limit"]["scores"].values()]
+    assert set(result["limit"]["scores"]) == set(SCORES)
+    for m in metrics:
+        assert m["k"] == corrupted and 0 <= m["roc_auc"] <= 1 and 0 <= m["precision_at_k"] <= 1
+    # LIMIT: the whole beta grid is trained, the best noisy validation accuracy selected, the grid's time counted
+    val_acc = {b: json.loads((setting / f"limit-beta{b:g}" / "metrics.json").read_text())["best_val_acc"]
+               for b in QUICK["betas"]}
+    assert result["limit"]["beta"] == max(QUICK["betas"], key=val_acc.get)
+    assert result["limit"]["seconds"] > result["limit"]["selected_seconds"] > 0
+    # one budget rule: every model gets the same epochs and the paper's patience scaled (a quarter)
+    runs = ["ce", *(f"limit-beta{b:g}" for b in QUICK["betas"]), "fold0", "fold1"]
+    for run in runs:
+        cfg = json.loads((setting / run / "config.json").read_text())
+        assert (cfg["epochs"], cfg["patience"]) == (QUICK["epochs"], math.ceil(QUICK["epochs"] / 4))
     # cleanlab's probabilities are out of sample: the folds' training parts partition the training split
     folds = [D.read_labels_file(setting / f"fold{i}.npz")[0]["train_idx"] for i in range(2)]
     assert not set(folds[0]) & set(folds[1])
     assert sorted(np.concatenate(folds)) == sorted(labels["train_idx"])
-    assert result["fold_epochs"] == json.loads((setting / "ce" / "metrics.json").read_text())["best_epoch"] + 1
-    assert result["cleanlab"]["seconds"] > result["ce_loss"]["seconds"]  # it includes the epoch-selection CE run
     table = (out / "detect_bench.md").read_text()
-    assert table.count("| uniform p = 0.5 |") == 3
+    assert table.count("| uniform p = 0.5, n = 300 |") == 5  # three methods, the goal row, the scores row
+    assert f"{100 * result['limit']['scores'][DEFAULT_SCORE]['roc_auc']:.1f}" in table
     # a finished setting is kept: a second call retrains nothing and reports the same numbers
     capsys.readouterr()
     assert main(args) == 0

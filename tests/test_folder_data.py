@@ -149,3 +149,20 @@ def test_the_documented_own_images_route_runs_to_its_report_under_the_datasets_n
     assert all(run_id.startswith("own/shapes/given-0/nall/seed1/") for run_id in runs.run_id)
     assert (work / "results/tables/shapes_given.md").exists()
     assert (work / "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/beta1/label_issues.csv").exists()
+
+
+def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp_path, monkeypatch):
+    from PIL import Image as PILImage
+
+    from limit.grid import check_image_datasets
+    root = grey_tree(tmp_path / "tree")
+    config = {"results": str(tmp_path / "results"), "image_datasets": {"shapes": {"source": str(root)}}}
+    opened = []
+    real_open = PILImage.open
+    monkeypatch.setattr(PILImage, "open", lambda path, *a, **k: (opened.append(path), real_open(path, *a, **k))[1])
+    assert check_image_datasets(config) == {"shapes": (2, 28)} and len(opened) == 6
+    assert check_image_datasets(config) == {"shapes": (2, 28)} and len(opened) == 6  # from the cache
+    save(root / "b" / "3.png", np.zeros((30, 30), dtype=np.uint8), "L")  # a new image of another size
+    with pytest.raises(ValueError, match="mixed image sizes"):
+        check_image_datasets(config)
+    assert len(opened) == 13

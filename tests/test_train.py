@@ -55,6 +55,12 @@ def test_same_config_and_seed_give_the_same_numbers(fmnist_dir, make_labels, tmp
     assert_same_outputs(outputs(tmp_path / "a"), outputs(tmp_path / "b"))
     scores = np.load(tmp_path / "a" / "train_scores.npz")
     assert len(scores["mu_norm"]) == 512 and scores["is_corrupted"].mean() > 0.3
+    # loss and margin averaged over the epochs up to the selected one, for training and validation examples
+    best_epoch = json.loads((tmp_path / "a" / "metrics.json").read_text())["best_epoch"]
+    with np.load(tmp_path / "a" / "epoch_scores.npz") as averaged:
+        assert int(averaged["epochs"]) == best_epoch + 1
+        assert averaged["train_loss"].shape == (512,) and averaged["val_loss"].shape == (512,)
+        assert (averaged["train_loss"] > 0).all() and (np.abs(averaged["val_margin"]) <= 1).all()
     train({**cfg, "seed": 8}, tmp_path / "c")
     assert not np.array_equal(outputs(tmp_path / "a")[2], outputs(tmp_path / "c")[2])
 
@@ -83,6 +89,11 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(fmnist_dir, make_labels, 
     assert result.returncode == 0, result.stderr
     assert f"epoch {epochs_done}:" in result.stdout and "epoch 0:" not in result.stdout  # continued, not restarted
     assert_same_outputs(outputs(tmp_path / "whole"), outputs(killed))
+    # the per-example sums behind the epoch-averaged scores survive the kill too
+    with np.load(tmp_path / "whole" / "epoch_scores.npz") as whole, np.load(killed / "epoch_scores.npz") as resumed:
+        assert set(whole) == {"epochs", "train_loss", "train_margin", "val_loss", "val_margin"}
+        for key in whole:
+            np.testing.assert_array_equal(whole[key], resumed[key])
     # finished: the training state is gone (storage), job.json records both attempts
     assert not (killed / "state.pt").exists() and not (killed / "state.prev.pt").exists()
     job = json.loads((killed / "job.json").read_text())

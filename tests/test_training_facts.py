@@ -92,7 +92,7 @@ def test_the_test_accuracy_is_that_of_the_best_validation_epoch(fmnist_dir, make
     scripted = iter([0.2, 0.9, 0.5, 0.4])
     monkeypatch.setattr(T, "validation_accuracy", lambda *args: next(scripted))
     cfg = {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(make_labels(n=256, val_size=256)),
-           "method": "ce", "epochs": 4, "patience": 100, "batch_size": 128, "seed": 5}
+           "method": "ce", "epochs": 4, "patience": 100, "batch_size": 128, "seed": 5, "keep_state": True}
     metrics = T.train(cfg, tmp_path / "run")
     assert metrics["best_epoch"] == 1 and metrics["best_val_acc"] == 0.9
     best = torch.load(tmp_path / "run/best.pt", weights_only=True)
