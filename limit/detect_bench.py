@@ -81,12 +81,19 @@ def training_scores(run_dir, device):
     return {name: scores[name][train_part] for name in SCORES if name in scores}
 
 
+def cleanlab_ranking(given, probs):
+    """cleanlab's flagged examples (most suspicious first) and a score per example, higher = more likely
+    mislabeled: one minus its self-confidence label quality (the probability of the given label)."""
+    import cleanlab
+    flagged = cleanlab.filter.find_label_issues(given, probs, return_indices_ranked_by="self_confidence")
+    return flagged, 1.0 - cleanlab.rank.get_label_quality_scores(given, probs, method="self_confidence")
+
+
 def bench_setting(noise, rate, n, seed, args, out):
     """Run (a), (b), (c) on one data setting; return (and keep) their detection metrics and wall times."""
     result_path = out / "result.json"
     if result_path.exists():
         return json.loads(result_path.read_text())
-    import cleanlab
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     train_y = D.load_arrays(DATASET, args.data_dir).train_y.numpy()
@@ -113,14 +120,8 @@ def bench_setting(noise, rate, n, seed, args, out):
     beta = max(args.betas, key=lambda b: grid[b])  # noisy validation accuracy; the first of equals
     limit, scoring_seconds = timed(lambda: training_scores(out / f"limit-beta{beta:g}", args.device))
 
-    def cleanlab_ranking():
-        probs = cross_validated_probabilities(arrays, meta, base, out, args.folds, device)
-        flagged = cleanlab.filter.find_label_issues(arrays["train_noisy"], probs,
-                                                    return_indices_ranked_by="self_confidence")
-        quality = cleanlab.rank.get_label_quality_scores(arrays["train_noisy"], probs, method="self_confidence")
-        return flagged, 1.0 - quality
-
-    (flagged, cleanlab_scores), cleanlab_seconds = timed(cleanlab_ranking)
+    (flagged, cleanlab_scores), cleanlab_seconds = timed(lambda: cleanlab_ranking(
+        arrays["train_noisy"], cross_validated_probabilities(arrays, meta, base, out, args.folds, device)))
     result = {
         "noise": noise, "rate": rate, "seed": seed, "n": n, "corrupted": int(is_corrupted.sum()),
         "device": str(device), "epochs": args.epochs, "patience": args.patience,

@@ -7,7 +7,8 @@ import numpy as np
 
 from limit import data as D
 from limit.cli import main
-from limit.detect_bench import QUICK
+from limit.detect_bench import QUICK, cleanlab_ranking
+from limit.evaluate import detection_metrics
 from limit.registry import DEFAULT_SCORE, SCORES
 
 
@@ -46,3 +47,24 @@ def test_detect_bench_quick_scores_three_detectors_under_one_budget_rule(fmnist_
     assert main(args) == 0
     assert json.loads((setting / "result.json").read_text()) == result
     assert "cleanlab AUC" in capsys.readouterr().out
+
+
+def test_each_detector_ranks_planted_mislabels_on_the_right_side():
+    """A known ranking: the first 10 of 40 examples are mislabeled, and every detector must put them first."""
+    rng = np.random.default_rng(0)
+    true = rng.integers(0, 4, 40)
+    given = true.copy()
+    given[:10] = (true[:10] + 1) % 4
+    is_corrupted = given != true
+    # the scores as each detector reads them: higher = more likely mislabeled
+    planted = np.where(is_corrupted, 2.0, 1.0) + rng.uniform(0, 0.5, 40)
+    assert detection_metrics(planted, is_corrupted)["roc_auc"] == 1.0
+    assert detection_metrics(-planted, is_corrupted)["roc_auc"] == 0.0  # a flipped sign is seen
+    perfect = detection_metrics(planted, is_corrupted)
+    assert (perfect["average_precision"], perfect["precision_at_k"], perfect["k"]) == (1.0, 1.0, 10)
+    # cleanlab: out-of-sample probabilities that believe the true labels
+    probs = np.full((40, 4), 0.02)
+    probs[np.arange(40), true] = 0.94
+    flagged, suspicion = cleanlab_ranking(given, probs)
+    assert set(flagged) == set(range(10))
+    assert detection_metrics(suspicion, is_corrupted)["roc_auc"] == 1.0
