@@ -252,6 +252,17 @@ def fingerprint(cfg, labels_sha256, init_sha256=None):
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def finished_metrics(out, cfg, fp):
+    """The metrics of a run directory that completed with this fingerprint and epoch budget, else None."""
+    try:
+        done = rundir.read_json(Path(out) / rundir.CONFIG)
+        if (done.get("fingerprint"), done.get("epochs")) == (fp, cfg["epochs"]):
+            return rundir.read_json(Path(out) / rundir.METRICS)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def _rng_state(generator):
     state = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
     if torch.cuda.is_available():
@@ -448,7 +459,14 @@ def train(config, out_dir, tracker=None):
     generator = torch.Generator().manual_seed(cfg["seed"])
     run_data = load_run_data(cfg, device)  # bad input stops here, before anything is written
     init_sha256 = init_checkpoint_sha256(cfg)
+    meta = run_data.labels_meta
+    cfg["run"].update(noise=meta["noise"], rate=meta["rate"], n=str(meta["n"]))
+    fp = fingerprint(cfg, meta["sha256"], init_sha256)
+    finished = finished_metrics(out, cfg, fp)
+    if finished is not None:  # complete with this very config (a pack started again): nothing to train
+        return finished
     out.mkdir(parents=True, exist_ok=True)
+    (out / rundir.METRICS).unlink(missing_ok=True)  # a run directory with metrics.json is complete: not any more
     record_attempt(out, device)
     if cfg["method"] == "dmi":
         missing = batches_missing_a_class(run_data.train_noisy, run_data.num_classes, cfg["batch_size"], cfg["seed"])
@@ -461,9 +479,6 @@ def train(config, out_dir, tracker=None):
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
     for model in _models(ctx).values():
         devices.set_precision(model, cfg["precision"], device)
-    meta = run_data.labels_meta
-    cfg["run"].update(noise=meta["noise"], rate=meta["rate"], n=str(meta["n"]))
-    fp = fingerprint(cfg, meta["sha256"], init_sha256)
 
     state = rundir.load_state(out)
     if state is not None and state.get("fingerprint") != fp:
@@ -489,8 +504,8 @@ def train(config, out_dir, tracker=None):
         optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
         history, best = [], {"val_acc": -1.0, "epoch": 0, "models": None}
         epoch_sums = new_epoch_sums(run_data)
-    # The config of the latest invocation (a resumed run may extend its epochs).
-    rundir.write_json(out / rundir.CONFIG, cfg)
+    # The config of the latest invocation (a resumed run may extend its epochs), and its fingerprint.
+    rundir.write_json(out / rundir.CONFIG, {**cfg, "fingerprint": fp})
 
     if tracker is not None:
         tracker.start(cfg, history)

@@ -135,6 +135,7 @@ def test_checkpoints_load_as_data_only(fmnist_dir, make_labels, tmp_path):
         def __reduce__(self):
             return (os.system, ("true",))
     torch.save({"history": Payload()}, tmp_path / "run" / "state.pt")
+    (tmp_path / "run" / "metrics.json").unlink()  # an unfinished run: started again, it reads its state
     with pytest.raises(TrainingError, match="corrupt or not a checkpoint"):
         train(config(fmnist_dir, make_labels(rate=0.5), epochs=1), tmp_path / "run")
 
@@ -198,3 +199,13 @@ def test_dmi_batches_that_miss_a_class():
     from limit.train import batches_missing_a_class
     assert batches_missing_a_class(torch.arange(100).repeat(400), 100, 256, seed=42) == 1.0
     assert batches_missing_a_class(torch.arange(10).repeat(4000), 10, 256, seed=42) < 0.05
+
+
+def test_a_complete_run_started_again_trains_nothing_and_a_longer_budget_trains_on(fmnist_dir, make_labels, tmp_path):
+    cfg = config(fmnist_dir, make_labels(rate=0.5), epochs=2)
+    first = train(cfg, tmp_path / "run")
+    history = (tmp_path / "run" / "history.csv").stat().st_mtime_ns
+    assert train(cfg, tmp_path / "run") == first  # a pack started again: its finished members return at once
+    assert (tmp_path / "run" / "history.csv").stat().st_mtime_ns == history
+    longer = train({**cfg, "epochs": 3}, tmp_path / "run")  # no state kept: it trains again, to 3 epochs
+    assert longer["epochs_run"] == 3
