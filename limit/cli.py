@@ -13,6 +13,9 @@ from limit.registry import (BN_INIT, DATASETS, HPARAMS, METHODS, PRECISIONS, TRA
                             method_hparams, method_name)
 
 
+TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db)"
+
+
 def cmd_prepare(args):
     if args.dataset == "clothing1m":
         from limit.clothing1m import check_clothing1m_dir
@@ -80,8 +83,8 @@ def cmd_corrupt(args):
             human = human_labels(args.data_dir, args.dataset, args.noise, train_labels)
         arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
                                      n=_n_arg(args.n), val_size=args.val_size, human_labels=human)
-    meta = {"dataset": dataset_name(args.dataset), "noise": args.noise, "rate": args.rate, "n": args.n, "seed": args.seed,
-            "val_size": args.val_size}
+    meta = {"dataset": dataset_name(args.dataset), "noise": args.noise, "rate": args.rate, "n": args.n,
+            "seed": args.seed, "val_size": args.val_size}
     meta = D.write_labels_file(args.out, arrays, meta)
     print(f"{args.out}: {len(arrays['train_idx'])} train ({arrays['is_corrupted'].mean():.3f} corrupted), "
           f"{len(arrays['val_idx'])} validation, sha256 {meta['sha256'][:12]}")
@@ -177,7 +180,8 @@ def cmd_mlflow_init(args):
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
-    ids = {name: get_or_create_experiment(client, name, uri) for name in sorted({g.split("/", 1)[0] for g in args.groups})}
+    experiments = sorted({group.split("/", 1)[0] for group in args.groups})
+    ids = {name: get_or_create_experiment(client, name, uri) for name in experiments}
     for group in args.groups:
         get_or_create_parent(client, ids[group.split("/", 1)[0]], group)
     print(f"{json.dumps(ids)}; {len(args.groups)} parent runs")
@@ -358,8 +362,7 @@ def build_parser():
     s = sub.add_parser("select", help="select the hyperparameters of one setting and method variant")
     s.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the group")
     s.add_argument("--out", required=True, help="JSON file with the selection")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                          "sqlite:///results/mlflow.db)")
+    s.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     s.add_argument("--no-tracking", action="store_true", help="do not tag the selected runs in MLflow")
     s.set_defaults(func=cmd_select)
 
@@ -380,20 +383,19 @@ def build_parser():
 
     s = sub.add_parser("mlflow-sync", help="put run directories into MLflow (idempotent)")
     s.add_argument("run_dirs", nargs="+", help="run directories (results/runs/...)")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                          "sqlite:///results/mlflow.db)")
+    s.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     s.set_defaults(func=cmd_mlflow_sync)
 
     s = sub.add_parser("mlflow-init", help="create the MLflow store, experiments and parent runs")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-                                          "sqlite:///results/mlflow.db)")
+    s.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     s.add_argument("--groups", nargs="+", required=True, help="selection groups (experiment/setting/variant): "
                                                               "one parent run each, in its experiment")
     s.set_defaults(func=cmd_mlflow_init)
 
     s = sub.add_parser("plan", help="what a config asks for and what is left of it, on one screen",
                        description="Runs and finished runs per experiment block, then the jobs a dry run "
-                                   "(snakemake -n -q) would start, per rule. Run it from the repository.")
+                                   "(snakemake -n --quiet rules) would start, per rule. Run it from the "
+                                   "repository.")
     s.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
     s.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="...",
                    help="more Snakemake options, e.g. --profile slurm")

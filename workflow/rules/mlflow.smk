@@ -2,9 +2,10 @@
 # once before any job starts (parallel jobs would race to create them). A hook, not a rule: no job waits for
 # it, so a changed config gets all its new jobs in one invocation, and a dry run leaves the store alone.
 onstart:
-    if TRACKING and pending_groups():
+    groups = pending_groups() if TRACKING else []
+    if groups:
         os.makedirs(os.path.dirname(MLFLOW_INIT_LOG), exist_ok=True)
-        command = ["python", "-m", "limit", "mlflow-init", *TRACKING_URI_ARGS, "--groups", *pending_groups()]
+        command = ["python", "-m", "limit", "mlflow-init", *TRACKING_URI_ARGS, "--groups", *groups]
         try:
             shell(f"{shlex.join(command)} > {shlex.quote(MLFLOW_INIT_LOG)} 2>&1")
         except Exception:  # a job never fails because of tracking: each one retries, mlflow-sync catches up
