@@ -8,7 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from limit import rundir
+from limit.runs import rundir
 from limit.registry import (BN_INIT, DATASETS, HPARAMS, METHODS, PRECISIONS, TRAINING_DEFAULTS, dataset_name,
                             method_hparams, method_name)
 
@@ -18,7 +18,7 @@ TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sq
 
 def cmd_prepare(args):
     if args.dataset == "clothing1m":
-        from limit.clothing1m import check_clothing1m_dir
+        from limit.datasets.clothing1m import check_clothing1m_dir
         check_clothing1m_dir(args.data_dir)
     else:
         from limit.data import prepare_dataset
@@ -27,7 +27,7 @@ def cmd_prepare(args):
 
 
 def cmd_import_images(args):
-    from limit.folder_data import import_images
+    from limit.datasets.images import import_images
     info = import_images(args.source, args.out, test=args.test, classes=args.classes, size=args.size,
                          channels=args.channels, mean=args.mean, std=args.std)
     print(f"{args.out}: {info['num_train']} training and {info['num_test']} test images, {len(info['classes'])} "
@@ -72,14 +72,14 @@ def cmd_corrupt(args):
     from limit import data as D
     info = D.dataset_info(args.dataset)
     if args.dataset == "clothing1m":
-        from limit.clothing1m import clothing1m_labels
+        from limit.datasets.clothing1m import clothing1m_labels
         arrays = clothing1m_labels(args.data_dir)
     else:
         from limit.noise import HUMAN_NOISE
         train_labels = D.load_arrays(args.dataset, args.data_dir).train_y.numpy()
         human = None
         if args.noise in HUMAN_NOISE:
-            from limit.cifar_n import human_labels
+            from limit.datasets.cifar_n import human_labels
             human = human_labels(args.data_dir, args.dataset, args.noise, train_labels)
         arrays = D.make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
                                      n=_n_arg(args.n), val_size=args.val_size, human_labels=human)
@@ -91,7 +91,7 @@ def cmd_corrupt(args):
 
 
 def cmd_train(args):
-    from limit.tracking import Tracker
+    from limit.tracking.client import Tracker
     from limit.train import train
     hparams = {k: getattr(args, k) for k in HPARAMS if getattr(args, k) is not None}
     own = method_hparams(args.method)
@@ -123,8 +123,8 @@ def _run_table(run_dirs):
 def cmd_select(args):
     """Pick the hyperparameters with the best mean noisy-validation accuracy over seeds."""
     import pandas as pd
-    from limit.evaluate import select_configurations
-    from limit.tracking import tag_selected
+    from limit.report.selection import select_configurations
+    from limit.tracking.client import tag_selected
     runs = _run_table(args.run_dirs)
     configs = select_configurations(runs)
     chosen = configs[configs["selected"]].iloc[0]
@@ -144,7 +144,7 @@ def cmd_select(args):
 
 def cmd_aggregate(args):
     """All runs in one table, with a ``selected`` column from the decisions of `select`, for the report stage."""
-    from limit.evaluate import configurations, normalise_runs
+    from limit.report.selection import configurations, normalise_runs
     # The selection files list their groups' runs: the command line stays short for 5,000 runs.
     selections = [rundir.read_json(path) for path in args.selections]
     runs = normalise_runs(_run_table([d for s in selections for d in s["all_run_dirs"]]))
@@ -157,13 +157,13 @@ def cmd_aggregate(args):
 
 
 def cmd_report(args):
-    from limit.report import render_report
+    from limit.report.render import render_report
     written = render_report(args.runs, args.tables, args.figures, args.data_dir)
     print(f"{len(written)} table and figure files in {args.tables} and {args.figures}")
 
 
 def cmd_mlflow_sync(args):
-    from limit.tracking import sync_run
+    from limit.tracking.client import sync_run
     total = 0
     for run_dir in args.run_dirs:
         added = sync_run(run_dir, args.tracking_uri)
@@ -175,7 +175,8 @@ def cmd_mlflow_sync(args):
 def cmd_mlflow_init(args):
     """Create the store, the experiments and the groups' parent runs before any job starts (MLflow races
     otherwise)."""
-    from limit.tracking import _client, get_or_create_experiment, get_or_create_parent, tracking_uri
+    from limit.tracking.client import _client, get_or_create_experiment, get_or_create_parent
+    from limit.tracking.uri import tracking_uri
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +191,7 @@ def cmd_mlflow_init(args):
 def cmd_train_pack(args):
     """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
     import shlex
-    from limit.pack import member_name, run_pack
+    from limit.runs.pack import member_name, run_pack
     parser = build_parser()
     for run in args.runs:  # bad arguments stop the pack before any member starts
         parser.parse_args(["train", *shlex.split(run)])
@@ -203,22 +204,22 @@ def cmd_train_pack(args):
 
 
 def cmd_cost(args):
-    from limit.cost import main
+    from limit.tools.cost import main
     main(args)
 
 
 def cmd_plan(args):
-    from limit.plan import main
+    from limit.runs.plan import main
     main(args)
 
 
 def cmd_bench(args):
-    from limit.bench import main
+    from limit.tools.bench import main
     main(args)
 
 
 def cmd_find_label_issues(args):
-    from limit.label_issues import find_label_issues, print_summary
+    from limit.tools.label_issues import find_label_issues, print_summary
     if args.config:  # train the LIMIT run first (resumes if it was killed)
         import yaml
         from limit.train import train
@@ -228,7 +229,7 @@ def cmd_find_label_issues(args):
 
 
 def cmd_detect_bench(args):
-    from limit.detect_bench import main
+    from limit.tools.detect_bench import main
     main(args)
 
 
@@ -462,7 +463,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    from limit.tracking import check_no_password, redact
+    from limit.tracking.uri import check_no_password, redact
     warnings.simplefilter("default", RuntimeWarning)
     try:
         check_no_password(getattr(args, "tracking_uri", None), "--tracking-uri")

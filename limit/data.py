@@ -2,7 +2,7 @@
 
 MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 are read through torchvision's dataset classes and held in
 memory as uint8 tensors; normalisation and CIFAR's crop + flip run on whole batches on the device.
-Clothing1M streams from disk (``limit.clothing1m``, which uses this module's normalisation).
+Clothing1M streams from disk (``limit.datasets.clothing1m``, which uses this module's normalisation).
 
 Splits and label noise use one ``numpy.random.default_rng(seed)`` stream per data setting, in the
 authors' order (permutation -> n-subset -> train labels -> validation labels). The authors seeded
@@ -20,7 +20,7 @@ import torch
 
 from limit import noise as noise_models
 from limit.registry import DATASETS, DataError, dataset_info
-from limit.rundir import save_npz, write_atomic
+from limit.runs.rundir import save_npz, write_atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -103,7 +103,7 @@ def load_arrays(name, data_dir):
     import torchvision
     prepare_dataset(name, data_dir)
     if name not in DATASETS:
-        from limit.folder_data import cache_classes, read_cache
+        from limit.datasets.images import cache_classes, read_cache
         return ImageArrays(*(torch.as_tensor(a) for a in read_cache(name)[:4]), classes=cache_classes(name))
     cls = getattr(torchvision.datasets, DATASETS[name].torchvision_class)
     out = []
@@ -236,7 +236,7 @@ def random_crop_flip(x, generator, padding=4):
 class InMemorySplit:
     """Images of one split held on the device as uint8; yields normalised float batches.
 
-    ``limit.clothing1m.Clothing1MSplit`` has the same interface for data streamed from disk.
+    ``limit.datasets.clothing1m.Clothing1MSplit`` has the same interface for data streamed from disk.
     """
 
     def __init__(self, x_uint8, dataset, device, augment=False):

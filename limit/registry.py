@@ -1,7 +1,7 @@
 """The package's registries as plain data: datasets, methods and hyperparameters.
 
 Torch-free, so that the workflow (grid expansion, config checks) parses without the scientific stack.
-The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.clothing1m``.
+The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.datasets.clothing1m``.
 """
 import difflib
 import math
@@ -44,7 +44,7 @@ def dataset_info(name):
     """A built-in dataset by name, or your own: the directory of an image cache (``python -m limit import-images``)."""
     if name in DATASETS:
         return DATASETS[name]
-    from limit import folder_data
+    from limit.datasets import images as folder_data
     if folder_data.is_image_cache(name):
         return folder_data.cache_info(name)
     raise DataError(unknown_name("dataset", name, DATASETS) + " or an image cache directory written by "
@@ -56,7 +56,7 @@ def dataset_name(dataset):
     its path, which is only where the data is read)."""
     if dataset in DATASETS:
         return dataset
-    from limit import folder_data
+    from limit.datasets import images as folder_data
     return folder_data.cache_name(dataset)
 
 
@@ -71,7 +71,7 @@ JOB_DEFAULTS = {"pack": 1}  # runs trained together in one job (workflow only)
 # "authors": BatchNorm statistics warmed on noise as the authors' network builder leaves them (docs/reproduction.md,
 # limit.models.authors_bn_warmup); "standard": PyTorch's (0, 1).
 BN_INIT = ("authors", "standard")
-PRECISIONS = ("fp32", "bf16")  # bf16: the networks under autocast, losses in float32 (limit.device)
+PRECISIONS = ("fp32", "bf16")  # bf16: the networks under autocast, losses in float32 (limit.runtime)
 
 # Every hyperparameter a run can set: name -> (default, meaning). The train CLI's options, the training
 # defaults, the run table's columns and the selection's columns all come from this table; the config schema

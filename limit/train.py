@@ -1,6 +1,6 @@
 """The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
 
-A run directory (file names: ``limit.rundir``) holds the resolved config, ``state.pt`` (the full training state,
+A run directory (file names: ``limit.runs.rundir``) holds the resolved config, ``state.pt`` (the full training state,
 rewritten atomically every ``checkpoint_every`` epochs or minutes and when training ends; the one before is kept
 as ``state.prev.pt``, the fallback if a crash tears it; both are removed once ``metrics.json`` is written, unless
 ``keep_state``), ``job.json`` (where each attempt ran), ``best.pt`` (rewritten when validation improves), and
@@ -34,15 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
-from limit import device as devices
-from limit.device import pick_device  # noqa: F401 - the device of a run, also for bench, cost, label issues
-from limit import rundir
-from limit.cadence import CheckpointCadence, parse_checkpoint_every
+from limit import runtime
+from limit.runtime import pick_device  # noqa: F401 - the device of a run, also for bench, cost, label issues
+from limit.runs import rundir
+from limit.runtime import CheckpointCadence, parse_checkpoint_every
 from limit.methods import LOSSES, Context, forward_correction_matrix
 from limit.models import authors_bn_warmup, build_model
 from limit.registry import (BN_INIT, DATASETS, HPARAM_DEFAULTS, PRECISIONS, TRAINING_DEFAULTS, dataset_info,
                             dataset_name, get_method, hparam_problem, is_limit)
-from limit.rundir import TrainingError, load_checkpoint
+from limit.runs.rundir import TrainingError, load_checkpoint
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
@@ -67,7 +67,7 @@ def resolve_config(config):
     method = get_method(cfg["method"])
     info = dataset_info(cfg["dataset"])
     if cfg["dataset"] not in DATASETS:  # your own images: their size must suit the architecture
-        from limit.folder_data import check_arch
+        from limit.datasets.images import check_arch
         check_arch(cfg["arch"], info.size)
     unknown = set(cfg["hparams"]) - set(HPARAM_DEFAULTS)
     if unknown:
@@ -138,7 +138,7 @@ def load_run_data(cfg, device):
     val_key = "val_true" if cfg["clean_validation"] else "val_noisy"
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
     if cfg["dataset"] == "clothing1m":
-        from limit.clothing1m import Clothing1MSplit
+        from limit.datasets.clothing1m import Clothing1MSplit
         splits = [Clothing1MSplit(cfg["data_dir"], s, device, augment=s == "train" and info.augment,
                                   num_workers=cfg["num_workers"], decode=cfg["decode"])
                   for s in ("train", "val", "test")]
@@ -414,7 +414,7 @@ def job_info(device):
     except importlib.metadata.PackageNotFoundError:
         version = None
     return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device),
-            "device_name": _device_name(device), "driver": devices.driver_version(), "cuda": torch.version.cuda,
+            "device_name": _device_name(device), "driver": runtime.driver_version(), "cuda": torch.version.cuda,
             "git_commit": _git_commit(), "torch_version": torch.__version__, "limit_version": version,
             "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
@@ -453,7 +453,7 @@ def train(config, out_dir, tracker=None):
     cfg = resolve_config(config)
     out = Path(out_dir)
     device = pick_device(cfg["device"])  # a GPU that cannot run stops here, in seconds
-    devices.configure(device, cfg["deterministic"], cfg["precision"])
+    runtime.configure(device, cfg["deterministic"], cfg["precision"])
 
     torch.manual_seed(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
@@ -478,7 +478,7 @@ def train(config, out_dir, tracker=None):
     classifier, q = build_networks(cfg, run_data.num_classes)
     ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
     for model in _models(ctx).values():
-        devices.set_precision(model, cfg["precision"], device)
+        runtime.set_precision(model, cfg["precision"], device)
 
     state = rundir.load_state(out)
     if state is not None and state.get("fingerprint") != fp:
@@ -581,7 +581,7 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     rundir.write_text(out / rundir.HISTORY, history_csv.getvalue())
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
-    if cfg["dataset"] == "clothing1m":  # images skipped because they cannot be decoded (limit.clothing1m)
+    if cfg["dataset"] == "clothing1m":  # images skipped because they cannot be decoded (limit.datasets.clothing1m)
         metrics["unreadable_images"] = len({p for split in (run_data.train, run_data.val, run_data.test)
                                             for p in split.unreadable})
     rundir.write_json(out / rundir.METRICS, metrics)

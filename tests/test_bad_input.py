@@ -16,7 +16,7 @@ import yaml
 
 from limit import data as D
 from limit.cli import main
-from limit.grid import ConfigError, expand_runs, load_config
+from limit.runs.grid import ConfigError, expand_runs, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = str(Path(sys.executable).with_name("snakemake"))

@@ -6,7 +6,7 @@ from torch import nn
 
 from limit import data as D
 from limit import train as T
-from limit.clothing1m import _JpegDataset, clothing1m_labels
+from limit.datasets.clothing1m import _JpegDataset, clothing1m_labels
 from limit.models import Classifier
 from limit.train import build_networks, resolve_config, train
 from test_data_loaders import write_clothing1m

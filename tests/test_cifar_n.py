@@ -6,7 +6,7 @@ from test_data_loaders import write_fake_cifar
 
 from limit import data as D
 from limit.cli import main
-from limit.grid import ConfigError, expand_runs
+from limit.runs.grid import ConfigError, expand_runs
 
 CIFAR10_KEYS = ["aggre_label", "worse_label", "random_label1", "random_label2", "random_label3"]
 

@@ -11,7 +11,7 @@ import torchvision
 from PIL import Image
 
 from limit import cli, data
-from limit.clothing1m import (
+from limit.datasets.clothing1m import (
     KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, clothing1m_labels, read_clothing1m_split)
 from limit.data import DataError
 

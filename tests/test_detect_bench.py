@@ -7,8 +7,8 @@ import numpy as np
 
 from limit import data as D
 from limit.cli import main
-from limit.detect_bench import QUICK, cleanlab_ranking
-from limit.evaluate import detection_metrics
+from limit.tools.detect_bench import QUICK, cleanlab_ranking
+from limit.report.stats import detection_metrics
 from limit.registry import DEFAULT_SCORE, SCORES
 
 

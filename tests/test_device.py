@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from limit.device import DeviceError, pick_device, slurm_gpu_allocation
+from limit.runtime import DeviceError, pick_device, slurm_gpu_allocation
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
 

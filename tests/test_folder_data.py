@@ -154,7 +154,7 @@ def test_the_documented_own_images_route_runs_to_its_report_under_the_datasets_n
 def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp_path, monkeypatch):
     from PIL import Image as PILImage
 
-    from limit.grid import check_image_datasets
+    from limit.runs.grid import check_image_datasets
     root = grey_tree(tmp_path / "tree")
     config = {"results": str(tmp_path / "results"), "image_datasets": {"shapes": {"source": str(root)}}}
     opened = []

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from limit.mlflow_server import start_server, stop_server
+from limit.tracking.server import start_server, stop_server
 from pipeline_helpers import pipeline_env
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses

@@ -9,11 +9,11 @@ from PIL import Image
 from scipy.stats import rankdata
 
 from limit import data as D
-from limit import label_issues as LI
+from limit.tools import label_issues as LI
 from limit.cli import main
-from limit.label_issues import SPLITS
+from limit.tools.label_issues import SPLITS
 from limit.registry import DEFAULT_SCORE, SCORES
-from limit.evaluate import detection_metrics
+from limit.report.stats import detection_metrics
 
 CLASSES = ["bottom", "left", "top"]
 
@@ -186,7 +186,7 @@ def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_dis
     from torch import nn
 
     from limit import train as T
-    from limit.clothing1m import clothing1m_labels
+    from limit.datasets.clothing1m import clothing1m_labels
     from limit.models import Classifier
     from test_data_loaders import write_clothing1m
     root, labels, run, out = tmp_path / "clothing1m", tmp_path / "labels.npz", tmp_path / "run", tmp_path / "o"

@@ -23,8 +23,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.mlflow_server import free_port, start_server, stop_server
-from limit.rundir import run_tags
+from limit.tracking.server import free_port, start_server, stop_server
+from limit.runs.rundir import run_tags
 from pipeline_helpers import pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
@@ -192,7 +192,7 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
     """The server created the run but the job never heard back (server died, timeout): the sync finds that run."""
     from mlflow.exceptions import MlflowException
 
-    import limit.tracking as T
+    from limit.tracking import client as tracking
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -200,7 +200,7 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
         "method": "ce", "dataset": "fashion_mnist", "arch": "cnn", "seed": 42, "clean_validation": False,
         "hparams": {"lr": 0.001}, "run": {"experiment": "main", "variant": "ce", "hparams": [], "noise": "uniform",
                                           "rate": 0.5, "n": "256"}}))
-    real_client = T._client
+    real_client = tracking._client
 
     class LosesCreateAnswer:
         def __init__(self, client):
@@ -213,11 +213,11 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
             self.client.create_run(*args, **kwargs)
             raise MlflowException("connection reset while reading the answer")
 
-    monkeypatch.setattr(T, "_client", lambda u: LosesCreateAnswer(real_client(u)))
+    monkeypatch.setattr(tracking, "_client", lambda u: LosesCreateAnswer(real_client(u)))
     with pytest.raises(MlflowException):
-        T.sync_run(run_dir, uri)
-    monkeypatch.setattr(T, "_client", real_client)
-    T.sync_run(run_dir, uri)
+        tracking.sync_run(run_dir, uri)
+    monkeypatch.setattr(tracking, "_client", real_client)
+    tracking.sync_run(run_dir, uri)
     client = MlflowClient(uri)
     runs = [r for r in client.search_runs([e.experiment_id for e in client.search_experiments()])
             if "limit.group" not in r.data.tags]  # not the parent run of its selection group

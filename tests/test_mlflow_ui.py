@@ -1,7 +1,7 @@
 """The local MLflow UI (what ``./project ui`` starts) on the store of a real tiny pipeline run.
 
 Real processes only, all on 127.0.0.1: Snakemake runs a reduced test config (one seed, 5 training jobs),
-``python -m limit.mlflow_server`` serves its SQLite store, the REST API must hold every run with its tags and
+``python -m limit.tracking.server`` serves its SQLite store, the REST API must hold every run with its tags and
 per-epoch metric history, and Debian's headless Chromium must render the runs table: each parent run with its
 nested grid runs, and a param and a metric column with their values. Runs only with LIMIT_SYSTEM_TESTS=1.
 """
@@ -18,8 +18,8 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
-from limit.mlflow_server import api, free_port, runs_table, runs_url, search_runs
-from limit.rundir import run_tags
+from limit.tracking.server import api, free_port, runs_table, runs_url, search_runs
+from limit.runs.rundir import run_tags
 from pipeline_helpers import ensure_debian_packages, pipeline_env
 
 pytestmark = pytest.mark.system
@@ -38,11 +38,11 @@ def chromium_installed():
 
 @pytest.fixture
 def ui_server(tiny_pipeline, tmp_path):
-    """``python -m limit.mlflow_server`` (what ``./project ui`` runs) in the pipeline directory."""
+    """``python -m limit.tracking.server`` (what ``./project ui`` runs) in the pipeline directory."""
     port = free_port()
     out = tmp_path / "ui.out"
     with open(out, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "limit.mlflow_server", "--store", "results/mlflow.db",
+        proc = subprocess.Popen([sys.executable, "-m", "limit.tracking.server", "--store", "results/mlflow.db",
                                  "--artifacts", "results/mlartifacts", "--host", "127.0.0.1", "--port", str(port)],
                                 cwd=tiny_pipeline, env=pipeline_env(), stdout=f, stderr=subprocess.STDOUT)
     try:

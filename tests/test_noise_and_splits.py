@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 
 from limit import data as D
-from limit import noise as N
+from limit import noise as noise_models
 
 
 @pytest.mark.parametrize("noise,rate,k", [("uniform", 0.8, 10), ("uniform", 0.4, 100), ("symmetric", 0.6, 10),
                                           ("pair", 0.4, 10), ("asymmetric-mnist", 0.3, 10),
                                           ("asymmetric-fashion-mnist", 0.4, 10)])
 def test_empirical_transition_rates_match_the_matrix(noise, rate, k):
-    matrix = N.transition_matrix(noise, rate, k)
+    matrix = noise_models.transition_matrix(noise, rate, k)
     assert np.allclose(matrix.sum(1), 1.0)
     per_class = 20000 if k == 10 else 2000
     labels = np.repeat(np.arange(k), per_class)
-    noisy, is_corrupted = N.corrupt_labels(labels, matrix, np.random.default_rng(0))
+    noisy, is_corrupted = noise_models.corrupt_labels(labels, matrix, np.random.default_rng(0))
     counts = np.zeros((k, k))
     np.add.at(counts, (labels, noisy), 1)
     observed = counts / per_class
@@ -27,16 +27,16 @@ def test_empirical_transition_rates_match_the_matrix(noise, rate, k):
 
 
 def test_exact_structure_of_each_model():
-    uniform = N.transition_matrix("uniform", 0.89, 10)
+    uniform = noise_models.transition_matrix("uniform", 0.89, 10)
     assert uniform[3, 3] == pytest.approx(0.11) and uniform[3, 4] == pytest.approx(0.89 / 9)
-    assert np.allclose(N.transition_matrix("symmetric", 0.5, 10), 0.5 * np.eye(10) + 0.05)
-    pair = N.transition_matrix("pair", 0.3, 10)
+    assert np.allclose(noise_models.transition_matrix("symmetric", 0.5, 10), 0.5 * np.eye(10) + 0.05)
+    pair = noise_models.transition_matrix("pair", 0.3, 10)
     for src, dst in {9: 1, 2: 0, 4: 7, 3: 5}.items():
         assert pair[src, dst] == pytest.approx(0.3) and pair[src, src] == pytest.approx(0.7)
     for clean in (0, 1, 5, 6, 7, 8):
         assert pair[clean, clean] == 1.0
     assert pair[1, 9] == 0.0  # one-directional
-    mnist = N.transition_matrix("asymmetric-mnist", 0.2, 10)
+    mnist = noise_models.transition_matrix("asymmetric-mnist", 0.2, 10)
     assert mnist[5, 6] == mnist[6, 5] == mnist[7, 1] == pytest.approx(0.2) and mnist[1, 7] == 0.0
 
 
@@ -45,8 +45,8 @@ def test_given_labels_stay_as_they_are_and_take_no_rate():
     arrays = D.make_noisy_labels(labels, 5, "fashion_mnist", "given", 0.0, seed=1)
     assert np.array_equal(arrays["train_noisy"], arrays["train_true"]) and not arrays["is_corrupted"].any()
     with pytest.raises(ValueError, match="labels are used as given"):
-        N.check_noise("given", 0.1, "fashion_mnist", 5)
-    fashion = N.transition_matrix("asymmetric-fashion-mnist", 0.4, 10)
+        noise_models.check_noise("given", 0.1, "fashion_mnist", 5)
+    fashion = noise_models.transition_matrix("asymmetric-fashion-mnist", 0.4, 10)
     assert fashion[0, 6] == fashion[2, 4] == fashion[5, 7] == pytest.approx(0.4) and fashion[6, 0] == 0.0
 
 
@@ -87,21 +87,21 @@ def test_split_sizes_nesting_and_determinism():
 
 
 @pytest.mark.parametrize("call,message", [
-    (lambda: N.check_noise("gaussian", 0.1, "mnist", 10), "unknown noise model"),
-    (lambda: N.check_noise("uniform", -0.1, "mnist", 10), "outside [0, 1)"),
-    (lambda: N.check_noise("uniform", 1.0, "mnist", 10), "outside [0, 1)"),
-    (lambda: N.check_noise("uniform", 0.9, "mnist", 10), "degenerate limit"),
-    (lambda: N.check_noise("uniform", 0.995, "cifar100", 100), "degenerate limit"),
-    (lambda: N.check_noise("pair", 0.2, "mnist", 10), "only for cifar10"),
-    (lambda: N.check_noise("pair", 0.5, "cifar10", 10), "degenerate limit"),
-    (lambda: N.check_noise("asymmetric-mnist", 0.2, "cifar10", 10), "only for mnist"),
+    (lambda: noise_models.check_noise("gaussian", 0.1, "mnist", 10), "unknown noise model"),
+    (lambda: noise_models.check_noise("uniform", -0.1, "mnist", 10), "outside [0, 1)"),
+    (lambda: noise_models.check_noise("uniform", 1.0, "mnist", 10), "outside [0, 1)"),
+    (lambda: noise_models.check_noise("uniform", 0.9, "mnist", 10), "degenerate limit"),
+    (lambda: noise_models.check_noise("uniform", 0.995, "cifar100", 100), "degenerate limit"),
+    (lambda: noise_models.check_noise("pair", 0.2, "mnist", 10), "only for cifar10"),
+    (lambda: noise_models.check_noise("pair", 0.5, "cifar10", 10), "degenerate limit"),
+    (lambda: noise_models.check_noise("asymmetric-mnist", 0.2, "cifar10", 10), "only for mnist"),
     (lambda: D.dataset_info("svhn"), "unknown dataset"),
     (lambda: D.split_indices(60000, np.random.default_rng(0), n=50000), "larger than the training split"),
 ])
 def test_bad_input_is_refused_clearly(call, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace(")", r"\)").replace("(", r"\(")):
         call()
-    N.check_noise("uniform", 0.89, "mnist", 10)  # just under the limit is fine
+    noise_models.check_noise("uniform", 0.89, "mnist", 10)  # just under the limit is fine
 
 
 def test_labels_file_round_trip_and_tamper_detection(tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from limit import rundir
+from limit.runs import rundir
 from limit.methods import LOSSES
 from limit.registry import HPARAMS, JOB_DEFAULTS, METHODS, TRAINING_DEFAULTS
 
@@ -37,7 +37,7 @@ def test_schema_training_defaults_are_the_tables():
 
 @pytest.mark.pipeline
 def test_workflow_modules_and_cli_import_neither_torch_nor_matplotlib():
-    code = ("import sys; import limit.grid, limit.registry, limit.rundir, limit.cli; "
+    code = ("import sys; import limit.runs.grid, limit.registry, limit.runs.rundir, limit.cli; "
             "limit.cli.build_parser().format_help(); "
             "print(sorted(m for m in ('torch', 'matplotlib', 'pandas', 'sklearn') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,

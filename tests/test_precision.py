@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from limit import methods
-from limit.cadence import parse_checkpoint_every
-from limit.device import configure, set_precision
+from limit.runtime import parse_checkpoint_every
+from limit.runtime import configure, set_precision
 from limit.models import BasicBlock, Classifier, GlobalAvgPool, build_model
 
 STEPS = 8

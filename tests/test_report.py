@@ -8,9 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from limit import evaluate, fano, figures, paper, tables
+from limit.report import selection, stats
+from limit.report import fano
+from limit.report import figures
+from limit.report import paper
+from limit.report import tables
 
-# The paper's tables, transcribed independently of limit/paper_numbers/*.csv
+# The paper's tables, transcribed independently of limit/report/paper_numbers/*.csv
 SPEC = Path(__file__).resolve().parent / "data" / "paper_tables.md"
 SPEC_ROWS = {"CE": "ce", "CE + GN": "ce_gn", "CE + LN": "ce_ln", "MAE": "mae", "FW": "fw", "DMI": "dmi",
              "Soft reg. (11)": "soft_reg", "LIMIT_G + S": "limit_g_s", "LIMIT_L + S": "limit_l_s",
@@ -151,29 +155,29 @@ def _logits_with_accuracy(n, acc, k=10, seed=0):
 
 def test_accuracy_and_bootstrap_by_hand():
     logits, labels = _logits_with_accuracy(500, 0.8)
-    assert evaluate.accuracy(logits, labels) == pytest.approx(0.8)
+    assert stats.accuracy(logits, labels) == pytest.approx(0.8)
     rng = np.random.default_rng(7)
     correct = logits.argmax(1) == labels
     by_hand = []
     for _ in range(200):
         draw = rng.integers(0, 500, size=500)
         by_hand.append(sum(correct[i] for i in draw) / 500)
-    mean, std = evaluate.bootstrap_std(logits, labels, n_boot=200, seed=7)
+    mean, std = stats.bootstrap_std(logits, labels, n_boot=200, seed=7)
     assert mean == pytest.approx(np.mean(by_hand), abs=1e-12)
     assert std == pytest.approx(np.sqrt(np.mean((np.array(by_hand) - np.mean(by_hand)) ** 2)), abs=1e-12)
 
 
 def test_bootstrap_std_matches_binomial():
     logits, labels = _logits_with_accuracy(10_000, 0.927)
-    mean, std = evaluate.bootstrap_std(logits, labels)
+    mean, std = stats.bootstrap_std(logits, labels)
     assert mean == pytest.approx(0.927, abs=0.001)
     assert std == pytest.approx(np.sqrt(0.927 * 0.073 / 10_000), rel=0.1)  # 0.26 points, spec 7.3
 
 
 def test_detection_auc_hand_case():
     # positives {0.8, 0.4}, negatives {0.1, 0.5}: 3 of the 4 pairs are ordered -> 0.75
-    assert evaluate.detection_auc([0.8, 0.4, 0.1, 0.5], [True, True, False, False]) == pytest.approx(0.75)
-    assert math.isnan(evaluate.detection_auc([0.1, 0.2], [False, False]))
+    assert stats.detection_auc([0.8, 0.4, 0.1, 0.5], [True, True, False, False]) == pytest.approx(0.75)
+    assert math.isnan(stats.detection_auc([0.1, 0.2], [False, False]))
 
 
 # --------------------------------------------------------------------------------------- synthetic run table
@@ -254,10 +258,10 @@ def runs(tmp_path_factory):
                 dropout=dropout, weight_decay=None, clean_validation=experiment == "figure1",
                 run_dir=str(run_dir), best_val_acc=val_acc, test_acc=test_acc, best_epoch=29, epochs_run=30,
                 wall_seconds=3.0))
-    frame = evaluate.normalise_runs(pd.DataFrame.from_records(records))
+    frame = selection.normalise_runs(pd.DataFrame.from_records(records))
     # as `limit aggregate` writes it: the select stage's decisions, and the Figure-1 block marked
-    chosen = evaluate.select_configurations(frame).loc[lambda c: c["selected"], evaluate.CONFIGURATION]
-    frame = frame.merge(chosen.assign(selected=True), on=evaluate.CONFIGURATION, how="left")  # NaN rates match
+    chosen = selection.select_configurations(frame).loc[lambda c: c["selected"], selection.CONFIGURATION]
+    frame = frame.merge(chosen.assign(selected=True), on=selection.CONFIGURATION, how="left")  # NaN rates match
     frame["selected"] = frame["selected"].fillna(False).astype(bool)
     frame["figure1"] = frame["experiment"] == "figure1"
     # as the workflow reads it back: n comes back as object strings, hyper-parameters as floats
@@ -268,7 +272,7 @@ def runs(tmp_path_factory):
 # -------------------------------------------------------------------------------------------------- selection
 
 def test_select_configurations_picks_best_mean_validation(runs):
-    configs = evaluate.select_configurations(runs)
+    configs = selection.select_configurations(runs)
     setting = configs[(configs["experiment"] == "main") & (configs["dataset"] == "mnist") & (configs["rate"] == 0.8)
                       & (configs["n"] == "1000") & (configs["variant"] == "limit_l")].set_index("hparams")
     assert list(setting.index) == ["beta=1", "beta=10"]
@@ -278,7 +282,7 @@ def test_select_configurations_picks_best_mean_validation(runs):
     assert setting.loc["beta=1", "best_val_acc_mean"] == pytest.approx(0.6)
     assert setting.loc["beta=10", "seeds"] == 3
     # one selected configuration per (experiment, setting, variant)
-    per_setting = configs.groupby(evaluate.SETTING, dropna=False)["selected"].sum()
+    per_setting = configs.groupby(selection.SETTING, dropna=False)["selected"].sum()
     assert (per_setting == 1).all()
     # figure1's ce_dropout: 0.5 has the better validation accuracy
     fig1 = configs[(configs["experiment"] == "figure1") & configs["selected"]].set_index("variant")
@@ -290,12 +294,12 @@ def test_select_configurations_with_nan_rate():
                 method="dmi", run_dir="", test_acc=0.7)
     runs = pd.DataFrame([dict(base, run_id="a", seed=42, hparams="lr=0.001", best_val_acc=0.70),
                          dict(base, run_id="b", seed=42, hparams="lr=0.0001", best_val_acc=0.72)])
-    configs = evaluate.select_configurations(runs).set_index("hparams")
+    configs = selection.select_configurations(runs).set_index("hparams")
     assert list(configs["selected"].loc[["lr=0.001", "lr=0.0001"]]) == [False, True]
 
 
 def test_configurations_carry_the_run_tables_selection(runs):
-    configs = evaluate.configurations(runs)
+    configs = selection.configurations(runs)
     assert configs["selected"].dtype == bool
     chosen = configs[configs["selected"] & (configs["experiment"] == "main") & (configs["dataset"] == "mnist")
                      & (configs["variant"] == "limit_l")]
@@ -303,7 +307,7 @@ def test_configurations_carry_the_run_tables_selection(runs):
     # the report reads the decisions: a run table whose selection differs changes what is shown
     setting = (runs["variant"] == "limit_l") & (runs["rate"] == 0.8) & (runs["n"] == "1000")
     flipped = runs.assign(selected=runs["selected"] ^ setting)
-    shown = evaluate.selected_runs(flipped)
+    shown = selection.selected_runs(flipped)
     assert set(shown[(shown["variant"] == "limit_l") & (shown["n"] == "1000")]["hparams"]) == {"beta=1"}
 
 
@@ -351,7 +355,7 @@ def test_render_bootstrap_table(runs, tmp_path):
     ce = cells[(cells["row"] == "ce") & (cells["rate"] == 0.4)].iloc[0]
     run_dir = runs[(runs["dataset"] == "cifar10") & (runs["variant"] == "ce")]["run_dir"].iloc[0]
     with np.load(Path(run_dir) / "test_outputs.npz") as outputs:
-        expected_std = 100 * evaluate.bootstrap_std(outputs["logits"], outputs["labels"])[1]
+        expected_std = 100 * stats.bootstrap_std(outputs["logits"], outputs["labels"])[1]
     assert ce["ours_std"] == pytest.approx(expected_std)
     assert ce["ours_std"] == pytest.approx(100 * np.sqrt(0.81 * 0.19 / 400), rel=0.15)
     assert body["CE"][6:9] == [f"81.0 ± {expected_std:.1f}", "81.0 ± 0.4", "+0.0"]
@@ -466,7 +470,7 @@ def test_figure_curves_use_every_seed_of_the_selected_configuration(runs, tmp_pa
 def test_mean_curve_has_bootstrap_band_selected_epoch_and_integer_ticks(runs):
     import matplotlib.pyplot as plt
     from matplotlib.collections import PathCollection, PolyCollection
-    chosen = evaluate.selected_runs(runs)
+    chosen = selection.selected_runs(runs)
     block = chosen[(chosen["dataset"] == "mnist") & (chosen["n"] == "all") & (chosen["rate"] == 0.8)]
     block = block.assign(best_epoch=[3, 5, 5, 7, 7, 7])  # ce: seeds at epochs 3, 5, 5; limit_l: all at 7
     labels = [figures._curve_label(r) for r in block.itertuples()]
@@ -544,11 +548,11 @@ def test_legend_labels_are_typeset():
 
 
 def test_figure_histograms_and_detection_table(runs, tmp_path):
-    run = evaluate.best_limit_run(runs, "mnist", "uniform", 0.8, "all")
+    run = selection.best_limit_run(runs, "mnist", "uniform", 0.8, "all")
     assert run["hparams"] == "beta=3" and run["seed"] == 42
     auc = figures.figure_histograms(run["run_dir"], tmp_path / "figA2")
     with np.load(Path(run["run_dir"]) / "train_scores.npz") as scores:
-        assert auc == pytest.approx(evaluate.detection_auc(scores["grad_distance"], scores["is_corrupted"]))
+        assert auc == pytest.approx(stats.detection_auc(scores["grad_distance"], scores["is_corrupted"]))
     assert 0.95 < auc <= 1.0
     _assert_figure(tmp_path / "figA2")
     table = tables.detection_table(runs, tmp_path / "auc").set_index(["dataset", "n"])
@@ -560,7 +564,7 @@ def test_figure_histograms_and_detection_table(runs, tmp_path):
 
 
 def test_figure_top_examples(runs, tmp_path):
-    run = evaluate.best_limit_run(runs, "mnist", "uniform", 0.8, "all")
+    run = selection.best_limit_run(runs, "mnist", "uniform", 0.8, "all")
     images = np.random.default_rng(0).integers(0, 256, size=(200, 1, 28, 28), dtype=np.uint8)
     shown = figures.figure_top_examples(run["run_dir"], images, tmp_path / "figA3", per_class=3)
     with np.load(Path(run["run_dir"]) / "train_scores.npz") as scores:

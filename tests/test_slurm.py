@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from limit.grid import expand_runs
+from limit.runs.grid import expand_runs
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "tests" / "cluster"

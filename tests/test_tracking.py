@@ -4,7 +4,8 @@ import warnings
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.tracking import Tracker, get_or_create_experiment, redact, sync_run
+from limit.tracking.client import Tracker, get_or_create_experiment, sync_run
+from limit.tracking.uri import redact
 from limit.train import train
 
 

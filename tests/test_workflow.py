@@ -13,8 +13,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from limit.grid import ConfigError, expand_runs, pack_runs, recorded_packs
-from limit.grid import load_config as grid_load_config
+from limit.runs.grid import ConfigError, expand_runs, pack_runs, recorded_packs
+from limit.runs.grid import load_config as grid_load_config
 from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]

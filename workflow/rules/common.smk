@@ -10,7 +10,7 @@ from snakemake.utils import validate
 REPO = Path(workflow.basedir)
 sys.path.insert(0, str(REPO))  # the package is importable without installing it
 # torch-free modules only: parsing the workflow must not import the scientific stack
-from limit.grid import (  # noqa: E402
+from limit.runs.grid import (  # noqa: E402
     SCHEMA,
     ConfigError,
     check_schema,
@@ -22,7 +22,7 @@ from limit.grid import (  # noqa: E402
     selection_groups,
     train_arguments,
 )
-from limit.rundir import METRICS, RUNS_DIR, setting_path  # noqa: E402
+from limit.runs.rundir import METRICS, RUNS_DIR, setting_path  # noqa: E402
 
 # Jobs (local, Slurm or conda) import the package from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")

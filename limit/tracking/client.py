@@ -18,16 +18,15 @@ A password in a tracking URI (``http://user:password@host``) is a secret: it is 
 import json
 import math
 import os
-import re
 import time
 import uuid
 import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from limit import rundir
+from limit.runs import rundir
+from limit.tracking.uri import recorded_uri, redact, tracking_uri
 
-DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
 ARTIFACTS = (rundir.HISTORY, rundir.METRICS, rundir.TEST_OUTPUTS, rundir.CONFIG)
 CHECKPOINT_ARTIFACTS = (rundir.BEST, rundir.TRAIN_SCORES)  # unless mlflow.log_checkpoints is false
 RUN_KEY_TAG = "limit.run_key"  # see _ensure_run
@@ -51,39 +50,6 @@ VIEW_STATE = {"selectedColumns": VIEW_COLUMNS, "columnOrder": ["attributes.`Run 
               "columnWidths": {"attributes.`Run Name`": 430}}
 MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
 
-# Fail fast enough that a dead server costs a job seconds, not minutes (users may override).
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
-
-
-def tracking_uri(uri=None):
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-
-
-_PASSWORD = re.compile(r"(//[^/@:\s]*):[^/@\s]*@")
-
-
-def redact(text):
-    """``text`` with the password of every URI in it replaced: ``http://user:***@host``."""
-    return _PASSWORD.sub(r"\1:***@", str(text))
-
-
-def check_no_password(uri, where):
-    """A URI given on a command line or in a config must not hold a password (it would be stored and shown)."""
-    if uri and redact(uri) != uri:
-        raise ValueError(f"{where}: the tracking URI holds a password; set it only in the environment "
-                         f"(export MLFLOW_TRACKING_URI='{redact(uri)}' with the real password)")
-
-
-def recorded_uri(recorded):
-    """The store a run directory recorded (password redacted): the environment's URI when it is that store."""
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env and redact(env) == recorded:
-        return env
-    if recorded and ":***@" in recorded:
-        raise ValueError(f"the run was tracked at {recorded}: set MLFLOW_TRACKING_URI to it, with its password")
-    return recorded
 
 
 def artifact_root(uri):
@@ -188,7 +154,15 @@ def flatten(d, prefix=""):
     return out
 
 
+# Fail fast enough that a dead server costs a job seconds, not minutes; set in ``_client``, before MLflow
+# reads them, unless the user set them.
+HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
 def _client(uri):
+    for name, value in HTTP_SETTINGS.items():
+        os.environ.setdefault(name, value)
     from mlflow.tracking import MlflowClient
     if redact(uri) != uri:  # MLflow prints "View run ... at: URI" links, password included
         os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"

@@ -19,11 +19,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.ndimage import gaussian_filter1d  # noqa: E402
 
-from limit import rundir  # noqa: E402
-from limit.evaluate import detection_auc, normalise_runs, read_train_scores, selected_runs  # noqa: E402
-from limit.fano import fano_lower_bound, label_entropy  # noqa: E402
-from limit.paper import (configuration_label, math_label, number_text, setting_title,  # noqa: E402
-                         variant_order)
+from limit.runs import rundir  # noqa: E402
+from limit.report.stats import detection_auc, read_train_scores  # noqa: E402
+from limit.report.selection import normalise_runs, selected_runs  # noqa: E402
+from limit.report.fano import fano_lower_bound, label_entropy  # noqa: E402
+from limit.report.paper import (configuration_label, math_label, number_text, setting_title,  # noqa: E402
+                                variant_order)
 from limit.registry import HPARAMS  # noqa: E402
 
 BAND_PERCENTILES = (2.5, 97.5)  # the 95% bootstrap confidence interval of the mean over seeds

@@ -10,13 +10,13 @@ import json
 import os
 from pathlib import Path
 
-from limit.folder_data import check_arch, check_sources
+from limit.datasets.images import check_arch, check_sources
 from limit.noise import HUMAN_NOISE, check_noise
 from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, JOB_DEFAULTS, TRAINING_DEFAULTS, dataset_info,
                             get_method, hparam_problem, is_limit, method_name, unknown_name)
-from limit.rundir import fmt, group_key, hparam_label, run_id
+from limit.runs.rundir import fmt, group_key, hparam_label, run_id
 
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
 SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
 # Per-dataset training settings of how a run uses its job (defaults: limit.registry.TRAINING_DEFAULTS).
@@ -76,7 +76,7 @@ def _check_experiment(name, exp, config, image_datasets):
                 except ValueError as exc:
                     raise ConfigError(f"{where}.noise/rates: {exc}") from None
             if noise in HUMAN_NOISE:
-                from limit.cifar_n import label_file
+                from limit.datasets.cifar_n import label_file
                 try:
                     label_file(config["data_dir"], dataset)
                 except ValueError as exc:
@@ -140,7 +140,7 @@ def load_config(path):
 def expand_runs(config):
     """One dict per training run: its grid coordinates, training settings, resources and the CE run it starts
     from (``init_from``, a run id). File paths are the workflow's (``workflow/rules/common.smk``)."""
-    from limit.tracking import check_no_password
+    from limit.tracking.uri import check_no_password
     try:
         check_no_password(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
     except ValueError as exc:

@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 
 from limit import data as D
-from limit.device import configure, set_precision
-from limit.grid import expand_runs, load_config, pack_runs
+from limit.runtime import configure, set_precision
+from limit.runs.grid import expand_runs, load_config, pack_runs
 from limit.methods import LOSSES, Context
 from limit.registry import get_method
 from limit.models import build_model

@@ -149,7 +149,7 @@ def pack_worker(method_name, steps, batch_size, device_name):
 def processes_rate(k, args, together):
     """images/s of K benchmark runs, each its own process with ``args.threads`` threads: all at once (a pack)
     or one after another (K separate jobs). Start-up and warm-up are not timed."""
-    from limit.pack import start_member
+    from limit.runs.pack import start_member
 
     def wait_for(proc, word):
         lines = []
@@ -160,7 +160,7 @@ def processes_rate(k, args, together):
         raise RuntimeError(f"a benchmark run failed:\n{''.join(lines)}")
 
     def start(i):
-        argv = [sys.executable, "-m", "limit.bench", PACK_METHODS[i % len(PACK_METHODS)], str(args.steps),
+        argv = [sys.executable, "-m", "limit.tools.bench", PACK_METHODS[i % len(PACK_METHODS)], str(args.steps),
                 str(args.batch_size), args.device]
         proc = start_member(argv, args.threads, stdin=subprocess.PIPE)
         wait_for(proc, "ready")

@@ -16,12 +16,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from limit import rundir
-from limit.evaluate import (best_limit_run, bootstrap_from_run, detection_auc, normalise_runs, read_train_scores,
-                            selected_runs)
+from limit.runs import rundir
+from limit.report.selection import best_limit_run, normalise_runs, selected_runs
+from limit.report.stats import bootstrap_from_run, detection_auc, read_train_scores
 from limit.models import mnist_cnn
-from limit.paper import (DATASET_LABELS, PAPER_DETECTION_AUC, PAPER_TABLES, all_paper_numbers, label, paper_numbers,
-                         setting_title, variant_order)
+from limit.report.paper import (DATASET_LABELS, PAPER_DETECTION_AUC, PAPER_TABLES, all_paper_numbers, label, paper_numbers, setting_title, variant_order)
 
 BOOTSTRAP_DATASETS = ("cifar10", "cifar100", "clothing1m")
 MISSING = "—"

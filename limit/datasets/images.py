@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from limit import rundir
+from limit.runs import rundir
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 CACHE_INFO = "dataset.json"

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from limit import figures, rundir, tables
-from limit.evaluate import best_limit_run, normalise_runs, selected_runs
-from limit.paper import configuration_label, math_label, setting_title
+from limit.report import figures
+from limit.runs import rundir
+from limit.report import tables
+from limit.report.selection import best_limit_run, normalise_runs, selected_runs
+from limit.report.paper import configuration_label, math_label, setting_title
 
 
 def setting_name(dataset, noise, rate, n):
@@ -15,7 +17,7 @@ def setting_name(dataset, noise, rate, n):
 
 
 def markdown_table_to_html(markdown):
-    """A pipe table (as ``limit.tables.to_markdown`` writes it) as an HTML page, for Snakemake's report."""
+    """A pipe table (as ``limit.report.tables.to_markdown`` writes it) as an HTML page, for Snakemake's report."""
     lines = [line for line in markdown.splitlines() if line.strip()]
     out = ["<html><body>"]
     table_lines = [line for line in lines if line.startswith("|")]

@@ -12,9 +12,16 @@ Precision: ``fp32`` is IEEE float32: TF32 (10-bit mantissa on Ampere and newer) 
 convolutions. ``bf16`` runs each network's forward (and so its backward) under bfloat16 autocast with
 channels_last memory, and hands float32 outputs to the methods: losses, DMI's determinant, FW's ``@ T``
 and LIMIT's gradient arithmetic stay in float32 (TF32 off there too). Parameters and Adam's state stay float32.
+
+Checkpoint cadence: When a run writes its full training state (``state.pt``): every N epochs, or every N minutes of wall time.
+
+Validation runs every epoch either way (early stopping and selection depend on it). A run killed between
+two checkpoints redoes the epochs since the last one and, being a pure function of its state, ends with
+the same numbers.
 """
 import os
 import re
+import time
 from pathlib import Path
 
 import torch
@@ -150,3 +157,31 @@ def set_precision(model, precision, device):
     model.register_forward_pre_hook(enter)
     model.register_forward_hook(leave)
     return model.to(memory_format=torch.channels_last)
+
+_MINUTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:m|min|minutes?)\s*$")
+
+
+def parse_checkpoint_every(value):
+    """``5`` or ``"5"`` (epochs) or ``"30min"`` (minutes) -> ("epochs" | "minutes", number)."""
+    text = str(value)
+    match = _MINUTES.match(text)
+    if match:
+        return "minutes", float(match.group(1))
+    if text.strip().isdigit() and int(text) >= 1:
+        return "epochs", int(text)
+    raise ValueError(f"checkpoint_every {value!r}: give a number of epochs (e.g. 5) or of minutes (e.g. 30min)")
+
+
+class CheckpointCadence:
+    def __init__(self, every):
+        self.unit, self.every = parse_checkpoint_every(every)
+        self.last_epochs, self.last_time = 0, time.monotonic()
+
+    def due(self, epochs_done):
+        """Is a checkpoint due after ``epochs_done`` epochs of this invocation?"""
+        if self.unit == "epochs":
+            return epochs_done - self.last_epochs >= self.every
+        return time.monotonic() - self.last_time >= 60 * self.every
+
+    def saved(self, epochs_done):
+        self.last_epochs, self.last_time = epochs_done, time.monotonic()

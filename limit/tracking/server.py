@@ -1,6 +1,6 @@
 """A lean local MLflow tracking server (UI + REST API): ``./project ui`` and the MLflow tests use it.
 
-``python -m limit.mlflow_server`` starts ``mlflow server`` on a SQLite store bound to 127.0.0.1 with one
+``python -m limit.tracking.server`` starts ``mlflow server`` on a SQLite store bound to 127.0.0.1 with one
 worker and the job-execution subsystem off (2 processes, ready in about 8 s, instead of about 15 processes
 and 3 GB), waits until ``/health`` answers, prints the URL of each experiment's runs table, and stops the
 server (its whole process group) on Ctrl+C or SIGTERM.
@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from limit.tracking import SAVED_VIEW
+from limit.tracking.client import SAVED_VIEW
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -206,7 +206,7 @@ def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100, sea
     runs (all when None) and return its rows (see ``_ROWS_JS``); ``screenshot``: also save a PNG there;
     ``search``: a filter for the search box (the table is then flat)."""
     from urllib.parse import quote
-    from limit import browser
+    from limit.tracking import browser
 
     async def script(page):
         await page.wait_for("document.querySelectorAll('.ag-row').length > 0")
@@ -228,14 +228,14 @@ def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100, sea
 def _mark_experiments(url, names):
     """Give experiments of an older store the model-training mark and the saved view that ``runs_url`` opens."""
     from mlflow.tracking import MlflowClient
-    from limit.tracking import get_or_create_experiment
+    from limit.tracking.client import get_or_create_experiment
     client = MlflowClient(url)
     for name in names:
         get_or_create_experiment(client, name, url)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m limit.mlflow_server", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m limit.tracking.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Other options are passed on to `mlflow server`.")
     p.add_argument("--store", default="results/mlflow.db", help="SQLite file (default: results/mlflow.db)")

@@ -23,7 +23,7 @@ BEST = "best.pt"
 TRAIN_SCORES = "train_scores.npz"  # LIMIT runs only
 EPOCH_SCORES = "epoch_scores.npz"  # per-example loss and margin averaged over the epochs up to the selected one
 METRICS = "metrics.json"  # written last: a run directory with it is complete
-MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking)
+MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking.client)
 
 # The run-table columns that identify a run, in order (the hyperparameter columns come last, see read_run).
 IDENTITY = ("experiment", "dataset", "noise", "rate", "n", "seed", "variant", "method", "hparams", "arch",

@@ -9,8 +9,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from limit import rundir
-from limit.grid import ConfigError, expand_runs, load_config, pack_runs
+from limit.runs import rundir
+from limit.runs.grid import ConfigError, expand_runs, load_config, pack_runs
 
 
 def finished_runs(rows, results):

@@ -23,7 +23,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from limit.rundir import TrainingError
+from limit.runs.rundir import TrainingError
 
 PR_SET_PDEATHSIG = 1
 

@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from limit import data as D
-from limit import rundir
-from limit.evaluate import detection_metrics
+from limit.runs import rundir
+from limit.report.stats import detection_metrics
 from limit.registry import DEFAULT_SCORE, SCORES
-from limit.rundir import load_checkpoint
+from limit.runs.rundir import load_checkpoint
 from limit.train import build_networks, load_run_data, loss_and_margin, pick_device
 
 SPLITS = ("train", "val")
@@ -107,7 +107,7 @@ def example_scores(run_dir, device="cpu"):
 def class_names(dataset, num_classes):
     """Readable class names: an image cache's folder/label names, torchvision's for (Fashion-)MNIST, else numbers."""
     if dataset not in D.DATASETS:
-        from limit.folder_data import cache_classes
+        from limit.datasets.images import cache_classes
         return cache_classes(dataset)
     import torchvision
     names = getattr(getattr(torchvision.datasets, D.DATASETS[dataset].torchvision_class, None), "classes", None)
@@ -123,7 +123,7 @@ def true_labels_known(labels_path):
 def image_paths(cfg, run_data):
     """Per split, each example's image file (own images and streamed datasets), or None (built-in arrays)."""
     if cfg["dataset"] not in D.DATASETS:
-        from limit.folder_data import read_cache
+        from limit.datasets.images import read_cache
         paths = read_cache(cfg["dataset"]).train_paths
         val_idx = D.read_labels_file(cfg["labels"])[0]["val_idx"]
         return {name: [paths[i] for i in idx] for name, idx in (("train", run_data.train_idx), ("val", val_idx))}

@@ -1,6 +1,6 @@
 """Headless Chromium driven over the DevTools protocol: render a page, run JavaScript in it, take a screenshot.
 
-The MLflow UI test and ``python -m limit.mlflow_server --screenshot`` use it: the runs table only shows nested
+The MLflow UI test and ``python -m limit.tracking.server --screenshot`` use it: the runs table only shows nested
 runs once their parent row is expanded, which a plain ``chromium --dump-dom`` cannot do. Chromium (Debian's
 ``chromium``) runs with a throw-away profile, bound to loopback, and is stopped with its process group.
 """

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from limit import data as D
-from limit.evaluate import detection_metrics
-from limit.label_issues import example_scores, load_models
+from limit.report.stats import detection_metrics
+from limit.tools.label_issues import example_scores, load_models
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.train import pick_device, predict, train
 
