@@ -8,6 +8,7 @@ Splits and label noise use one ``numpy.random.default_rng(seed)`` stream per dat
 authors' order (permutation -> n-subset -> train labels -> validation labels). The authors seeded
 numpy's legacy global RNG instead, so the drawn indices differ from theirs; the procedure is the same.
 """
+import argparse
 import gzip
 import hashlib
 import json
@@ -19,7 +20,8 @@ import numpy as np
 import torch
 
 from limit import noise as noise_models
-from limit.registry import DATASETS, DataError, dataset_info
+from limit.config import positive_int
+from limit.registry import DATASETS, DataError, dataset_info, dataset_name
 from limit.runs.rundir import save_npz, write_atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -258,3 +260,108 @@ class InMemorySplit:
             if augment and self.augment:
                 x = random_crop_flip(x, generator)
             yield idx, to_float(x, self.mean, self.std)
+
+
+@dataclass
+class RunData:
+    train: object          # InMemorySplit or Clothing1MSplit
+    val: object
+    test: object
+    test_curve: object      # the test examples whose accuracy is logged every epoch (a prefix of test)
+    train_noisy: torch.Tensor
+    train_true: torch.Tensor
+    is_corrupted: torch.Tensor
+    val_labels: torch.Tensor
+    test_labels: torch.Tensor
+    train_idx: np.ndarray
+    num_classes: int
+    labels_meta: dict  # the labels file's metadata: data setting and sha256
+
+
+def load_run_data(cfg, device):
+    """The data of one run: images on the device (or streamed), noisy labels from the labels file."""
+    info = dataset_info(cfg["dataset"])
+    arrays, meta = read_labels_file(cfg["labels"])
+    if dataset_name(meta["dataset"]) != dataset_name(cfg["dataset"]):
+        raise ValueError(f"labels file {cfg['labels']} is for {meta['dataset']!r}, not {cfg['dataset']!r}")
+    val_key = "val_true" if cfg["clean_validation"] else "val_noisy"
+    t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
+    if info.streamed:
+        from limit.datasets.clothing1m import Clothing1MSplit
+        splits = [Clothing1MSplit(cfg["data_dir"], s, device, normalisation(cfg["dataset"]),
+                                  augment=s == "train" and info.augment,
+                                  num_workers=cfg["num_workers"], decode=cfg["decode"])
+                  for s in ("train", "val", "test")]
+        test_labels = splits[2].labels
+        splits.append(splits[2])
+    else:
+        images = load_arrays(cfg["dataset"], cfg["data_dir"])
+        if len(images.test_x) == 0:  # your own images without a test set: the validation images, labels as given
+            images.test_x, images.test_y = images.train_x[arrays["val_idx"]], t(arrays["val_true"]).cpu()
+        curve_size = cfg["test_curve_size"] or len(images.test_x)
+        splits = [InMemorySplit(images.train_x[arrays["train_idx"]], cfg["dataset"], device, info.augment),
+                  InMemorySplit(images.train_x[arrays["val_idx"]], cfg["dataset"], device),
+                  InMemorySplit(images.test_x, cfg["dataset"], device),
+                  InMemorySplit(images.test_x[:curve_size], cfg["dataset"], device)]
+        test_labels = images.test_y
+    return RunData(*splits, t(arrays["train_noisy"]), t(arrays["train_true"]),
+                   torch.as_tensor(arrays["is_corrupted"], device=device), t(arrays[val_key]), t(test_labels),
+                   arrays["train_idx"], info.num_classes, meta)
+
+
+def add_prepare_arguments(parser):
+    parser.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
+    parser.add_argument("--data-dir", default="data", help="dataset directory")
+    parser.add_argument("--download", action="store_true", help="download missing files (needs internet)")
+
+
+def run_prepare(args):
+    if dataset_info(args.dataset).streamed:
+        from limit.datasets.clothing1m import check_clothing1m_dir
+        check_clothing1m_dir(args.data_dir)
+    else:
+        prepare_dataset(args.dataset, args.data_dir, download=args.download)
+    print(f"{args.dataset}: files present in {args.data_dir}")
+
+
+def _count(text):
+    """argparse type of --n: a positive integer or 'all'."""
+    if text != "all" and not (text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}")
+    return text
+
+
+def add_corrupt_arguments(parser):
+    parser.add_argument("--dataset", required=True, help="a dataset name or an image cache (import-images)")
+    parser.add_argument("--data-dir", default="data", help="dataset directory (also holds the CIFAR-N label files)")
+    parser.add_argument("--noise", required=True,
+                        help="given (labels as they are), uniform, symmetric, pair (CIFAR-10), asymmetric-mnist, "
+                             "asymmetric-fashion-mnist, human-aggre, human-worst, human-random1..3 (CIFAR-10N), "
+                             "human (CIFAR-100N)")
+    parser.add_argument("--rate", type=float, required=True, help="noise rate p in [0, 1)")
+    parser.add_argument("--n", type=_count, default="all", help="training-set size: an integer or 'all'")
+    parser.add_argument("--seed", type=int, required=True, help="seed of the split and of the noise")
+    parser.add_argument("--val-size", type=positive_int, default=None,
+                        help="keep only this many validation examples")
+    parser.add_argument("--out", required=True, help="labels file to write (.npz)")
+
+
+def run_corrupt(args):
+    info = dataset_info(args.dataset)
+    if info.streamed:
+        from limit.datasets.clothing1m import clothing1m_labels
+        arrays = clothing1m_labels(args.data_dir)
+    else:
+        train_labels = load_arrays(args.dataset, args.data_dir).train_y.numpy()
+        human = None
+        if args.noise in noise_models.HUMAN_NOISE:
+            from limit.datasets.cifar_n import human_labels
+            human = human_labels(args.data_dir, args.dataset, args.noise, train_labels)
+        arrays = make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
+                                   n=None if args.n == "all" else int(args.n), val_size=args.val_size,
+                                   human_labels=human)
+    meta = {"dataset": dataset_name(args.dataset), "noise": args.noise, "rate": args.rate, "n": args.n,
+            "seed": args.seed, "val_size": args.val_size}
+    meta = write_labels_file(args.out, arrays, meta)
+    print(f"{args.out}: {len(arrays['train_idx'])} train ({arrays['is_corrupted'].mean():.3f} corrupted), "
+          f"{len(arrays['val_idx'])} validation, sha256 {meta['sha256'][:12]}")

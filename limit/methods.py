@@ -11,11 +11,17 @@ gradient of their logged loss. They add ``(logits * g.detach()).sum()`` to the o
 with respect to the logits is exactly ``g``, per example, and nothing else in the graph sees it.
 Adding a method = one function and one ``LOSSES`` entry here, and one ``limit.registry.METHODS`` entry.
 """
+import copy
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from limit.models import copy_parameters, predict
+from limit.registry import get_method
+from limit.runs import rundir
 
 
 @dataclass
@@ -168,3 +174,31 @@ LOSSES = {  # the flags and hyperparameters of each method are in limit.registry
     "limit_g_init": _limit(_squared),
     "limit_l_init": _limit(_absolute),
 }
+
+
+def prepare_method(cfg, ctx, run_data, device):
+    """Initialisation from the best CE model (FW, DMI, +init) and FW's transition matrix."""
+    method = get_method(cfg["method"])
+    if not method.init_from_ce:
+        return
+    ce_state = rundir.load_checkpoint(Path(cfg["init_from"]) / rundir.BEST)["classifier"]
+    if cfg["method"] == "fw":
+        # The full CE model (BatchNorm statistics included) estimates T on the noisy training set.
+        ce_model = copy.deepcopy(ctx.classifier)
+        ce_model.load_state_dict(ce_state)
+        gen = torch.Generator().manual_seed(cfg["seed"])
+        # CIFAR: the authors' train dataset still applied train-time augmentation here.
+        probs = predict(ce_model, run_data.train, cfg["batch_size"], augment=True, generator=gen).softmax(1)
+        matrix = forward_correction_matrix(probs.cpu().numpy())
+        ctx.extra["transition_matrix"] = torch.tensor(matrix, dtype=torch.float32, device=device)
+    target = ctx.q if method.init_from_ce == "q" else ctx.classifier
+    copy_parameters(ce_state, target, "the q-network" if method.init_from_ce == "q" else "the classifier")
+
+
+def batches_missing_a_class(labels, num_classes, batch_size, seed):
+    """The fraction of an epoch's training batches (shuffled as the run's first epoch) whose labels miss a
+    class. DMI's loss is -log|det(U)| of the batch's joint matrix U: with a class missing, a row of U is zero,
+    |det| is 0 and the batch's gradient is zero (docs/reproduction.md, DMI on CIFAR-100)."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    batches = torch.as_tensor(labels).cpu()[order].split(batch_size)
+    return sum(len(b.unique()) < num_classes for b in batches) / len(batches)

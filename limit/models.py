@@ -3,6 +3,9 @@ need the penultimate features (Soft reg.) can reach them."""
 import torch
 from torch import nn
 
+from limit.registry import ARCH_SIZES, dataset_info, get_method
+from limit.runs.rundir import TrainingError
+
 
 class Classifier(nn.Module):
     def __init__(self, features, head):
@@ -91,8 +94,6 @@ def resnet50(num_classes=14, imagenet_weights=None):
     return Classifier(net, head)
 
 
-ARCHITECTURES = {"cnn", "mlp", "resnet34", "resnet50"}
-
 
 def build_model(arch, num_classes, in_channels=1, image_size=28, dropout=0.0, q_network=False,
                 head_bias=True, imagenet_weights=None):
@@ -106,7 +107,7 @@ def build_model(arch, num_classes, in_channels=1, image_size=28, dropout=0.0, q_
         return resnet34_cifar(num_classes)
     if arch == "resnet50":
         return resnet50(num_classes, imagenet_weights)
-    raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCHITECTURES)}")
+    raise ValueError(f"unknown architecture {arch!r}; choose one of {sorted(ARCH_SIZES)}")
 
 
 @torch.no_grad()
@@ -134,5 +135,83 @@ def authors_bn_warmup(model, arch, input_shape, generator):
                 x = layer(x)
 
 
-def count_parameters(model):
-    return sum(p.numel() for p in model.parameters())
+def build_networks(cfg, num_classes):
+    info = dataset_info(cfg["dataset"])
+    method = get_method(cfg["method"])
+    kw = dict(in_channels=info.channels, image_size=info.size, imagenet_weights=cfg["imagenet_weights"])
+    classifier = build_model(cfg["arch"], num_classes, dropout=cfg["hparams"]["dropout"],
+                             head_bias=method.head_bias, **kw)
+    q = build_model(cfg["arch"], num_classes, q_network=True, **kw) if method.q_network else None
+    if cfg["bn_init"] == "authors":  # on the CPU, before the networks move: the same statistics on any device
+        noise = torch.Generator().manual_seed(cfg["seed"])
+        for model in (classifier, q) if q is not None else (classifier,):
+            authors_bn_warmup(model, cfg["arch"], (info.channels, info.size, info.size), noise)
+    return classifier, q
+
+
+def make_optimizer(models, hp):
+    """One Adam over all networks; weight decay (coupled L2) only on weights of 2 or more dimensions."""
+    params = [p for m in models if m is not None for p in m.parameters()]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.Adam([{"params": decay, "weight_decay": hp["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"])
+
+
+def copy_parameters(src_state, dst, what):
+    """Copy parameters (not BatchNorm running statistics) of a CE model into ``dst`` by name."""
+    own = dict(dst.named_parameters())
+    for name, value in src_state.items():
+        if name in own:
+            if own[name].shape != value.shape:
+                raise TrainingError(f"cannot initialise {what} from the CE model: {name} has shape "
+                                    f"{tuple(value.shape)}, expected {tuple(own[name].shape)}")
+            with torch.no_grad():
+                own[name].copy_(value)
+    missing = [n for n, b in src_state.items() if n not in own and not _is_buffer_name(n)]
+    if missing:
+        raise TrainingError(f"cannot initialise {what} from the CE model: no parameter named {missing[0]}")
+
+
+def _is_buffer_name(name):
+    return name.rsplit(".", 1)[-1] in {"running_mean", "running_var", "num_batches_tracked"}
+
+
+@torch.no_grad()
+def predict(model, split, batch_size, augment=False, generator=None):
+    """Softmax-free logits of a model (eval mode) over a split, in index order."""
+    model.eval()
+    return torch.cat([model(x).float() for _, x in split.batches(batch_size, generator=generator, augment=augment)])
+
+
+def _conv_text(conv):
+    kernel = " × ".join(map(str, conv.kernel_size))
+    return f"{conv.out_channels} filters, {kernel} kernels, stride {conv.stride[0]}, padding {conv.padding[0]}"
+
+
+def architecture_rows(model, input_shape=(1, 1, 28, 28)):
+    """Paper Table 3 rows read off a classifier: one row per Conv2d/Linear with the BN/ReLU that follow it. The
+    report renders Table 3 from ``limit/report/paper_numbers/table3.csv``, which a test checks against these rows
+    of ``mnist_cnn()``: the report stays torch-free."""
+    rows = []
+    x = torch.zeros(input_shape)
+    model.eval()
+    with torch.no_grad():
+        for module in [*model.features, model.head]:
+            x = module(x)
+            if isinstance(module, nn.Conv2d):
+                rows.append(dict(layer="Conv", parameters=[_conv_text(module)], modules=[module]))
+            elif isinstance(module, nn.Linear):
+                rows.append(dict(layer="FC", parameters=[f"{module.out_features} units"], modules=[module]))
+            elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                rows[-1]["parameters"].append("batch normalization")
+                rows[-1]["modules"].append(module)
+            elif isinstance(module, nn.ReLU):
+                rows[-1]["parameters"].append("ReLU")
+            else:
+                continue
+            rows[-1]["output"] = " × ".join(map(str, x.shape[1:]))
+    if rows[-1]["parameters"][-1] != "ReLU":
+        rows[-1]["parameters"].append("linear activation")
+    return [dict(layer=r["layer"], parameters=", ".join(r["parameters"]), output=r["output"],
+                 weights=sum(p.numel() for m in r["modules"] for p in m.parameters())) for r in rows]

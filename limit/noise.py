@@ -71,11 +71,9 @@ def check_noise(noise, rate, dataset, num_classes):
         raise ValueError(f"noise rate {rate} is at or above the degenerate limit of {noise!r} noise ({why})")
 
 
-def transition_matrix(noise, rate, num_classes, dataset=None):
-    """The K x K transition matrix of a noise model (validated when ``dataset`` is given)."""
-    if dataset is not None:
-        check_noise(noise, rate, dataset, num_classes)
-    elif noise not in NOISE_MODELS:
+def transition_matrix(noise, rate, num_classes):
+    """The K x K transition matrix of a noise model (``check_noise`` validates the rate for a dataset)."""
+    if noise not in NOISE_MODELS:
         raise ValueError(unknown_name("noise model", noise, NOISE_MODELS))
     if NOISE_MODELS[noise][0] is None:
         raise ValueError(f"noise model {noise!r} has no synthetic matrix: its labels come from a file")

@@ -4,8 +4,10 @@ Torch-free, so that the workflow (grid expansion, config checks) parses without 
 The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.datasets.clothing1m``.
 """
 import difflib
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 
 class DataError(ValueError):
@@ -21,70 +23,97 @@ def unknown_name(kind, name, choices):
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    label: str  # as tables and figures name it
     num_classes: int
-    num_train: int  # official training set, before the train/validation split
     channels: int
-    size: int
-    torchvision_class: str
-    augment: bool  # random crop + flip in training (CIFAR and Clothing1M)
+    size: int  # image side in pixels
+    split_sizes: tuple = ()  # (training, validation, test) examples of the paper's split; () for your own images
+    torchvision_class: str = ""  # the torchvision dataset class that reads its files
+    augment: bool = False  # random crop + flip in training (CIFAR and Clothing1M)
+    streamed: bool = False  # batches stream from disk, too large for memory (Clothing1M's files, datasets.clothing1m)
+    real_noise: bool = False  # labels are noisy as given: noise model "real", no rate, no clean training labels
+    table_layout: str = "seeds"  # "seeds": mean ± std over seeds; "bootstrap": first seed, bootstrap std (Tables 2, 6, 7)
+    decimals: int = 1  # digits after the point in tables (the paper gives Clothing1M two)
     mean: tuple | None = None  # per-channel normalisation; None: ImageNet statistics
     std: tuple | None = None
 
 
 DATASETS = {
-    "mnist": DatasetInfo(10, 60000, 1, 28, "MNIST", False),
-    "fashion_mnist": DatasetInfo(10, 60000, 1, 28, "FashionMNIST", False),
-    "cifar10": DatasetInfo(10, 50000, 3, 32, "CIFAR10", True),
-    "cifar100": DatasetInfo(100, 50000, 3, 32, "CIFAR100", True),
-    "clothing1m": DatasetInfo(14, 0, 3, 224, "", True),
+    "mnist": DatasetInfo("MNIST", 10, 1, 28, (48000, 12000, 10000), "MNIST"),
+    "fashion_mnist": DatasetInfo("Fashion-MNIST", 10, 1, 28, (48000, 12000, 10000), "FashionMNIST"),
+    "cifar10": DatasetInfo("CIFAR-10", 10, 3, 32, (40000, 10000, 10000), "CIFAR10", augment=True,
+                           table_layout="bootstrap"),
+    "cifar100": DatasetInfo("CIFAR-100", 100, 3, 32, (40000, 10000, 10000), "CIFAR100", augment=True,
+                            table_layout="bootstrap"),
+    "clothing1m": DatasetInfo("Clothing1M", 14, 3, 224, (1000000, 14313, 10526), augment=True, streamed=True,
+                              real_noise=True, table_layout="bootstrap", decimals=2),
 }
+# Your own images (``limit import-images``): a cache directory whose IMAGE_CACHE_INFO file holds its facts.
+IMAGE_CACHE_INFO = "dataset.json"
+# Image sides each architecture accepts (the paper's 4-layer CNN reduces 28-35 pixels to 1 x 1; the others pool).
+ARCH_SIZES = {"cnn": range(28, 36), "mlp": range(1, 10**6), "resnet34": range(8, 10**6), "resnet50": range(32, 10**6)}
+
+
+def _image_cache(path):
+    """The facts an image cache records (``IMAGE_CACHE_INFO``), or None if ``path`` is not one."""
+    info = Path(path) / IMAGE_CACHE_INFO
+    return json.loads(info.read_text()) if info.is_file() else None
 
 
 def dataset_info(name):
-    """A built-in dataset by name, or your own: the directory of an image cache (``python -m limit import-images``)."""
+    """A built-in dataset by name, or your own: the directory of an image cache (``limit import-images``)."""
     if name in DATASETS:
         return DATASETS[name]
-    from limit.datasets import images as folder_data
-    if folder_data.is_image_cache(name):
-        return folder_data.cache_info(name)
-    raise DataError(unknown_name("dataset", name, DATASETS) + " or an image cache directory written by "
-                    "`limit import-images`")
+    cache = _image_cache(name)
+    if cache is None:
+        raise DataError(unknown_name("dataset", name, DATASETS) + " or an image cache directory written by "
+                        "`limit import-images`")
+    return DatasetInfo(dataset_name(name), len(cache["classes"]), cache["channels"], cache["size"],
+                       mean=tuple(cache["mean"]), std=tuple(cache["std"]))
 
 
 def dataset_name(dataset):
-    """A run's dataset by name, as run ids, tables and MLflow show it: a built-in one's, or an image cache's (not
-    its path, which is only where the data is read)."""
+    """A run's dataset by name, as run ids, tables and MLflow show it: a built-in one's, or an image cache's (the
+    name it records, else its folder's; not its path, which is only where the data is read)."""
     if dataset in DATASETS:
         return dataset
-    from limit.datasets import images as folder_data
-    return folder_data.cache_name(dataset)
+    cache = _image_cache(dataset)
+    return (cache or {}).get("name") or Path(dataset).resolve().name
 
 
-# Training settings of a run that its config does not give (the paper's MNIST setup). The train CLI and
-# limit.train take them from here; the config schema repeats them as its defaults (a test checks it).
-TRAINING_DEFAULTS = {"arch": "cnn", "epochs": 400, "patience": 100, "batch_size": 256, "seed": 42, "num_workers": 4,
-                     "bn_init": "authors",
-                     # how a run uses its device and job (docs/cluster.md)
-                     "precision": "fp32", "checkpoint_every": 1, "test_curve_every": 1, "deterministic": True,
-                     "decode": "pil", "keep_state": False}
-JOB_DEFAULTS = {"pack": 1}  # runs trained together in one job (workflow only)
-# "authors": BatchNorm statistics warmed on noise as the authors' network builder leaves them (docs/reproduction.md,
-# limit.models.authors_bn_warmup); "standard": PyTorch's (0, 1).
-BN_INIT = ("authors", "standard")
-PRECISIONS = ("fp32", "bf16")  # bf16: the networks under autocast, losses in float32 (limit.runtime)
+def dataset_label(name):
+    """A run table's dataset (a built-in one's name or an image dataset's) as tables and figures write it."""
+    return DATASETS[name].label if name in DATASETS else name
 
-# Every hyperparameter a run can set: name -> (default, meaning). The train CLI's options, the training
-# defaults, the run table's columns and the selection's columns all come from this table; the config schema
-# lists the same names (a test checks it).
+
+def check_arch(arch, size):
+    if arch not in ARCH_SIZES:
+        raise ValueError(unknown_name("architecture", arch, ARCH_SIZES))
+    if size not in ARCH_SIZES[arch]:
+        allowed = ARCH_SIZES[arch]
+        raise ValueError(f"architecture {arch!r} needs images of {allowed.start} to {allowed.stop - 1} pixels, "
+                         f"not {size}; set size to resize")
+
+
+@dataclass(frozen=True)
+class Hparam:
+    default: float
+    symbol: str  # as legends and tables write it
+    meaning: str
+
+
+# Every hyperparameter a run can set. The train command's options, the training defaults, the run table's and
+# the selection's columns, the MLflow runs view, the legends and the README's Methods table come from this table;
+# the config schema lists the same names (a test checks it).
 HPARAMS = {
-    "beta": (0.0, "LIMIT / Soft reg. gradient-norm penalty"),
-    "lamb": (1.0, "LIMIT +S sampling precision, Soft reg. lambda"),
-    "sigma": (0.0, "CE+GN / CE+LN gradient-noise std"),
-    "lr": (1e-3, "Adam learning rate"),
-    "dropout": (0.0, "dropout rate (MLP)"),
-    "weight_decay": (0.0, "Adam L2 weight decay on weights"),
+    "beta": Hparam(0.0, "β", "LIMIT / Soft reg. gradient-norm penalty"),
+    "lamb": Hparam(1.0, "λ", "LIMIT +S sampling precision, Soft reg. lambda"),
+    "sigma": Hparam(0.0, "σ", "CE+GN / CE+LN gradient-noise std"),
+    "lr": Hparam(1e-3, "lr", "Adam learning rate"),
+    "dropout": Hparam(0.0, "dropout", "dropout rate (MLP)"),
+    "weight_decay": Hparam(0.0, "weight decay", "Adam L2 weight decay on weights"),
 }
-HPARAM_DEFAULTS = {name: default for name, (default, _) in HPARAMS.items()}
+HPARAM_DEFAULTS = {name: h.default for name, h in HPARAMS.items()}
 GENERIC_HPARAMS = ("lr", "dropout", "weight_decay")  # every method accepts these
 
 

@@ -19,14 +19,21 @@ Validation runs every epoch either way (early stopping and selection depend on i
 two checkpoints redoes the epochs since the last one and, being a pure function of its state, ends with
 the same numbers.
 """
+import importlib.metadata
 import os
+import platform
 import re
+import socket
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
-from limit.registry import PRECISIONS
+from limit.config import PRECISIONS, parse_checkpoint_every
+from limit.runs import rundir
 
 # Set by Slurm in a job that holds GPUs (--gpus, --gres=gpu, --gpus-per-*).
 SLURM_GPU_VARIABLES = ("SLURM_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
@@ -158,20 +165,6 @@ def set_precision(model, precision, device):
     model.register_forward_hook(leave)
     return model.to(memory_format=torch.channels_last)
 
-_MINUTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:m|min|minutes?)\s*$")
-
-
-def parse_checkpoint_every(value):
-    """``5`` or ``"5"`` (epochs) or ``"30min"`` (minutes) -> ("epochs" | "minutes", number)."""
-    text = str(value)
-    match = _MINUTES.match(text)
-    if match:
-        return "minutes", float(match.group(1))
-    if text.strip().isdigit() and int(text) >= 1:
-        return "epochs", int(text)
-    raise ValueError(f"checkpoint_every {value!r}: give a number of epochs (e.g. 5) or of minutes (e.g. 30min)")
-
-
 class CheckpointCadence:
     def __init__(self, every):
         self.unit, self.every = parse_checkpoint_every(every)
@@ -185,3 +178,92 @@ class CheckpointCadence:
 
     def saved(self, epochs_done):
         self.last_epochs, self.last_time = epochs_done, time.monotonic()
+
+
+def rng_state(generator):
+    state = {"torch": torch.get_rng_state(), "batches": generator.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state, generator):
+    torch.set_rng_state(state["torch"])
+    generator.set_state(state["batches"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochReporter:
+    """A tqdm bar on a terminal; one plain line per epoch otherwise (cluster logs)."""
+
+    def __init__(self, total, name, done):
+        self.name = name
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=done, desc=name, unit="epoch")
+
+    def epoch(self, row):
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(val=f"{row['val_acc']:.4f}", test=f"{row['test_acc']:.4f}")
+        else:
+            print(f"{self.name} epoch {row['epoch']}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
+                  f"val {row['val_acc']:.4f} test {row['test_acc']:.4f} ({row['epoch_seconds']:.1f}s)", flush=True)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        return next(line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or device.type
+
+
+def _git_commit():
+    """The commit of the package's checkout, or None outside a git checkout."""
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def job_info(device):
+    """Where and with what this attempt runs (``job.json``; MLflow tags)."""
+    try:
+        version = importlib.metadata.version("limit-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device),
+            "device_name": _device_name(device), "driver": driver_version(), "cuda": torch.version.cuda,
+            "git_commit": _git_commit(), "torch_version": torch.__version__, "limit_version": version,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def record_attempt(out, device):
+    """Write ``job.json``: this attempt at the top level (MLflow tags) and every attempt under ``attempts``. A
+    retry on another device model warns (numbers are bit-identical only on the same model) and adds
+    ``device_change`` (an MLflow tag)."""
+    path = out / rundir.JOB
+    old = rundir.read_json(path) if path.exists() else {}
+    attempts = old.get("attempts", [old] if old else [])  # a job.json of the previous version: one attempt
+    attempt = job_info(device)
+    attempts = [*attempts, attempt]
+    models = [a.get("device_name") for a in attempts]
+    job = {**attempt, "attempts": attempts}
+    if len(set(models)) > 1:
+        job["device_change"] = " -> ".join(m for i, m in enumerate(models) if i == 0 or m != models[i - 1])
+    if len(models) > 1 and models[-1] != models[-2]:
+        warnings.warn(f"{out}: attempt {len(models)} runs on {models[-1]}, attempt {len(models) - 1} ran on "
+                      f"{models[-2]}: a run resumed on another device model is not bit-identical to one run "
+                      f"on one model", RuntimeWarning)
+    rundir.write_json(path, job)

@@ -4,11 +4,11 @@ import pytest
 import torch
 from torch import nn
 
-from limit import data as D
-from limit import train as T
+from limit import data as D, models
+from limit.config import resolve_config
 from limit.datasets.clothing1m import _JpegDataset, clothing1m_labels
-from limit.models import Classifier
-from limit.train import build_networks, resolve_config, train
+from limit.models import Classifier, build_networks
+from limit.train import train
 from test_data_loaders import write_clothing1m
 
 
@@ -89,7 +89,7 @@ def test_clothing1m_training_crops_and_flips_through_train(tmp_path, monkeypatch
 
     monkeypatch.setattr(_JpegDataset, "__getitem__", spy)
     # A pooled linear model stands in for ResNet-50: this test is about the data path, not the network.
-    monkeypatch.setattr(T, "build_model", lambda *a, **k: Classifier(
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: Classifier(
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(3, 14)))
     metrics = train({"dataset": "clothing1m", "data_dir": str(root), "labels": str(labels), "method": "ce",
                      "arch": "resnet50", "epochs": 1, "batch_size": 16, "num_workers": 0, "device": "cpu",

@@ -9,8 +9,8 @@ import pytest
 import torch
 import yaml
 
-from limit.tools import cost
 from limit.runs.grid import expand_runs
+from limit.tools import cost
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = re.compile(r"^(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,.]+)\s+([\d,.]+)$")

@@ -7,9 +7,9 @@ import numpy as np
 
 from limit import data as D
 from limit.cli import main
-from limit.tools.detect_bench import QUICK, cleanlab_ranking
-from limit.report.stats import detection_metrics
 from limit.registry import DEFAULT_SCORE, SCORES
+from limit.report.stats import detection_metrics
+from limit.tools.detect_bench import QUICK, cleanlab_ranking
 
 
 def test_detect_bench_quick_scores_three_detectors_under_one_budget_rule(fmnist_dir, tmp_path, capsys):

@@ -49,7 +49,7 @@ def test_train_stops_at_once_with_one_error_line(fmnist_dir, make_labels, tmp_pa
 def test_job_json_keeps_every_attempt_and_names_a_change_of_device_model(tmp_path):
     import json
 
-    from limit.train import record_attempt
+    from limit.runtime import record_attempt
     (tmp_path / "job.json").write_text(json.dumps({"device": "cuda", "device_name": "NVIDIA A100-SXM4-80GB",
                                                    "slurm_job_id": "41"}))  # a previous version's job.json
     with pytest.warns(RuntimeWarning, match="attempt 2 runs on .*attempt 1 ran on NVIDIA A100"):

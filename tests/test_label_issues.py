@@ -9,11 +9,11 @@ from PIL import Image
 from scipy.stats import rankdata
 
 from limit import data as D
-from limit.tools import label_issues as LI
 from limit.cli import main
-from limit.tools.label_issues import SPLITS
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
+from limit.tools import label_issues as LI
+from limit.tools.label_issues import SPLITS
 
 CLASSES = ["bottom", "left", "top"]
 
@@ -185,6 +185,7 @@ def test_detection_metrics_on_a_known_ranking():
 def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_disk(tmp_path, monkeypatch, capsys):
     from torch import nn
 
+    from limit import models
     from limit import train as T
     from limit.datasets.clothing1m import clothing1m_labels
     from limit.models import Classifier
@@ -194,7 +195,7 @@ def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_dis
     D.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
                                                           "n": "all", "seed": 1, "val_size": None})
     # A pooled linear model stands in for ResNet-50 (classifier and q): this test is about the data path.
-    monkeypatch.setattr(T, "build_model", lambda *a, **k: Classifier(
+    monkeypatch.setattr(models, "build_model", lambda *a, **k: Classifier(
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(3, 14)))
     T.train({"dataset": "clothing1m", "data_dir": str(root), "labels": str(labels), "method": "limit_l",
              "arch": "resnet50", "epochs": 2, "batch_size": 16, "num_workers": 0, "device": "cpu"}, run)

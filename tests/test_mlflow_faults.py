@@ -23,8 +23,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.tracking.server import free_port, start_server, stop_server
 from limit.runs.rundir import run_tags
+from limit.tracking.server import free_port, start_server, stop_server
 from pipeline_helpers import pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.tracking.server import free_port, start_server, stop_server
 from limit.runs.rundir import run_tags
+from limit.tracking.server import free_port, start_server, stop_server
 from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.system

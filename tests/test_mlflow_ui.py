@@ -18,8 +18,8 @@ import pytest
 
 from mlflow.tracking import MlflowClient
 
-from limit.tracking.server import api, free_port, runs_table, runs_url, search_runs
 from limit.runs.rundir import run_tags
+from limit.tracking.server import api, free_port, runs_table, runs_url, search_runs
 from pipeline_helpers import ensure_debian_packages, pipeline_env
 
 pytestmark = pytest.mark.system

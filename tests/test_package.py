@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from limit.runs import rundir
+from limit.config import FIELD, FIELDS, JOB_DEFAULTS
 from limit.methods import LOSSES
-from limit.registry import HPARAMS, JOB_DEFAULTS, METHODS, TRAINING_DEFAULTS
+from limit.registry import HPARAMS, METHODS
+from limit.runs import rundir
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
@@ -26,13 +27,17 @@ def test_schema_hyperparameters_are_the_tables():
     assert set(METHODS) == set(LOSSES)
 
 
-def test_schema_training_defaults_are_the_tables():
+def test_schema_training_defaults_are_the_field_table():
     training = SCHEMA["definitions"]["training"]["properties"]
-    defaults = {**TRAINING_DEFAULTS, **JOB_DEFAULTS}
-    shared = set(training) & set(defaults)
-    assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init", "precision", "checkpoint_every",
-                      "test_curve_every", "deterministic", "decode", "keep_state", "pack"}
+    defaults = {**{f.name: f.default for f in FIELDS}, **JOB_DEFAULTS}
+    shared = {k for k in set(training) & set(defaults) if "default" in training[k]}
+    assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init", "test_curve_size", "precision",
+                      "checkpoint_every", "test_curve_every", "deterministic", "decode", "keep_state", "pack"}
     assert {k: training[k]["default"] for k in shared} == {k: defaults[k] for k in shared}
+    # every setting the workflow passes is one of the config's per-dataset training keys (or the grid's)
+    from_grid = {"method", "seed", "clean_validation", "device", "num_workers"}
+    assert {f.name for f in FIELDS if f.workflow} - from_grid <= set(training)
+    assert training["arch"]["enum"] == list(FIELD["arch"].choices)
 
 
 @pytest.mark.pipeline
@@ -87,7 +92,9 @@ def test_run_table_row_comes_from_config_fields(tmp_path):
                                                   "epochs_run": 4, "wall_seconds": 1.0})
     row = rundir.read_run(tmp_path)
     assert row["run_id"] == "mnist_3seeds/mnist/uniform-0.8/n1000/seed43/limit_l_s/beta10_lamb5"
-    assert list(row)[:13] == ["run_id", *rundir.IDENTITY, "run_dir"] and list(row)[-6:] == list(HPARAMS)
+    assert list(row)[:13] == ["run_id", "experiment", "dataset", "noise", "rate", "n", "seed", "variant", "method",
+                              "hparams", "arch", "clean_validation", "run_dir"]
+    assert list(row)[-6:] == list(HPARAMS)
     assert (row["beta"], row["lamb"], row["lr"], row["hparams"]) == (10.0, 5.0, None, "beta10_lamb5")
     assert rundir.run_tags(config)["rate"] == "0.8" and "lr" not in rundir.run_tags(config)
     # a run directory of the previous version: the same facts, as the MLflow tags of its tracking section

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from limit import methods
-from limit.runtime import parse_checkpoint_every
-from limit.runtime import configure, set_precision
+from limit.config import parse_checkpoint_every
 from limit.models import BasicBlock, Classifier, GlobalAvgPool, build_model
+from limit.runtime import configure, set_precision
 
 STEPS = 8
 # bf16 keeps 8 bits of mantissa: after STEPS Adam steps of a tiny ResNet the two runs' losses agree to within

@@ -8,11 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from limit.report import selection, stats
-from limit.report import fano
-from limit.report import figures
-from limit.report import paper
-from limit.report import tables
+from limit.report import fano, figures, paper, selection, stats, tables
 
 # The paper's tables, transcribed independently of limit/report/paper_numbers/*.csv
 SPEC = Path(__file__).resolve().parent / "data" / "paper_tables.md"
@@ -424,14 +420,10 @@ def test_no_table_cell_with_a_run_prints_missing(tmp_path):
     assert filled == 6 + 3 + 3 + 1 + 1 + 1
 
 
-def test_render_run_table(runs, tmp_path):
-    tables.render_run_table(runs, tmp_path / "runs.csv")
-    written = pd.read_csv(tmp_path / "runs.csv")
-    assert len(written) == len(runs) and written["selected"].dtype == bool
-
-
-def test_architecture_table_from_model(tmp_path):
+def test_architecture_table_is_the_model(tmp_path):
+    from limit.models import architecture_rows, mnist_cnn
     rows = tables.render_architecture_table(tmp_path / "table3")
+    assert rows.to_dict("records") == architecture_rows(mnist_cnn())
     assert list(rows["layer"]) == ["Conv"] * 4 + ["FC", "FC"]
     assert rows["parameters"].iloc[0] == ("32 filters, 4 × 4 kernels, stride 2, padding 1, batch normalization, "
                                           "ReLU")

@@ -169,7 +169,7 @@ def test_methods_that_start_from_the_ce_run(fmnist_dir, make_labels, tmp_path, m
 
 def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fmnist_dir, make_labels, tmp_path):
     cfg = config(fmnist_dir, make_labels(rate=0.5), method="limit_g_s", hparams={"beta": 1.0, "lamb": 50.0},
-                 eval_test_each_epoch=False)
+                 test_curve=False)
     train(cfg, tmp_path / "whole")
     train({**cfg, "epochs": 2, "keep_state": True}, tmp_path / "torn")  # a run stopped after its second epoch...
     state = tmp_path / "torn" / "state.pt"
@@ -181,7 +181,7 @@ def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fm
 
 
 def test_a_changed_ce_model_restarts_the_runs_initialised_from_it(fmnist_dir, make_labels, tmp_path):
-    labels, fast = make_labels(rate=0.5), {"epochs": 2, "eval_test_each_epoch": False}
+    labels, fast = make_labels(rate=0.5), {"epochs": 2, "test_curve": False}
     fw = config(fmnist_dir, labels, method="fw", init_from=str(tmp_path / "ce"), keep_state=True, **fast)
     train(config(fmnist_dir, labels, **fast), tmp_path / "ce")
     train(fw, tmp_path / "fw")

@@ -12,9 +12,10 @@ import torch
 import yaml
 from test_workflow import load_config, snakemake
 
-from limit import train as T
+from limit import data as D, train as T
+from limit.config import resolve_config
 from limit.methods import Context
-from limit.models import build_model
+from limit.models import build_model, make_optimizer
 from limit.registry import METHODS, get_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_validation_accuracy_is_the_unweighted_mean_of_per_batch_accuracies():
 
 def test_weight_decay_applies_to_weight_matrices_only():
     model = build_model("cnn", 10, 1, 28)
-    optimizer = T.make_optimizer([model], {"lr": 1e-3, "weight_decay": 0.01})
+    optimizer = make_optimizer([model], {"lr": 1e-3, "weight_decay": 0.01})
     decayed = {id(p) for group in optimizer.param_groups if group["weight_decay"] == 0.01 for p in group["params"]}
     named = dict(model.named_parameters())
     matrices = {n for n, p in named.items() if n.endswith("weight") and p.ndim >= 2}
@@ -98,7 +99,7 @@ def test_the_test_accuracy_is_that_of_the_best_validation_epoch(fmnist_dir, make
     best = torch.load(tmp_path / "run/best.pt", weights_only=True)
     last = torch.load(tmp_path / "run/state.pt", weights_only=True)["models"]["classifier"]
     assert best["epoch"] == 1
-    run_data = T.load_run_data(T.resolve_config(cfg), torch.device("cpu"))
+    run_data = D.load_run_data(resolve_config(cfg), torch.device("cpu"))
     accuracy = {}
     for name, weights in (("best", best["classifier"]), ("last", last)):
         model = build_model("cnn", 10, 1, 28)
@@ -119,7 +120,7 @@ def tiny_config(fmnist_dir, labels, method, **extra):
     hparams = {name: 1.0 for name in get_method(method).hparams}  # beta 1, lamb 1 (a sampling precision), sigma 1
     return {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(labels), "method": method,
             "hparams": hparams, "epochs": 1, "patience": 1, "batch_size": 128, "seed": 3,
-            "eval_test_each_epoch": False, **extra}
+            "test_curve": False, **extra}
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -13,8 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from limit.runs.grid import ConfigError, expand_runs, pack_runs, recorded_packs
-from limit.runs.grid import load_config as grid_load_config
+from limit.runs.grid import ConfigError, expand_runs, load_config as grid_load_config, pack_runs, recorded_packs
 from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]

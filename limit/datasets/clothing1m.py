@@ -17,7 +17,6 @@ import torchvision
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from limit.data import normalisation, to_float
 from limit.registry import DataError
 
 NUM_CLASSES = 14
@@ -189,12 +188,13 @@ class Clothing1MSplit:
     once with its path, and kept in ``unreadable`` (path -> error); the run counts them in its metrics.
     """
 
-    def __init__(self, root, split, device, augment=False, num_workers=4, image_size=224, decode="pil"):
+    def __init__(self, root, split, device, normalisation, augment=False, num_workers=4, image_size=224,
+                 decode="pil"):
         self.paths, self.labels, self.true_labels = read_clothing1m_split(root, split)
         self.device = torch.device(device)
         self.augment = augment
         self.decode = decode
-        self.mean, self.std = (t.to(self.device) for t in normalisation("clothing1m"))
+        self.mean, self.std = (t.to(self.device) for t in normalisation)  # limit.data.normalisation
         self.image_size, self.resize_size = image_size, round(image_size * 256 / 224)
         dataset = _JpegDataset([str(Path(root) / p) for p in self.paths], self.image_size, self.resize_size,
                                raw=decode == "torchvision")
@@ -239,7 +239,7 @@ class Clothing1MSplit:
                 continue
             idx = idx.to(self.device, non_blocking=pin)
             x = x.to(self.device, non_blocking=pin)
-            yield idx, to_float(x, self.mean, self.std)
+            yield idx, (x.float().div_(255.0) - self.mean) / self.std
 
     def _skipped(self, failed):
         for index, error in failed.items():

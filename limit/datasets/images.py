@@ -14,13 +14,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from limit.registry import IMAGE_CACHE_INFO
 from limit.runs import rundir
 
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
-CACHE_INFO = "dataset.json"
 CACHE_ARRAYS = "images.npz"
-# Image sides each architecture accepts (the paper's 4-layer CNN reduces 28-35 pixels to 1 x 1; the others pool).
-ARCH_SIZES = {"cnn": range(28, 36), "mlp": range(1, 10**6), "resnet34": range(8, 10**6), "resnet50": range(32, 10**6)}
 
 
 class ImageSourceError(ValueError):
@@ -137,13 +135,6 @@ def _read_geometry(paths, size):
     return (1 if grey else 3), size
 
 
-def check_arch(arch, size):
-    if size not in ARCH_SIZES[arch]:
-        allowed = ARCH_SIZES[arch]
-        raise ImageSourceError(f"architecture {arch!r} needs images of {allowed.start} to {allowed.stop - 1} "
-                               f"pixels, not {size}; set size to resize")
-
-
 def decode(paths, channels, size, desc):
     """Every image as uint8 (N, C, size, size), decoded once, with a progress bar on a terminal."""
     from PIL import Image
@@ -190,7 +181,7 @@ def import_images(source, out_dir, test=None, classes=None, size=None, channels=
         raise ImageSourceError(f"mean and std need {channels} values each (std > 0), got {mean} and {std}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CACHE_INFO).unlink(missing_ok=True)  # a cache is complete only once dataset.json is back
+    (out / IMAGE_CACHE_INFO).unlink(missing_ok=True)  # a cache is complete only once dataset.json is back
     rundir.save_npz(out / CACHE_ARRAYS, train_x=train_x, train_y=train.labels,
                     train_paths=np.array(train.paths, dtype=str), test_x=test_x,
                     test_y=test_source.labels if test_source else np.empty(0, dtype=np.int64),
@@ -199,35 +190,12 @@ def import_images(source, out_dir, test=None, classes=None, size=None, channels=
             "classes": train.classes,
             "channels": channels, "size": size, "mean": list(mean), "std": list(std),
             "num_train": len(train.paths), "num_test": len(test_x)}
-    rundir.write_json(out / CACHE_INFO, info)
+    rundir.write_json(out / IMAGE_CACHE_INFO, info)
     return info
 
 
-def is_image_cache(name):
-    return (Path(name) / CACHE_INFO).is_file()
-
-
-def _info(cache_dir):
-    return json.loads((Path(cache_dir) / CACHE_INFO).read_text())
-
-
-def cache_name(cache_dir):
-    """An image dataset's name (its identity in run ids, tables and MLflow): the one its cache records, else the
-    cache folder's."""
-    name = _info(cache_dir).get("name") if is_image_cache(cache_dir) else None
-    return name or Path(cache_dir).resolve().name
-
-
 def cache_classes(cache_dir):
-    return _info(cache_dir)["classes"]
-
-
-def cache_info(cache_dir):
-    """The cache as a ``limit.registry.DatasetInfo`` (no augmentation; its own normalisation)."""
-    from limit.registry import DatasetInfo
-    info = _info(cache_dir)
-    return DatasetInfo(len(info["classes"]), info["num_train"], info["channels"], info["size"], "", False,
-                       tuple(info["mean"]), tuple(info["std"]))
+    return json.loads((Path(cache_dir) / IMAGE_CACHE_INFO).read_text())["classes"]
 
 
 class CacheArrays(NamedTuple):
@@ -242,3 +210,29 @@ class CacheArrays(NamedTuple):
 def read_cache(cache_dir):
     with np.load(Path(cache_dir) / CACHE_ARRAYS, allow_pickle=False) as f:
         return CacheArrays(*(f[k] for k in CacheArrays._fields))
+
+
+def add_import_images_arguments(parser):
+    parser.description = ("SOURCE is an ImageFolder tree (root/<class>/<image>) or a CSV with the columns path,label "
+                          "(paths relative to the CSV). The cache directory --out is then a dataset: `corrupt "
+                          "--dataset OUT --noise given --rate 0`, `train --dataset OUT`.")
+    parser.add_argument("source", help="ImageFolder root or CSV file of the training images")
+    parser.add_argument("--test", help="optional test images (same layout and classes); without them, runs report "
+                                       "accuracy on the validation split")
+    parser.add_argument("--classes", nargs="+", help="the class list, in label order (default: sorted names)")
+    parser.add_argument("--size", type=int, help="resize every image to SIZE x SIZE (default: all must share one "
+                                                 "size)")
+    parser.add_argument("--channels", type=int, choices=(1, 3), help="1 (greyscale) or 3 (RGB); default: 1 if "
+                                                                     "every image is greyscale")
+    parser.add_argument("--mean", type=float, nargs="+", help="per-channel mean on the 0-1 scale (default: "
+                                                              "computed over the training images)")
+    parser.add_argument("--std", type=float, nargs="+", help="per-channel std (default: computed likewise)")
+    parser.add_argument("--out", required=True, help="cache directory to write")
+
+
+def run_import_images(args):
+    info = import_images(args.source, args.out, test=args.test, classes=args.classes, size=args.size,
+                         channels=args.channels, mean=args.mean, std=args.std)
+    print(f"{args.out}: {info['num_train']} training and {info['num_test']} test images, {len(info['classes'])} "
+          f"classes, {info['channels']} x {info['size']} x {info['size']}, mean {info['mean']}, std {info['std']}; "
+          f"train with --dataset {args.out}")

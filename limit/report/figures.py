@@ -19,13 +19,12 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from scipy.ndimage import gaussian_filter1d  # noqa: E402
 
-from limit.runs import rundir  # noqa: E402
-from limit.report.stats import detection_auc, read_train_scores  # noqa: E402
-from limit.report.selection import normalise_runs, selected_runs  # noqa: E402
-from limit.report.fano import fano_lower_bound, label_entropy  # noqa: E402
-from limit.report.paper import (configuration_label, math_label, number_text, setting_title,  # noqa: E402
-                                variant_order)
 from limit.registry import HPARAMS  # noqa: E402
+from limit.report.fano import fano_lower_bound, label_entropy  # noqa: E402
+from limit.report.paper import configuration_label, math_label, number_text, variant_order  # noqa: E402
+from limit.report.selection import normalise_runs, selected_runs  # noqa: E402
+from limit.report.stats import detection_auc, read_train_scores  # noqa: E402
+from limit.runs import rundir  # noqa: E402
 
 BAND_PERCENTILES = (2.5, 97.5)  # the 95% bootstrap confidence interval of the mean over seeds
 N_BOOT = 1000
@@ -213,11 +212,11 @@ def figure_memorisation(runs, out_prefix, rate=0.8, smoothing=None):
         raise ValueError(f"no runs of a Figure-1 block at rate {rate}")
     chosen = selected_runs(block, experiments=tuple(block["experiment"].unique()))
     row = chosen.iloc[0]
+    setting = rundir.setting_text(row.dataset, row.noise, rate, row.n, style="title")
     fig, axes, shown, drawn = _accuracy_figure(
         chosen, ["train_acc", "val_acc"],
         ["training accuracy (noisy labels)", "validation accuracy (clean labels)"],
-        f"Memorisation vs. regularisation: {setting_title(row.dataset, row.noise, rate, row.n)}", smoothing,
-        (11, 4.2), 1, loc="lower right")
+        f"Memorisation vs. regularisation: {setting}", smoothing, (11, 4.2), 1, loc="lower right")
     axes[0, 0].axhline(1 - rate, color="black", linestyle="--", linewidth=1)
     axes[0, 0].annotate(f"optimum 1 − p = {1 - rate:.0%}", (0, 1 - rate), xytext=(2, 3),
                         textcoords="offset points", fontsize=8)
@@ -230,10 +229,11 @@ def figure_curves(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, 
     """Figure 3: training and test accuracy per epoch of each method's selected configuration (mean over
     seeds)."""
     chosen = _setting_runs(selected_runs(runs), dataset, noise, rate, n)
+    setting = rundir.setting_text(dataset, noise, rate, n, style="title")
     fig, axes, shown, drawn = _accuracy_figure(
         chosen, ["train_acc", "test_acc"],
         ["training accuracy (noisy labels)", "test accuracy (clean labels)"],
-        f"Training and test accuracy: {setting_title(dataset, noise, rate, n)}", smoothing, (12, 4.5), 1,
+        f"Training and test accuracy: {setting}", smoothing, (12, 4.5), 1,
         loc="center left", bbox_to_anchor=(1.02, 0.5))
     save_figure(fig, out_prefix, drawn)
     return shown
@@ -264,7 +264,7 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
             ax.set(title=f"{name}: {what}", xlabel="epoch", ylabel="accuracy")
         curve_legend(panels[1], palette, curves, loc="center left", bbox_to_anchor=(1.02, 0.5))
         notes.append(seeds_note(curves, smoothing))
-    fig.suptitle(f"Effect of β: {setting_title(dataset, noise, rate, n)}\n"
+    fig.suptitle(f"Effect of β: {rundir.setting_text(dataset, noise, rate, n, style='title')}\n"
                  + "; ".join(dict.fromkeys(notes)), fontsize=10)
     save_figure(fig, out_prefix, pd.concat(drawn, ignore_index=True))
     return runs

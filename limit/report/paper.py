@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from limit.registry import HPARAMS
+
 PAPER_NUMBERS_DIR = Path(__file__).parent / "paper_numbers"
 PAPER_TABLES = ("table1", "table2", "table4", "table5", "table6", "table7")
 
@@ -23,14 +25,6 @@ METHOD_LABELS = {
     "limit_l": "LIMIT_L − S",
     "limit_g_init": "LIMIT_G + init",
     "limit_l_init": "LIMIT_L + init",
-}
-
-DATASET_LABELS = {
-    "mnist": "MNIST",
-    "fashion_mnist": "Fashion-MNIST",
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "clothing1m": "Clothing1M",
 }
 
 # Paper ROC AUC (%) of the gradient distance as a mislabeled-example detector (Section 5, Appendix C), keyed by
@@ -66,22 +60,11 @@ def label(variant, method=None):
     return variant
 
 
-def setting_title(dataset, noise, rate, n):
-    """'MNIST, 80% uniform noise, n = 1000': a data setting in a figure's or table's words."""
-    size = "all training samples" if str(n) == "all" else f"n = {n}"
-    return f"{DATASET_LABELS.get(dataset, dataset)}, {rate:.0%} {noise} noise, {size}"
-
-
 def variant_order(variant_methods):
     """Variants (a variant -> method mapping) in the paper's method order; others after their method, by name."""
     position = {m: i for i, m in enumerate(METHOD_LABELS)}
     return sorted(variant_methods, key=lambda v: (
         position.get(variant_methods[v], len(position)), v not in position, v))
-
-
-# How a hyperparameter reads in a legend.
-HPARAM_SYMBOLS = {"beta": "β", "lamb": "λ", "sigma": "σ", "lr": "lr", "dropout": "dropout",
-                  "weight_decay": "weight decay"}
 
 
 def number_text(value):
@@ -100,7 +83,7 @@ def configuration_label(variant, method, hparams):
     name = label(variant, method).removesuffix(" − S")
     shown = []
     for key, value in hparams.items():
-        symbol = HPARAM_SYMBOLS.get(key, key)
+        symbol = HPARAMS[key].symbol if key in HPARAMS else key
         if name.endswith(f" + {symbol}"):  # the variant names its hyperparameter: 'CE + dropout 0.5'
             name = f"{name} {number_text(value)}"
         else:

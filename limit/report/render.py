@@ -5,15 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from limit.report import figures
-from limit.runs import rundir
-from limit.report import tables
+from limit.registry import DATASETS
+from limit.report import figures, tables
+from limit.report.paper import configuration_label, math_label
 from limit.report.selection import best_limit_run, normalise_runs, selected_runs
-from limit.report.paper import configuration_label, math_label, setting_title
-
-
-def setting_name(dataset, noise, rate, n):
-    return f"{dataset}_{noise}-{rate:g}_n{n}"
+from limit.runs import rundir
 
 
 def markdown_table_to_html(markdown):
@@ -48,7 +44,6 @@ def render_tables(runs, out_dir):
         tables.render_table(runs, spec, out / spec.name)
     tables.render_architecture_table(out / "table3_architecture")
     tables.detection_table(runs, out / "detection_auc")
-    tables.render_run_table(runs, out / "all_runs.csv")
     for markdown in out.glob("*.md"):  # Snakemake's report shows HTML
         markdown.with_suffix(".html").write_text(markdown_table_to_html(markdown.read_text()))
 
@@ -70,24 +65,23 @@ def render_figures(runs, out_dir, data_dir):
         figures.figure_memorisation(runs, out / "figure1_memorisation", rate=float(figure1["rate"].max()))
     settings = list(_noisiest_settings(runs))
     for i, (dataset, noise, n, rate) in enumerate(settings):
-        suffix = "" if i == 0 else f"_{setting_name(dataset, noise, rate, n)}"
-        figures.figure_curves(runs, out / f"figure3_curves{suffix}", dataset, noise, rate, n)
+        name = rundir.setting_text(dataset, noise, rate, n, style="name")
+        figures.figure_curves(runs, out / f"figure3_curves{'' if i == 0 else '_' + name}", dataset, noise, rate, n)
         limit_variants = tuple(v for v in ("limit_g", "limit_l") if v in set(runs["variant"]))
         if limit_variants:
-            figures.figure_beta(runs, out / f"figureA0_beta_{setting_name(dataset, noise, rate, n)}", dataset, noise,
-                          rate, n, limit_variants)
+            figures.figure_beta(runs, out / f"figureA0_beta_{name}", dataset, noise, rate, n, limit_variants)
     chosen = selected_runs(runs)
     for setting in chosen[["dataset", "noise", "rate", "n"]].drop_duplicates().itertuples(index=False):
         run = best_limit_run(runs, *setting)
         if run is None or not (Path(run.run_dir) / rundir.TRAIN_SCORES).exists():
             continue
-        name = setting_name(*setting)
-        title = math_label(f"{setting_title(*setting)}: "
+        name = rundir.setting_text(*setting, style="name")
+        title = math_label(f"{rundir.setting_text(*setting, style='title')}: "
                            f"{configuration_label(run.variant, run.method, figures.run_hparams(run))}, seed {run.seed}")
         if setting.rate > 0:
             figures.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}",
                                       title=f"Training set, {title}")
-        elif setting.dataset != "clothing1m":
+        elif not (setting.dataset in DATASETS and DATASETS[setting.dataset].streamed):
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
             from limit.data import load_arrays
             dataset = rundir.read_json(Path(run.run_dir) / rundir.CONFIG)["dataset"]  # or an image cache
@@ -114,3 +108,15 @@ def render_report(runs_csv, tables_dir, figures_dir, data_dir):
         new.rename(final)
         shutil.rmtree(old, ignore_errors=True)
     return sorted(p.name for d in staged for p in d.iterdir())
+
+
+def add_report_arguments(parser):
+    parser.add_argument("--runs", required=True, help="CSV written by `aggregate`")
+    parser.add_argument("--tables", required=True, help="output directory of the tables")
+    parser.add_argument("--figures", required=True, help="output directory of the figures")
+    parser.add_argument("--data-dir", default="data", help="dataset directory (images of Figure 4)")
+
+
+def run_report(args):
+    written = render_report(args.runs, args.tables, args.figures, args.data_dir)
+    print(f"{len(written)} table and figure files in {args.tables} and {args.figures}")

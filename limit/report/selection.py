@@ -4,9 +4,14 @@ The run table (``runs.csv``, written by ``limit aggregate``) has a ``selected`` 
 ``limit select``, and a ``figure1`` column: the runs of the blocks that draw Figure 1 (MLP, clean validation),
 which share data settings with Table 1 but are not table entries.
 """
+import json
+
 import numpy as np
+import pandas as pd
 
 from limit.registry import HPARAMS, LIMIT_METHODS
+from limit.runs import rundir
+from limit.tracking.uri import TRACKING_URI_HELP
 
 SETTING = ["experiment", "dataset", "noise", "rate", "n", "variant"]
 CONFIGURATION = SETTING + ["hparams"]
@@ -67,3 +72,53 @@ def best_limit_run(runs, dataset, noise, rate, n):
     mean_val = chosen.groupby("variant")["best_val_acc"].transform("mean")
     best_variant = chosen.loc[mean_val.idxmax(), "variant"]
     return chosen[chosen["variant"] == best_variant].iloc[0]
+
+
+def run_table(run_dirs):
+    """The run-table rows of finished run directories."""
+    return pd.DataFrame([rundir.read_run(d) for d in run_dirs])
+
+
+def add_select_arguments(parser):
+    parser.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the group")
+    parser.add_argument("--out", required=True, help="JSON file with the selection")
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+    parser.add_argument("--no-tracking", action="store_true", help="do not tag the selected runs in MLflow")
+
+
+def run_select(args):
+    """Pick the hyperparameters with the best mean noisy-validation accuracy over seeds."""
+    runs = run_table(args.run_dirs)
+    configs = select_configurations(runs)
+    chosen = configs[configs["selected"]].iloc[0]
+    result = {"selected": chosen["hparams"],
+              "configurations": json.loads(configs.to_json(orient="records")),
+              "run_dirs": sorted(runs.loc[runs["hparams"] == chosen["hparams"], "run_dir"]),
+              "all_run_dirs": sorted(runs["run_dir"])}
+    rundir.write_json(args.out, result)
+    if not args.no_tracking:
+        from limit.tracking.client import tag_selection
+        tag_selection(runs["run_dir"], set(result["run_dirs"]), chosen, args.tracking_uri)
+    print(f"{args.out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
+          f"over {chosen['seeds']} seeds)")
+
+
+def add_aggregate_arguments(parser):
+    parser.add_argument("--selections", nargs="+", required=True, help="JSON files written by `select`")
+    parser.add_argument("--out-runs", required=True, help="CSV of every run")
+    parser.add_argument("--out-selected", required=True, help="CSV of every configuration, aggregated over seeds")
+    parser.add_argument("--figure1-experiments", nargs="*", default=(),
+                        help="experiment blocks that draw Figure 1 (kept out of the tables and the other figures)")
+
+
+def run_aggregate(args):
+    """All runs in one table, with a ``selected`` column from the decisions of `select`, for the report stage."""
+    # The selection files list their groups' runs: the command line stays short for 5,000 runs.
+    selections = [rundir.read_json(path) for path in args.selections]
+    runs = normalise_runs(run_table([d for s in selections for d in s["all_run_dirs"]]))
+    runs["selected"] = runs["run_dir"].isin({d for s in selections for d in s["run_dirs"]})
+    runs["figure1"] = runs["experiment"].isin(args.figure1_experiments)
+    runs = runs.sort_values("run_id")
+    rundir.write_text(args.out_runs, runs.to_csv(index=False))
+    rundir.write_text(args.out_selected, configurations(runs).to_csv(index=False))
+    print(f"{args.out_runs}: {len(runs)} runs, {int(runs['selected'].sum())} in selected configurations")

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
-from torch import nn
 
-from limit.runs import rundir
+from limit.registry import DATASETS, dataset_label
+from limit.report.paper import (PAPER_DETECTION_AUC, PAPER_NUMBERS_DIR, PAPER_TABLES, all_paper_numbers, label,
+                                paper_numbers, variant_order)
 from limit.report.selection import best_limit_run, normalise_runs, selected_runs
 from limit.report.stats import bootstrap_from_run, detection_auc, read_train_scores
-from limit.models import mnist_cnn
-from limit.report.paper import (DATASET_LABELS, PAPER_DETECTION_AUC, PAPER_TABLES, all_paper_numbers, label, paper_numbers, setting_title, variant_order)
+from limit.runs import rundir
 
-BOOTSTRAP_DATASETS = ("cifar10", "cifar100", "clothing1m")
 MISSING = "—"
 PAPER_TITLES = {
     "table1": "Table 1: MNIST, uniform label noise",
@@ -70,33 +68,18 @@ def setting_key(dataset, noise, rate, n):
     return dataset, None if rate == 0 else noise, rate, str(n)
 
 
-def _rate_text(rate):
-    text = f"{rate:g}"
-    return text if "." in text else text + ".0"
-
-
-def _n_text(n):
-    return {"1000": "1e3", "10000": "1e4", "all": "All"}.get(n, n)
-
-
 def make_columns(settings):
     """Columns for (dataset, noise, rate, n) tuples; labels name only what varies across the table."""
     settings = list(settings)
     many = {field: len({s[i] for s in settings}) > 1 for i, field in enumerate(["dataset", "noise", "rate", "n"])}
     columns = []
     for dataset, noise, rate, n in settings:
-        parts = []
-        if many["dataset"]:
-            parts.append(DATASET_LABELS.get(dataset, dataset))
-        if noise != "real":
-            if many["noise"]:
-                parts.append(noise)
-            parts.append(f"p={_rate_text(rate)}")
-        if many["n"] or n != "all":
-            parts.append(f"n={_n_text(n)}")
-        text = " ".join(parts) if many["dataset"] else ", ".join(parts)
+        show = [field for field, shown in (("dataset", many["dataset"]), ("noise", many["noise"]), ("rate", True),
+                                           ("n", many["n"] or n != "all")) if shown]
+        text = rundir.setting_text(dataset, noise, rate, n, style="column", show=show)
         rate = math.nan if rate is None else float(rate)
-        columns.append(Column(dataset, noise, rate, n, text, 2 if dataset == "clothing1m" else 1))
+        decimals = DATASETS[dataset].decimals if dataset in DATASETS else 1
+        columns.append(Column(dataset, noise, rate, n, text, decimals))
     return tuple(columns)
 
 
@@ -111,8 +94,8 @@ def _row_order(runs):
 def setting_table_spec(name, dataset, noise, rates, ns, variants, experiments=None, layout=None, title=None,
                        compare_to_paper=True):
     """A table over one dataset and noise model: columns = rates x ns (in the given order), rows = variants."""
-    layout = layout or ("bootstrap" if dataset in BOOTSTRAP_DATASETS else "seeds")
-    title = title or f"{DATASET_LABELS.get(dataset, dataset)}, {noise} label noise"
+    layout = layout or (DATASETS[dataset].table_layout if dataset in DATASETS else "seeds")
+    title = title or f"{dataset_label(dataset)}, {noise} label noise"
     columns = make_columns([(dataset, noise, rate, str(n)) for rate in rates for n in ns])
     return TableSpec(name, title, layout, tuple(variants), columns, experiments, compare_to_paper)
 
@@ -181,9 +164,9 @@ def table_cells(runs, spec):
             key = setting_key(column.dataset, column.noise, column.rate, column.n)
             ours = groups.get((row, key))
             mean = std = math.nan
-            seeds, hparams, run_id = 0, "", ""
+            seeds, hparams_label, run_id = 0, "", ""
             if ours is not None:
-                hparams = ours["hparams"].iloc[0]
+                hparams_label = ours["hparams"].iloc[0]
                 if spec.layout == "seeds":
                     mean, std = 100 * ours["test_acc"].mean(), 100 * ours["test_acc"].std()
                     seeds = len(ours)
@@ -197,7 +180,7 @@ def table_cells(runs, spec):
             records.append(dict(table=spec.name, row=row, method_label=label(row, methods.get(row)),
                                 column=column.label, dataset=column.dataset, noise=column.noise,
                                 rate=column.rate, n=column.n,
-                                hparams=hparams, run_id=run_id, seeds=seeds, ours_mean=mean, ours_std=std,
+                                hparams=hparams_label, run_id=run_id, seeds=seeds, ours_mean=mean, ours_std=std,
                                 paper_mean=paper_mean, paper_std=paper_std, difference=mean - paper_mean))
     cells = pd.DataFrame.from_records(records)
     cells["bold"] = _bold_marks(cells)
@@ -305,11 +288,6 @@ def render_table(runs, spec, out_prefix):
     return cells
 
 
-def render_run_table(runs, path):
-    """All runs as CSV, with their ``selected`` mark."""
-    runs.sort_values("run_id").to_csv(path, index=False)
-
-
 def detection_table(runs, out_prefix):
     """ROC AUC (%) of the gradient distance as a mislabeled-label detector, with the best LIMIT instance of each
     noisy setting that saved ``train_scores.npz``, next to the paper's value. Writes .md and .csv."""
@@ -332,55 +310,24 @@ def detection_table(runs, out_prefix):
     lines = ["### Mislabeled-example detection: ROC AUC (%) of ‖μ − g_CE‖ (best LIMIT instance per setting)", "",
              "| Setting | LIMIT run | ours | paper |", "|---|---|---|---|"]
     for row in table.itertuples():
-        setting = setting_title(row.dataset, row.noise, row.rate, row.n)
+        setting = rundir.setting_text(row.dataset, row.noise, row.rate, row.n, style="title")
         ours = "—" if math.isnan(row.auc) else f"{row.auc:.2f}"
         lines.append(f"| {setting} | {label(row.variant)} ({row.hparams}) | {ours} | {row.paper_auc} |")
     Path(f"{out_prefix}.md").write_text("\n".join(lines) + "\n")
     return table
 
 
-def _conv_text(conv):
-    kernel = " × ".join(map(str, conv.kernel_size))
-    return f"{conv.out_channels} filters, {kernel} kernels, stride {conv.stride[0]}, padding {conv.padding[0]}"
-
-
-def architecture_rows(model, input_shape=(1, 1, 28, 28)):
-    """Paper Table 3 rows read off a classifier: one row per Conv2d/Linear with the BN/ReLU that follow it."""
-    rows = []
-    x = torch.zeros(input_shape)
-    model.eval()
-    with torch.no_grad():
-        for module in [*model.features, model.head]:
-            x = module(x)
-            if isinstance(module, nn.Conv2d):
-                rows.append(dict(layer="Conv", parameters=[_conv_text(module)], modules=[module]))
-            elif isinstance(module, nn.Linear):
-                rows.append(dict(layer="FC", parameters=[f"{module.out_features} units"], modules=[module]))
-            elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                rows[-1]["parameters"].append("batch normalization")
-                rows[-1]["modules"].append(module)
-            elif isinstance(module, nn.ReLU):
-                rows[-1]["parameters"].append("ReLU")
-            else:
-                continue
-            rows[-1]["output"] = " × ".join(map(str, x.shape[1:]))
-    if rows[-1]["parameters"][-1] != "ReLU":
-        rows[-1]["parameters"].append("linear activation")
-    return pd.DataFrame([dict(layer=r["layer"], parameters=", ".join(r["parameters"]), output=r["output"],
-                              weights=sum(p.numel() for m in r["modules"] for p in m.parameters()))
-                         for r in rows])
-
-
 def render_architecture_table(path_prefix):
-    """Paper Table 3 (the MNIST CNN) from ``limit.models.mnist_cnn``: writes .md, .tex, .csv; returns the rows."""
-    rows = architecture_rows(mnist_cnn())
+    """Paper Table 3 (the MNIST CNN, as ``limit.models.mnist_cnn`` builds it: a test checks the rows against it):
+    writes .md, .tex, .csv; returns the rows."""
+    rows = pd.read_csv(PAPER_NUMBERS_DIR / "table3.csv")
     path_prefix = str(path_prefix)
     rows.to_csv(path_prefix + ".csv", index=False)
     total = int(rows["weights"].sum())
     title = "Table 3: the architecture of the MNIST classifiers (input 1 × 28 × 28)"
     md = [f"### {title}", "", "| Layer type | Parameters | Output | # weights |", "|---|---|---|---|"]
     md += [f"| {r.layer} | {r.parameters} | {r.output} | {r.weights:,} |" for r in rows.itertuples()]
-    md += [f"| Total | | | {total:,} |", "", "Read from limit.models.mnist_cnn.", ""]
+    md += [f"| Total | | | {total:,} |", "", "As limit.models.mnist_cnn builds it.", ""]
     with open(path_prefix + ".md", "w") as f:
         f.write("\n".join(md))
     tex = ["\\begin{table}[t]", "\\centering", f"\\caption{{{latex_escape(title)}}}",

@@ -10,17 +10,16 @@ import json
 import os
 from pathlib import Path
 
-from limit.datasets.images import check_arch, check_sources
+from limit.config import FIELD, FIELDS, JOB_DEFAULTS, argument
+from limit.datasets.images import check_sources
 from limit.noise import HUMAN_NOISE, check_noise
-from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, JOB_DEFAULTS, TRAINING_DEFAULTS, dataset_info,
-                            get_method, hparam_problem, is_limit, method_name, unknown_name)
-from limit.runs.rundir import fmt, group_key, hparam_label, run_id
+from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, check_arch, dataset_info, get_method, hparam_problem,
+                            is_limit, method_name, unknown_name)
+from limit.runs.rundir import group_key, hparams_label, run_id
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
 SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
-# Per-dataset training settings of how a run uses its job (defaults: limit.registry.TRAINING_DEFAULTS).
-DEVICE_SETTINGS = ("precision", "checkpoint_every", "test_curve_every", "deterministic", "decode", "keep_state")
 
 
 class ConfigError(ValueError):
@@ -66,9 +65,9 @@ def _check_experiment(name, exp, config, image_datasets):
             raise ConfigError(f"training.{dataset}.max_runtime: {train['max_runtime']} is less than runtime "
                               f"({train['runtime']})")
         for noise in exp["noise"]:
-            if dataset == "clothing1m":
+            if dataset in DATASETS and DATASETS[dataset].real_noise:
                 if noise != "real":
-                    raise ConfigError(f"{where}.noise: clothing1m has real label noise; use noise: [real]")
+                    raise ConfigError(f"{where}.noise: {dataset} has real label noise; use noise: [real]")
                 continue
             for rate in exp["rates"]:
                 try:
@@ -158,26 +157,30 @@ def expand_runs(config):
                 for values in itertools.product(*grid.values()):
                     hparams = dict(zip(grid, values))
                     row = {
+                        # the run's training settings (limit.config.FIELDS); the grid's own ones below
+                        **{f.name: train.get(f.name, f.default) for f in FIELDS if f.workflow},
                         "experiment": name, "dataset": dataset, "noise": noise,
                         "rate": float(rate), "n": str(n), "seed": int(seed), "variant": variant, "method": method,
                         "image_dataset": dataset in image_datasets,
                         "label_issues": bool(exp.get("label_issues")) and is_limit(method),
-                        "hparams": hparam_label(hparams), **{c: hparams.get(c) for c in HPARAMS},
-                        "clean_validation": bool(exp.get("clean_validation", False)),
-                        "arch": train["arch"],
-                        "epochs": int(spec.get("epochs", train["epochs"])),
-                        "patience": int(spec.get("patience", train["patience"])),
-                        "batch_size": int(train["batch_size"]), "val_size": train.get("val_size"),
-                        "test_curve_size": train.get("test_curve_size"),
-                        "bn_init": train.get("bn_init", TRAINING_DEFAULTS["bn_init"]),
+                        "hparams": hparams_label(hparams), **{c: hparams.get(c) for c in HPARAMS},
+                        "val_size": train.get("val_size"),
                         "threads": int(train["threads"]), "mem_mb": int(train["mem_mb"]),
                         "runtime": int(train["runtime"]), "gpus": int(train["gpus"]),
                         "max_runtime": int(train.get("max_runtime", train["runtime"])),
                         **{k: train.get(k) for k in SLURM_RESOURCES},
                         "slurm_partition": train.get("slurm_partition", config.get("slurm_partition")),
-                        "log_checkpoints": train.get("log_checkpoints", config["mlflow"].get("log_checkpoints", True)),
-                        **{k: train.get(k, TRAINING_DEFAULTS[k]) for k in DEVICE_SETTINGS},
                         "pack": int(train.get("pack", JOB_DEFAULTS["pack"])),
+                        "arch": train["arch"],
+                        "epochs": int(spec.get("epochs", train["epochs"])),
+                        "patience": int(spec.get("patience", train["patience"])),
+                        "clean_validation": bool(exp.get("clean_validation", False)),
+                        "log_checkpoints": train.get("log_checkpoints", config["mlflow"].get("log_checkpoints", True)),
+                        # a GPU job trains on its GPU or stops at once, never on the CPU
+                        "device": "cuda" if train["gpus"] > 0 else FIELD["device"].default,
+                        # a dataset streamed from disk decodes with the job's threads
+                        "num_workers": (int(train["threads"]) if dataset in DATASETS and DATASETS[dataset].streamed
+                                        else FIELD["num_workers"].default),
                         "init_from": None,
                     }
                     rows.append({"run_id": run_id(row), **row})
@@ -204,29 +207,22 @@ def _link_ce_runs(rows):
 
 
 def train_arguments(row):
-    """The training settings of a run as ``python -m limit train`` arguments (the workflow adds its files:
-    --dataset, --data-dir, --labels, --init-from, --out, and where it tracks and what it keeps)."""
-    args = ["--method", row["method"], "--arch", row["arch"],
-            "--epochs", str(row["epochs"]), "--patience", str(row["patience"]), "--batch-size", str(row["batch_size"]),
-            "--seed", str(row["seed"]), "--bn-init", row["bn_init"], "--experiment", row["experiment"],
-            "--variant", row["variant"]]
-    for name in HPARAMS:
-        if row[name] is not None:
-            args += [f"--{name.replace('_', '-')}", fmt(row[name])]
-    if row["test_curve_size"]:
-        args += ["--test-curve-size", str(row["test_curve_size"])]
-    for key in ("precision", "checkpoint_every", "test_curve_every"):
-        if row[key] != TRAINING_DEFAULTS[key]:
-            args += [f"--{key.replace('_', '-')}", str(row[key])]
-    if not row["deterministic"]:
-        args.append("--nondeterministic")
-    if row["gpus"] > 0:  # a GPU job trains on its GPU or stops at once, never on the CPU
-        args += ["--device", "cuda"]
-    if row["dataset"] == "clothing1m":  # loader workers = the job's threads
-        args += ["--num-workers", str(row["threads"]), "--decode", row["decode"]]
-    if row["clean_validation"]:
-        args.append("--clean-validation")
-    return args
+    """The training settings of a run as ``limit train`` arguments: the fields the workflow always passes, the
+    run's place in the grid, its hyperparameters, then the fields that differ from their default (the workflow
+    adds its files: --dataset, --data-dir, --labels, --init-from, --out; and ``output_arguments``)."""
+    args = [a for f in FIELDS if f.workflow == "always" for a in argument(f.name, row[f.name])]
+    args += ["--experiment", row["experiment"], "--variant", row["variant"]]
+    args += [a for name in HPARAMS if row[name] is not None for a in argument(name, float(row[name]))]
+    return args + [a for f in FIELDS if f.workflow == "changed" and row[f.name] not in (None, f.default)
+                   for a in argument(f.name, row[f.name])]
+
+
+def output_arguments(row):
+    """What a run keeps (its state once finished, MLflow's copy of its checkpoints) as ``limit train``
+    arguments: not what it computes, so the workflow derives them from the run's output and a change reruns
+    nothing."""
+    return [a for f in FIELDS if f.workflow == "output" and row[f.name] != f.default
+            for a in argument(f.name, row[f.name])]
 
 
 def check_slurm_submission(config, rows, tracking_uri):

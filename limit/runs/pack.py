@@ -11,6 +11,7 @@ A GPU in EXCLUSIVE_PROCESS compute mode takes one CUDA context: the pack then st
 (its pipe and log directories in the job's temporary directory), whose one context the members share, and
 stops it at the end; without ``nvidia-cuda-mps-control`` it stops at once (docs/cluster.md, GPU compute modes).
 """
+import argparse
 import contextlib
 import ctypes
 import os
@@ -23,7 +24,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from limit.runs.rundir import TrainingError
+from limit.config import add_train_arguments
+from limit.runs.rundir import TrainingError, write_json
 
 PR_SET_PDEATHSIG = 1
 
@@ -116,3 +118,30 @@ def run_pack(runs, threads):
         for relay in relays:
             relay.join()
         return [name for name, proc in procs.items() if proc.wait() != 0]
+
+
+class _MemberParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(f"{self.prog}: {message}")
+
+
+def add_train_pack_arguments(parser):
+    parser.description = ("Train several runs at the same time, each in its own `train` process; started again "
+                          "with the same command, every member resumes.")
+    parser.add_argument("runs", nargs="+", metavar="RUN", help="the arguments of one `limit train`, quoted")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of each run")
+    parser.add_argument("--out", help="JSON file listing the run directories, written once every run has finished")
+
+
+def run_train_pack(args):
+    """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
+    parser = _MemberParser(prog="limit train", add_help=False)
+    add_train_arguments(parser)
+    for run in args.runs:  # bad arguments stop the pack before any member starts
+        parser.parse_args(shlex.split(run))
+    failed = run_pack(args.runs, args.threads)
+    if failed:
+        raise TrainingError(f"{len(failed)} of {len(args.runs)} packed runs failed: {', '.join(failed)}")
+    if args.out:
+        write_json(args.out, {"run_dirs": [member_name(run) for run in args.runs]})
+    print(f"{len(args.runs)} packed runs finished")

@@ -4,6 +4,7 @@ Runs per experiment block and dataset, how many have finished, and Snakemake's o
 A run is one training of one configuration and seed; a job is what Snakemake schedules (a Slurm job on a
 cluster): one run, or a pack of runs that share a GPU.
 """
+import argparse
 import subprocess
 import sys
 from collections import Counter
@@ -38,7 +39,15 @@ def snakemake_jobs(configfile, extra):
     return rows
 
 
-def main(args):
+def add_plan_arguments(parser):
+    parser.description = ("Runs and finished runs per experiment block, then the jobs a dry run "
+                          "(snakemake -n --quiet rules) would start, per rule. Run it from the repository.")
+    parser.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
+    parser.add_argument("snakemake_args", nargs=argparse.REMAINDER, metavar="...",
+                        help="more Snakemake options, e.g. --profile slurm")
+
+
+def run_plan(args):
     config = load_config(args.configfile)
     rows = expand_runs(config)
     finished = finished_runs(rows, config["results"])

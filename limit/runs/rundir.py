@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from limit.registry import HPARAMS, dataset_name
+from limit.registry import HPARAMS, dataset_label, dataset_name
 
 RUNS_DIR = "runs"  # under the workflow's results directory: RUNS_DIR/<run id> is a run's directory
 CONFIG = "config.json"
@@ -24,11 +24,6 @@ TRAIN_SCORES = "train_scores.npz"  # LIMIT runs only
 EPOCH_SCORES = "epoch_scores.npz"  # per-example loss and margin averaged over the epochs up to the selected one
 METRICS = "metrics.json"  # written last: a run directory with it is complete
 MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking.client)
-
-# The run-table columns that identify a run, in order (the hyperparameter columns come last, see read_run).
-IDENTITY = ("experiment", "dataset", "noise", "rate", "n", "seed", "variant", "method", "hparams", "arch",
-            "clean_validation")
-
 
 class TrainingError(RuntimeError):
     """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""
@@ -125,25 +120,49 @@ def fmt(value):
     return f"{value:g}"
 
 
-def hparam_label(hparams):
+def hparams_label(hparams):
+    """The label of the hyperparameters a grid set (``beta10_lr0.001``, or ``default``): a run id's last part, and
+    the run table's ``hparams`` column. (``hparams`` alone is a dict of values; ``grid_hparams``, the names a grid
+    set.)"""
     return "_".join(f"{k}{fmt(v)}" for k, v in sorted(hparams.items())) or "default"
 
 
-def setting_path(dataset, noise, rate, n, seed=None):
-    """Readable, path-safe name of a data setting: fashion_mnist/uniform-0.5/n1000/seed42."""
-    noise_part = noise if dataset == "clothing1m" else f"{noise}-{fmt(rate)}"
-    return f"{dataset}/{noise_part}/n{n}" + ("" if seed is None else f"/seed{seed}")
+def setting_text(dataset, noise, rate, n, seed=None, style="path", show=("dataset", "noise", "rate", "n")):
+    """A data setting (and seed) as text, in the one style each use needs; real noise (Clothing1M) has no rate.
+
+    - ``path``: fashion_mnist/uniform-0.5/n1000/seed42 (run ids, labels files; path-safe);
+    - ``name``: fashion_mnist_uniform-0.5_n1000 (file names);
+    - ``title``: Fashion-MNIST, 50% uniform noise, n = 1000 (figure and table titles);
+    - ``column``: the parts in ``show``, as the paper's table columns: Fashion-MNIST uniform p=0.5 n=1e3.
+    """
+    real = noise == "real"
+    if style in ("path", "name"):
+        parts = [dataset, noise if real else f"{noise}-{fmt(rate)}", f"n{n}", *([] if seed is None else [f"seed{seed}"])]
+        return ("/" if style == "path" else "_").join(parts)
+    label = dataset_label(dataset)
+    if style == "title":
+        noise_text = "real label noise" if real else f"{rate:.0%} {noise} noise"
+        size = "all training samples" if str(n) == "all" else f"n = {n}"
+        return ", ".join([label, noise_text, size] + ([] if seed is None else [f"seed {seed}"]))
+    if style != "column":
+        raise ValueError(f"unknown setting style {style!r}")
+    sizes = {"1000": "1e3", "10000": "1e4", "all": "All"}  # the paper's column headers
+    parts = [label if "dataset" in show else None, noise if "noise" in show and not real else None,
+             None if real or "rate" not in show else f"p={rate:g}" + ("" if "." in f"{rate:g}" else ".0"),
+             f"n={sizes.get(str(n), str(n))}" if "n" in show else None]
+    parts = [p for p in parts if p]
+    return " ".join(parts) if "dataset" in show else ", ".join(parts)
 
 
 def group_key(experiment, dataset, noise, rate, n, variant):
     """The unit of selection (and an MLflow parent run): experiment/dataset/noise-rate/nN/variant."""
-    return f"{experiment}/{setting_path(dataset, noise, rate, n)}/{variant}"
+    return f"{experiment}/{setting_text(dataset, noise, rate, n)}/{variant}"
 
 
 def run_name(row):
     """A run's name within its experiment (its MLflow run name): setting/seed/variant/hyperparameters."""
-    return f"{setting_path(row['dataset'], row['noise'], row['rate'], row['n'], row['seed'])}/{row['variant']}/" \
-           f"{row['hparams']}"
+    setting = setting_text(row["dataset"], row["noise"], row["rate"], row["n"], row["seed"])
+    return f"{setting}/{row['variant']}/{row['hparams']}"
 
 
 def run_id(row):
@@ -165,10 +184,11 @@ def _run_section(config):
 def identity(config):
     """The run's identifying columns and its hyperparameter columns (None where the grid set none)."""
     run = _run_section(config)
-    given = {k: config["hparams"][k] for k in run["hparams"]}
+    grid_hparams = run["hparams"]  # the names the grid set (config.json keeps them under run.hparams)
+    given = {k: config["hparams"][k] for k in grid_hparams}
     return {"experiment": run["experiment"], "dataset": dataset_name(config["dataset"]), "noise": run["noise"],
             "rate": run["rate"], "n": run["n"], "seed": config["seed"], "variant": run["variant"],
-            "method": config["method"], "hparams": hparam_label(given), "arch": config["arch"],
+            "method": config["method"], "hparams": hparams_label(given), "arch": config["arch"],
             "clean_validation": config["clean_validation"], **{k: given.get(k) for k in HPARAMS}}
 
 

@@ -16,9 +16,10 @@ import torch.nn.functional as F
 
 from limit import data as D
 from limit.methods import LOSSES, Context
-from limit.models import mnist_cnn
+from limit.models import make_optimizer, mnist_cnn
 from limit.registry import get_method
-from limit.train import RunData, make_optimizer, pick_device, run_epoch
+from limit.runtime import pick_device
+from limit.train import run_epoch
 
 
 def images_per_second(epoch, n_images, device, repeats=3):
@@ -44,7 +45,7 @@ def package_epoch(method_name, images, labels, device, batch_size):
     optimizer = make_optimizer([ctx.classifier, ctx.q], {"lr": 1e-3, "weight_decay": 0.0})
     y = labels.to(device)
     split = D.InMemorySplit(images, "mnist", device)
-    run_data = RunData(split, None, None, None, y, y, torch.zeros_like(y, dtype=torch.bool), None, None, None, 10, {})
+    run_data = D.RunData(split, None, None, None, y, y, torch.zeros_like(y, dtype=torch.bool), None, None, None, 10, {})
     cfg = {"batch_size": batch_size, "hparams": {"beta": 1.0, "lamb": 1.0, "sigma": 0.0}}
     gen = torch.Generator().manual_seed(0)
     return lambda: run_epoch(ctx, LOSSES[method_name], run_data, cfg, optimizer, gen)
@@ -207,7 +208,19 @@ def pack_main(args, device):
     print(f"packed / separate: {packed / separate:.2f}x")
 
 
-def main(args):
+def add_bench_arguments(parser):
+    parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
+    parser.add_argument("--batch-size", type=int, default=256, help="batch size of the steps")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
+    parser.add_argument("--pack", type=int, metavar="K", help="images/s of K runs packed against K separate runs")
+    parser.add_argument("--threads", type=int, default=1, help="with --pack: CPU threads per run (default 1)")
+    parser.add_argument("--separate", type=int, metavar="N",
+                        help="with --pack: time N of the runs one after another for the separate rate (default K)")
+    parser.add_argument("--no-turns", action="store_true",
+                        help="with --pack: skip K models taking turns in one process")
+
+
+def run_bench(args):
     device = pick_device(args.device)
     if args.pack:
         return pack_main(args, device)

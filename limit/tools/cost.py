@@ -31,12 +31,11 @@ from pathlib import Path
 import torch
 
 from limit import data as D
-from limit.runtime import configure, set_precision
-from limit.runs.grid import expand_runs, load_config, pack_runs
 from limit.methods import LOSSES, Context
+from limit.models import build_model, make_optimizer
 from limit.registry import get_method
-from limit.models import build_model
-from limit.train import make_optimizer, pick_device
+from limit.runs.grid import expand_runs, load_config, pack_runs
+from limit.runtime import configure, pick_device, set_precision
 
 BEST_EPOCH_FRACTION = 0.1
 CPU_TIMING_BATCH = {"cnn": 64, "mlp": 64, "resnet34": 2, "resnet50": 1}  # images per timed step on a CPU
@@ -236,7 +235,15 @@ def plan(config, device, runs_csv=None, out=print):
     return tuple(totals[:2])
 
 
-def main(args):
+def add_cost_arguments(parser):
+    parser.description = ("Times a few real training steps of every architecture, method family and batch size of "
+                          "the config on this device and prints device-hours per block.")
+    parser.add_argument("--configfile", required=True, help="workflow config, e.g. config/paper.yaml")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
+    parser.add_argument("--runs", help="runs.csv of a previous run: its mean epochs per variant replace the estimate")
+
+
+def run_cost(args):
     config = load_config(args.configfile)
     t0 = time.perf_counter()
     plan(config, pick_device(args.device), args.runs, out=lambda line: print(line, flush=True))

@@ -25,10 +25,12 @@ from pathlib import Path
 import numpy as np
 
 from limit import data as D
-from limit.report.stats import detection_metrics
-from limit.tools.label_issues import example_scores, load_models
+from limit.models import predict
 from limit.registry import DEFAULT_SCORE, SCORES
-from limit.train import pick_device, predict, train
+from limit.report.stats import detection_metrics
+from limit.runtime import pick_device
+from limit.tools.label_issues import example_scores, load_models
+from limit.train import train
 
 DATASET = "fashion_mnist"
 # noise model:rate:n. Three noises in the medium regime (n = 5,000), two in the small one (n = 1,000).
@@ -103,7 +105,7 @@ def bench_setting(noise, rate, n, seed, args, out):
     D.write_labels_file(out / "labels.npz", arrays, meta)
     base = {"dataset": DATASET, "data_dir": args.data_dir, "labels": str(out / "labels.npz"), "arch": "cnn",
             "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "seed": seed,
-            "device": args.device, "eval_test_each_epoch": False}
+            "device": args.device, "test_curve": False}
     is_corrupted = arrays["is_corrupted"]
     metrics = lambda scores: {name: detection_metrics(values, is_corrupted) for name, values in scores.items()}
 
@@ -212,7 +214,28 @@ def parse_setting(setting):
     return noise, float(rate), int(n)
 
 
-def main(args):
+def add_detect_bench_arguments(parser):
+    parser.description = "The benchmark of docs/label-issues.md, where its tables are."
+    parser.add_argument("--out", default="results/detect_bench", help="output directory (runs, tables)")
+    parser.add_argument("--data-dir", default="data", help="dataset directory")
+    parser.add_argument("--settings", nargs="+", metavar="NOISE:RATE:N",
+                        help="noise settings and training-set sizes (default: the five of docs/label-issues.md)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="seeds of the split and noise (default 42 43)")
+    parser.add_argument("--epochs", type=int, help="epoch budget of every model (default 20)")
+    parser.add_argument("--patience", type=int, help="early-stopping patience (default: a quarter of --epochs, as "
+                                                     "the paper's 100 of 400)")
+    parser.add_argument("--batch-size", type=int, default=256, help="training batch size")
+    parser.add_argument("--folds", type=int, help="cleanlab's cross-validation folds (default 5)")
+    parser.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
+    parser.add_argument("--betas", type=float, nargs="+", help="LIMIT's beta grid (default 1 10)")
+    parser.add_argument("--quick", action="store_true", help="a small version (n = 300, 4 epochs, 2 folds, one seed)")
+    parser.add_argument("--dev", action="store_true", help="only the development setting the default score was "
+                                                           "chosen on (uniform 0.3, n = 5000, seed 41), and the rule")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
+
+
+def run_detect_bench(args):
     import torch
     torch.set_num_threads(args.threads)
     protocol = QUICK if args.quick else FULL

@@ -19,11 +19,13 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from limit import data as D
-from limit.runs import rundir
-from limit.report.stats import detection_metrics
+from limit.models import build_networks
 from limit.registry import DEFAULT_SCORE, SCORES
+from limit.report.stats import detection_metrics
+from limit.runs import rundir
 from limit.runs.rundir import load_checkpoint
-from limit.train import build_networks, load_run_data, loss_and_margin, pick_device
+from limit.runtime import pick_device
+from limit.train import loss_and_margin, train
 
 SPLITS = ("train", "val")
 
@@ -81,7 +83,7 @@ def example_scores(run_dir, device="cpu"):
     run has (see ``SCORES``; ``rank_average`` from within-split ranks)."""
     device = pick_device(device)
     cfg, classifier, q = load_models(run_dir, device)
-    run_data = load_run_data({**cfg, "device": str(device)}, device)
+    run_data = D.load_run_data({**cfg, "device": str(device)}, device)
     arrays, _ = D.read_labels_file(cfg["labels"])
     given = {"train": arrays["train_noisy"], "val": arrays["val_noisy"]}
     parts = []
@@ -240,3 +242,26 @@ def print_summary(summary, out_dir, rows=10):
         for name, m in summary["detection"].items():
             print(f"  {name:13s} ROC AUC {m['roc_auc']:.4f}  average precision {m['average_precision']:.4f}  "
                   f"precision@k {m['precision_at_k']:.4f}")
+
+
+def add_find_label_issues_arguments(parser):
+    parser.description = ("Writes label_issues.csv (every training and validation example ranked by --score, with "
+                          "every score of the run), gallery.png (the top-k suspects) and summary.json into --out, "
+                          "and prints a short summary.")
+    parser.add_argument("run", help="a finished run directory, LIMIT or CE (or where to train one with --config)")
+    parser.add_argument("--score", choices=list(SCORES), default=DEFAULT_SCORE,
+                        help="what to rank by (docs/label-issues.md): " +
+                             ", ".join(f"{k} = {v}" for k, v in SCORES.items()))
+    parser.add_argument("--config", help="YAML/JSON training config (the keys of a run's config.json) to train the "
+                                         "run first")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--top-k", type=int, default=24, help="examples in the gallery")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda ...")
+
+
+def run_find_label_issues(args):
+    if args.config:  # train the LIMIT run first (resumes if it was killed)
+        import yaml
+        train({"data_dir": "data", **yaml.safe_load(Path(args.config).read_text())}, args.run)
+    summary = find_label_issues(args.run, args.out, top_k=args.top_k, device=args.device, score=args.score)
+    print_summary(summary, args.out)

@@ -24,8 +24,9 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
+from limit.registry import HPARAMS
 from limit.runs import rundir
-from limit.tracking.uri import recorded_uri, redact, tracking_uri
+from limit.tracking.uri import TRACKING_URI_HELP, recorded_uri, redact, tracking_uri
 
 ARTIFACTS = (rundir.HISTORY, rundir.METRICS, rundir.TEST_OUTPUTS, rundir.CONFIG)
 CHECKPOINT_ARTIFACTS = (rundir.BEST, rundir.TRAIN_SCORES)  # unless mlflow.log_checkpoints is false
@@ -44,7 +45,7 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # hyperparameters and the test accuracy as columns, run names in full.
 SAVED_VIEW = "limit"
 VIEW_COLUMNS = (["tags.`selected`", "tags.`selected_hparams`"]
-                + [f"params.`hparams.{h}`" for h in ("beta", "lamb", "sigma", "lr", "dropout", "weight_decay")]
+                + [f"params.`hparams.{h}`" for h in HPARAMS]
                 + ["metrics.`final_test_acc`", "metrics.`test_acc_mean`", "metrics.`test_acc_std`"])
 VIEW_STATE = {"selectedColumns": VIEW_COLUMNS, "columnOrder": ["attributes.`Run Name`"],
               "columnWidths": {"attributes.`Run Name`": 430}}
@@ -306,9 +307,24 @@ class Tracker:
     def log_epoch(self, row):
         self._guard(lambda: self.client.log_batch(self.run_id, metrics=_metrics_of(row, row["epoch"])))
 
-    def finish(self, run_dir, metrics):
+    def finish(self, run_dir):
         # Params, artifacts and any epoch missed while the store was unreachable, in one idempotent pass.
         self._guard(sync_run, run_dir, self.uri, self.experiment, self.run_name, self.tags, retry=True)
+
+
+def tag_selection(run_dirs, selected, chosen, uri=None):
+    """``tag_selected`` with the selection's summary for the group's parent run: the selected hyperparameters
+    (tags) and the configuration's test and validation accuracy over seeds (metrics). ``chosen``: the selected
+    configuration's row of ``limit.report.selection.select_configurations``."""
+    hparams = {f"selected.{k}": rundir.fmt(chosen[k]) for k in HPARAMS if k in chosen and not _missing(chosen[k])}
+    summary = {"tags": {"selected_hparams": chosen["hparams"], **hparams},
+               "metrics": {k: float(chosen[k]) for k in ("test_acc_mean", "test_acc_std", "best_val_acc_mean",
+                                                          "seeds")}}
+    tag_selected(run_dirs, selected, summary, uri)
+
+
+def _missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def tag_selected(run_dirs, selected, summary, uri=None):
@@ -340,3 +356,37 @@ def tag_selected(run_dirs, selected, summary, uri=None):
     except Exception as exc:
         warnings.warn(redact(f"could not tag the selected runs in MLflow ({type(exc).__name__}: {exc})"),
                       RuntimeWarning)
+
+
+def add_mlflow_sync_arguments(parser):
+    parser.add_argument("run_dirs", nargs="+", help="run directories (results/runs/...)")
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+
+
+def run_mlflow_sync(args):
+    total = 0
+    for run_dir in args.run_dirs:
+        added = sync_run(run_dir, args.tracking_uri)
+        total += added
+        print(f"{run_dir}: {added} epochs added")
+    print(f"synced {len(args.run_dirs)} runs, {total} epochs added")
+
+
+def add_mlflow_init_arguments(parser):
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+    parser.add_argument("--groups", nargs="+", required=True,
+                        help="selection groups (experiment/setting/variant): one parent run each, in its experiment")
+
+
+def run_mlflow_init(args):
+    """Create the store, the experiments and the groups' parent runs before any job starts (MLflow races
+    otherwise)."""
+    uri = tracking_uri(args.tracking_uri)
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    client = _client(uri)
+    experiments = sorted({group.split("/", 1)[0] for group in args.groups})
+    ids = {name: get_or_create_experiment(client, name, uri) for name in experiments}
+    for group in args.groups:
+        get_or_create_parent(client, ids[group.split("/", 1)[0]], group)
+    print(f"{json.dumps(ids)}; {len(args.groups)} parent runs")

@@ -4,6 +4,7 @@ import os
 import re
 
 DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
+TRACKING_URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
 
 
 def tracking_uri(uri=None):

@@ -17,12 +17,13 @@ from limit.runs.grid import (  # noqa: E402
     check_slurm_submission,
     expand_runs,
     figure_facts,
+    output_arguments,
     pack_runs,
     recorded_packs,
     selection_groups,
     train_arguments,
 )
-from limit.runs.rundir import METRICS, RUNS_DIR, setting_path  # noqa: E402
+from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
 
 # Jobs (local, Slurm or conda) import the package from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
@@ -54,7 +55,7 @@ RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
 SETTINGS = {
-    setting_path(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
+    setting_text(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
 IMAGE_DATASETS = config["image_datasets"]
@@ -86,7 +87,7 @@ PACK_OF = {m["run_id"]: pack for pack, members in PACKS.items() for m in members
 
 
 def labels_file(row):
-    return LABELS.format(setting=setting_path(row["dataset"], row["noise"], row["rate"], row["n"], row["seed"]))
+    return LABELS.format(setting=setting_text(row["dataset"], row["noise"], row["rate"], row["n"], row["seed"]))
 
 
 def run_dir(run):
@@ -118,10 +119,7 @@ def data_ready(dataset):
 def tracking_arguments(row):
     """Where a run tracks and what it keeps (MLflow's copy of best.pt, its state once finished): not what it
     computes, so the rules derive them from the output and a change reruns nothing."""
-    args = [*TRACKING_URI_ARGS] if TRACKING else ["--no-tracking"]
-    if TRACKING and not row["log_checkpoints"]:
-        args.append("--no-checkpoint-artifacts")
-    return args + (["--keep-state"] if row["keep_state"] else [])
+    return [*(TRACKING_URI_ARGS if TRACKING else ["--no-tracking"]), *output_arguments(row)]
 
 
 def train_inputs(wildcards):
