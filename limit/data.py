@@ -25,6 +25,8 @@ from limit.registry import DATASETS, DataError, dataset_info, dataset_name
 from limit.runs.rundir import save_npz, write_atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Datasets a Debian package installs offline: name -> (package, folder of its gzipped files).
+DEBIAN_PACKAGES = {"fashion_mnist": ("dataset-fashion-mnist", DEBIAN_FASHION_MNIST)}
 
 # ImageNet statistics everywhere, as the authors' code (docs/reproduction.md).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -53,11 +55,11 @@ def normalisation(name):
     return torch.tensor(mean).view(-1, 1, 1), torch.tensor(std).view(-1, 1, 1)
 
 
-def _install_debian_fashion_mnist(data_dir):
-    """Decompress Debian's dataset-fashion-mnist files into torchvision's raw layout, if present."""
-    raw = Path(data_dir) / "FashionMNIST" / "raw"
+def _install_debian_files(dataset, data_dir):
+    """Decompress a Debian package's files of ``dataset`` into torchvision's raw layout, if present."""
+    raw = Path(data_dir) / DATASETS[dataset].torchvision_class / "raw"
     for name in _MNIST_FILES:
-        src = DEBIAN_FASHION_MNIST / f"{name}.gz"
+        src = DEBIAN_PACKAGES[dataset][1] / f"{name}.gz"
         if (raw / name).exists() or not src.exists():
             continue
         with gzip.open(src, "rb") as fin:
@@ -74,8 +76,8 @@ def prepare_dataset(name, data_dir, download=False):
         return  # an image cache: dataset_info has checked it
     if name not in _REQUIRED_FILES:
         raise DataError(f"{name} is not a torchvision dataset")
-    if name == "fashion_mnist":
-        _install_debian_fashion_mnist(data_dir)
+    if name in DEBIAN_PACKAGES:
+        _install_debian_files(name, data_dir)
     missing = [f for f in _REQUIRED_FILES[name] if not (Path(data_dir) / f).exists()]
     if missing and download:
         import torchvision
@@ -84,7 +86,7 @@ def prepare_dataset(name, data_dir, download=False):
             cls(str(data_dir), train=train, download=True)
         missing = [f for f in _REQUIRED_FILES[name] if not (Path(data_dir) / f).exists()]
     if missing:
-        hint = ("install Debian's package dataset-fashion-mnist (offline), or " if name == "fashion_mnist" else "")
+        hint = f"install Debian's package {DEBIAN_PACKAGES[name][0]} (offline), or " if name in DEBIAN_PACKAGES else ""
         raise DataError(
             f"data directory {str(data_dir)!r} lacks {name} files: {', '.join(missing)}. To get them, {hint}run "
             f"`python -m limit prepare --dataset {name} --data-dir {data_dir} --download` on a machine with internet.")

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from limit.models import copy_parameters, predict
 from limit.registry import get_method
 from limit.runs import rundir
+from limit.runtime import load_checkpoint
 
 
 @dataclass
@@ -181,7 +182,7 @@ def prepare_method(cfg, ctx, run_data, device):
     method = get_method(cfg["method"])
     if not method.init_from_ce:
         return
-    ce_state = rundir.load_checkpoint(Path(cfg["init_from"]) / rundir.BEST)["classifier"]
+    ce_state = load_checkpoint(Path(cfg["init_from"]) / rundir.BEST)["classifier"]
     if cfg["method"] == "fw":
         # The full CE model (BatchNorm statistics included) estimates T on the noisy training set.
         ce_model = copy.deepcopy(ctx.classifier)

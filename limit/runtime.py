@@ -1,4 +1,5 @@
-"""How a run uses its device: which device (a requirement, not a guess), deterministic kernels and precision.
+"""How a run uses its machine: device, determinism, precision, checkpoints and their cadence, RNG state, progress
+and provenance.
 
 Device: ``cuda`` (and ``auto`` inside a Slurm job that holds a GPU) must give a working GPU, or the run stops at
 once with what torch reports: a GPU job never trains on the CPU until its time limit.
@@ -13,11 +14,10 @@ convolutions. ``bf16`` runs each network's forward (and so its backward) under b
 channels_last memory, and hands float32 outputs to the methods: losses, DMI's determinant, FW's ``@ T``
 and LIMIT's gradient arithmetic stay in float32 (TF32 off there too). Parameters and Adam's state stay float32.
 
-Checkpoint cadence: When a run writes its full training state (``state.pt``): every N epochs, or every N minutes of wall time.
-
-Validation runs every epoch either way (early stopping and selection depend on it). A run killed between
-two checkpoints redoes the epochs since the last one and, being a pure function of its state, ends with
-the same numbers.
+Checkpoints: ``state.pt`` (the full training state) is written every N epochs or every N minutes of wall time;
+validation runs every epoch either way (early stopping and selection depend on it). A run killed between two
+checkpoints redoes the epochs since the last one and, being a pure function of its state, ends with the same
+numbers. Checkpoints load as data only (``weights_only=True``).
 """
 import importlib.metadata
 import os
@@ -35,6 +35,9 @@ import torch
 from limit.config import PRECISIONS, parse_checkpoint_every
 from limit.runs import rundir
 
+__all__ = ["DeviceError", "pick_device", "cuda_problem", "slurm_gpu_allocation", "driver_version", "configure",
+           "set_precision", "CheckpointCadence", "rng_state", "set_rng_state", "EpochReporter", "job_info",
+           "record_attempt", "save_torch", "load_checkpoint", "save_state", "load_state"]
 # Set by Slurm in a job that holds GPUs (--gpus, --gres=gpu, --gpus-per-*).
 SLURM_GPU_VARIABLES = ("SLURM_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
                        "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
@@ -267,3 +270,38 @@ def record_attempt(out, device):
                       f"{models[-2]}: a run resumed on another device model is not bit-identical to one run "
                       f"on one model", RuntimeWarning)
     rundir.write_json(path, job)
+
+
+def save_torch(path, obj):
+    rundir.write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def load_checkpoint(path):
+    """torch.load a checkpoint as data only (never code); a clear error if it is unreadable."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise rundir.TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
+
+
+def save_state(run_dir, state):
+    """Write state.pt, keeping the previous one as state.prev.pt."""
+    run_dir = Path(run_dir)
+    if (run_dir / rundir.STATE).exists():
+        os.replace(run_dir / rundir.STATE, run_dir / rundir.STATE_PREV)
+    save_torch(run_dir / rundir.STATE, state)
+
+
+def load_state(run_dir):
+    """The training state to resume from (None if there is none): state.pt, else state.prev.pt (one checkpoint
+    older) with a warning."""
+    path, prev = Path(run_dir) / rundir.STATE, Path(run_dir) / rundir.STATE_PREV
+    if not path.exists() and not prev.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except rundir.TrainingError as exc:
+        if not prev.exists():
+            raise
+        warnings.warn(f"{exc}; resuming from {prev}, one checkpoint earlier", RuntimeWarning)
+        return load_checkpoint(prev)

@@ -3,9 +3,9 @@
 A run directory (file names: ``limit.runs.rundir``) holds the resolved config, ``state.pt`` (the full training state,
 rewritten atomically every ``checkpoint_every`` epochs or minutes and when training ends; the one before is kept
 as ``state.prev.pt``, the fallback if a crash tears it; both are removed once ``metrics.json`` is written, unless
-``keep_state``), ``job.json`` (where each attempt ran), ``best.pt`` (rewritten when validation improves), and
-when the run is complete ``history.csv``, ``test_outputs.npz``, ``epoch_scores.npz``, ``train_scores.npz`` (LIMIT
-runs) and, last, ``metrics.json``.
+``keep_state``), ``history.csv`` (every epoch up to the last checkpoint), ``job.json`` (where each attempt ran),
+``best.pt`` (rewritten when validation improves), and when the run is complete ``test_outputs.npz``,
+``epoch_scores.npz``, ``train_scores.npz`` (LIMIT runs) and, last, ``metrics.json``.
 
 ``epoch_scores.npz`` holds, per training and validation example, the classifier's cross-entropy loss and margin
 on the given label averaged over the epochs up to the selected one (the idea of the area under the margin,
@@ -34,6 +34,9 @@ from limit.runs import rundir
 from limit.runs.rundir import TrainingError
 from limit.runtime import CheckpointCadence, pick_device
 
+# The loop's public API (limit.tools uses only these).
+__all__ = ["HISTORY_COLUMNS", "train", "run_epoch", "validation_accuracy", "test_accuracy", "loss_and_margin",
+           "limit_train_scores", "run_train"]
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
 
@@ -190,7 +193,7 @@ def train(run_config, out_dir, tracker=None):
     for model in _models(ctx).values():
         runtime.set_precision(model, cfg["precision"], device)
 
-    state = rundir.load_state(out)
+    state = runtime.load_state(out)
     if state is not None and state.get("fingerprint") != fp:
         if stale_initialisation(state, cfg, meta["sha256"], init_sha256):
             warnings.warn(f"{out}: the CE model in {cfg['init_from']} changed since this run started; "
@@ -251,12 +254,13 @@ def train(run_config, out_dir, tracker=None):
             save_best(best, out)
         stopped = epoch - best["epoch"] >= cfg["patience"]
         if cadence.due(epoch - start_epoch + 1) or stopped or epoch == cfg["epochs"] - 1:
-            rundir.save_state(out, {"fingerprint": fp, "init_sha256": init_sha256,
+            runtime.save_state(out, {"fingerprint": fp, "init_sha256": init_sha256,
                                     "models": {k: m.state_dict() for k, m in _models(ctx).items()},
                                     "optimizer": optimizer.state_dict(), "rng": runtime.rng_state(generator),
                                     "history": history, "best": best,
                                     "epoch_sums": {k: v.cpu() for k, v in epoch_sums.items()},
                                     "extra": {k: v.cpu() for k, v in ctx.extra.items()}})
+            write_history(out, history)  # the epochs so far, readable without torch (mlflow-sync)
             cadence.saved(epoch - start_epoch + 1)
         if tracker is not None:
             tracker.log_epoch(row)
@@ -265,9 +269,17 @@ def train(run_config, out_dir, tracker=None):
     return finish(cfg, out, ctx, run_data, history, best, tracker)
 
 
+def write_history(out, history):
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS)
+    writer.writeheader()
+    writer.writerows(history)
+    rundir.write_text(out / rundir.HISTORY, text.getvalue())
+
+
 def save_best(best, out):
     """best.pt: the best-validation networks (what FW, DMI and +init start from) and their epoch."""
-    rundir.save_torch(out / rundir.BEST, {**best["models"], "epoch": best["epoch"]})
+    runtime.save_torch(out / rundir.BEST, {**best["models"], "epoch": best["epoch"]})
 
 
 def finish(cfg, out, ctx, run_data, history, best, tracker):
@@ -284,11 +296,7 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
                         **{k: (v / sums["epochs"]).numpy() for k, v in sums.items() if k != "epochs"})
     if is_limit(cfg["method"]):
         rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
-    history_csv = io.StringIO(newline="")
-    writer = csv.DictWriter(history_csv, fieldnames=HISTORY_COLUMNS)
-    writer.writeheader()
-    writer.writerows(history)
-    rundir.write_text(out / rundir.HISTORY, history_csv.getvalue())
+    write_history(out, history)
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
     if dataset_info(cfg["dataset"]).streamed:  # images skipped because they cannot be decoded (limit.datasets.clothing1m)

@@ -107,3 +107,17 @@ def test_run_table_row_comes_from_config_fields(tmp_path):
     rundir.write_json(tmp_path / rundir.CONFIG, {k: v for k, v in config.items() if k != "run"})
     with pytest.raises(ValueError, match="neither a run section"):
         rundir.read_run(tmp_path)
+
+
+def test_readme_methods_table_is_the_registry():
+    """The README's Methods table, row by row, from METHODS and HPARAMS (names, descriptions, symbols, meanings)."""
+    from limit.registry import GENERIC_HPARAMS
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Methods\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    expected = []
+    for name, method in METHODS.items():
+        own = "; ".join(f"{h} ({HPARAMS[h].symbol}): {HPARAMS[h].meaning}" for h in method.hparams) or "—"
+        expected.append(f"| `{name}` | {method.description} | {own} |")
+    assert rows == expected
+    assert f"Every method also takes {', '.join(GENERIC_HPARAMS[:-1])} and {GENERIC_HPARAMS[-1]}." in section

@@ -3,8 +3,8 @@
 ``RUN_DIR/config.json`` holds the resolved config of the latest invocation, including ``run``: the run's place
 in the grid (experiment block, variant, the hyperparameters the grid set, and the data setting read from the
 labels file). Everything else that names a run (its id, its MLflow name and tags, its run-table row) is
-derived from those fields here. Torch and numpy are imported only to write or read their files, so that the
-workflow and ``limit --help`` stay light.
+derived from those fields here. Torch-free (numpy is imported only to write its files): the workflow reads it.
+Checkpoints (``state.pt``, ``best.pt``) are written and read by ``limit.runtime``.
 """
 import json
 import os
@@ -59,47 +59,9 @@ def write_json(path, obj):
     write_text(path, json.dumps(obj, indent=2, default=str))
 
 
-def save_torch(path, obj):
-    import torch
-    write_atomic(path, lambda f: torch.save(obj, f))
-
-
 def save_npz(path, **arrays):
     import numpy as np
     write_atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def load_checkpoint(path):
-    """torch.load a checkpoint as data only (never code); a clear error if it is unreadable."""
-    import torch
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
-
-
-def save_state(run_dir, state):
-    """Write state.pt, keeping the previous one as state.prev.pt."""
-    run_dir = Path(run_dir)
-    if (run_dir / STATE).exists():
-        os.replace(run_dir / STATE, run_dir / STATE_PREV)
-    save_torch(run_dir / STATE, state)
-
-
-def load_state(run_dir):
-    """The training state to resume from (None if there is none): state.pt, else state.prev.pt (one checkpoint
-    older) with a warning."""
-    import warnings
-    path, prev = Path(run_dir) / STATE, Path(run_dir) / STATE_PREV
-    if not path.exists() and not prev.exists():
-        return None
-    try:
-        return load_checkpoint(path)
-    except TrainingError as exc:
-        if not prev.exists():
-            raise
-        warnings.warn(f"{exc}; resuming from {prev}, one checkpoint earlier", RuntimeWarning)
-        return load_checkpoint(prev)
 
 
 def read_json(path):

@@ -33,7 +33,7 @@ import torch
 from limit import data as D
 from limit.methods import LOSSES, Context
 from limit.models import build_model, make_optimizer
-from limit.registry import get_method
+from limit.registry import DATASETS, get_method
 from limit.runs.grid import expand_runs, load_config, pack_runs
 from limit.runtime import configure, pick_device, set_precision
 
@@ -43,8 +43,6 @@ SATURATION_BATCH = 4096
 TIMED_STEPS = 2
 LONG_CPU_STEP = 1.0  # seconds: a CPU step this long is timed once, with no warm-up
 # Per dataset: training examples when n = "all", validation (20% split) and test examples.
-SIZES = {"mnist": (48000, 12000, 10000), "fashion_mnist": (48000, 12000, 10000), "cifar10": (40000, 10000, 10000),
-         "cifar100": (40000, 10000, 10000), "clothing1m": (1000000, 14313, 10526)}
 FAMILIES = {False: "ce", True: "limit_l"}  # the method timed for one-network and two-network methods
 
 
@@ -76,7 +74,7 @@ def storage_bytes(row, model_bytes):
         params = sum(p.numel() * p.element_size() for n in nets for p in n.parameters())
         model_bytes[key] = (weights, weights + 2 * params)  # best.pt; state.pt (+ Adam's two moments)
     best, state = model_bytes[key]
-    n_test = SIZES[row["dataset"]][2]
+    n_test = DATASETS[row["dataset"]].split_sizes[2]
     outputs = n_test * D.dataset_info(row["dataset"]).num_classes * 4 + n_test * 8  # test logits and labels
     kept = best + outputs + (best if row["log_checkpoints"] else 0) + (2 * state if row["keep_state"] else 0)
     return kept, 2 * state
@@ -153,7 +151,7 @@ def previous_epochs(runs_csv):
 
 
 def train_size(row):
-    n_all, n_val, n_test = SIZES[row["dataset"]]
+    n_all, n_val, n_test = DATASETS[row["dataset"]].split_sizes
     return n_all if row["n"] == "all" else int(row["n"]), row["val_size"] or n_val, n_test
 
 

@@ -23,8 +23,7 @@ from limit.models import build_networks
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
 from limit.runs import rundir
-from limit.runs.rundir import load_checkpoint
-from limit.runtime import pick_device
+from limit.runtime import load_checkpoint, pick_device
 from limit.train import loss_and_margin, train
 
 SPLITS = ("train", "val")

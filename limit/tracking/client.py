@@ -235,13 +235,11 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
     run = client.get_run(run_id)
     _log_missing(client, run_id, run, params=flatten(config), tags=tags)
     logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
-    history_path = run_dir / rundir.HISTORY
+    history_path = run_dir / rundir.HISTORY  # every epoch up to the last checkpoint, also of an unfinished run
     rows = []
     if history_path.exists():
         with open(history_path) as f:
             rows = list(csv.DictReader(f))
-    elif (run_dir / rundir.STATE).exists():  # an unfinished run: its epochs so far live in state.pt
-        rows = rundir.load_checkpoint(run_dir / rundir.STATE)["history"]
     missing = [r for r in rows if int(r["epoch"]) not in logged]
     metrics = [m for r in missing for m in _metrics_of(r, int(r["epoch"]))]
     for start in range(0, len(metrics), 900):
