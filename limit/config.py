@@ -123,7 +123,7 @@ FIELDS = (
     Field("clean_validation", False, "select on clean validation labels (Figure 1)", bool, workflow="changed"),
     Field("init_from", None, "CE run directory (FW, DMI, +init)", semantic=False),
     Field("imagenet_weights", None, "ResNet-50 only: path to a torchvision ImageNet state dict"),
-    Field("test_curve", True, "log the clean test accuracy of every epoch (Figure 3)", bool),
+    Field("test_curve", True, "log the clean test accuracy of every epoch (Figure 3)", bool, workflow="changed"),
     Field("log_checkpoints", True, "log best.pt and train_scores.npz to MLflow (large checkpoints)", bool,
           semantic=False, workflow="output"),
     Field("keep_state", False, "keep state.pt and state.prev.pt once the run finished (removed by default)", bool,

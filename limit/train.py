@@ -299,7 +299,7 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     write_history(out, history)
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
                "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
-    if dataset_info(cfg["dataset"]).streamed:  # images skipped because they cannot be decoded (limit.datasets.clothing1m)
+    if dataset_info(cfg["dataset"]).streamed:  # images skipped because they cannot be decoded (datasets.clothing1m)
         metrics["unreadable_images"] = len({p for split in (run_data.train, run_data.val, run_data.test)
                                             for p in split.unreadable})
     rundir.write_json(out / rundir.METRICS, metrics)

@@ -15,6 +15,8 @@ from limit.data import DataError
 from limit.datasets.clothing1m import (KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, clothing1m_labels,
                                        read_clothing1m_split)
 
+NORMALISATION = data.normalisation("clothing1m")
+
 
 def write_idx(raw_dir, prefix, images, labels):
     raw_dir.mkdir(parents=True, exist_ok=True)
@@ -177,8 +179,8 @@ def test_clothing1m_splits_and_labels(tmp_path):
 def test_clothing1m_batches(tmp_path):
     write_clothing1m(tmp_path)
     size = 8
-    train = Clothing1MSplit(tmp_path, "train", "cpu", data.normalisation("clothing1m"), augment=True, num_workers=0, image_size=size)
-    test = Clothing1MSplit(tmp_path, "test", "cpu", data.normalisation("clothing1m"), num_workers=0, image_size=size)
+    train = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=0, image_size=size)
+    test = Clothing1MSplit(tmp_path, "test", "cpu", NORMALISATION, num_workers=0, image_size=size)
     assert len(train) == 28 and len(test) == 14
 
     mean, std = data.normalisation("clothing1m")
@@ -205,7 +207,7 @@ def test_clothing1m_batches(tmp_path):
         return list(split.batches(10, generator=torch.Generator().manual_seed(seed), shuffle=True, augment=augment))
 
     # Order and crops/flips come from the generator alone, whatever the number of workers.
-    in_workers = Clothing1MSplit(tmp_path, "train", "cpu", data.normalisation("clothing1m"), augment=True, num_workers=2, image_size=size)
+    in_workers = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=2, image_size=size)
     first, again, other = run(train, 1), run(in_workers, 1), run(train, 2)
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     assert not torch.equal(first[0][0], other[0][0])
@@ -271,8 +273,9 @@ def test_clothing1m_persistent_workers_and_torchvision_decoding(tmp_path):
     (order, crops, flips) as PIL up to resizing's last bits."""
     write_clothing1m(tmp_path)
     size = 8
-    pil = Clothing1MSplit(tmp_path, "train", "cpu", data.normalisation("clothing1m"), augment=True, num_workers=2, image_size=size)
-    tv = Clothing1MSplit(tmp_path, "train", "cpu", data.normalisation("clothing1m"), augment=True, num_workers=2, image_size=size, decode="torchvision")
+    pil = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=2, image_size=size)
+    tv = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=2, image_size=size,
+                         decode="torchvision")
 
     def epoch(split, seed):
         return list(split.batches(10, generator=torch.Generator().manual_seed(seed), shuffle=True, augment=True))
@@ -296,7 +299,8 @@ def test_clothing1m_unreadable_images_are_skipped_named_and_counted(tmp_path, de
     """A truncated JPEG and a file that is no image never stop an epoch: skipped, warned about once with their
     paths, and kept in the split's ``unreadable``."""
     write_clothing1m(tmp_path)
-    train = Clothing1MSplit(tmp_path, "train", "cpu", data.normalisation("clothing1m"), augment=True, num_workers=0, image_size=8, decode=decode)
+    train = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=0, image_size=8,
+                            decode=decode)
     truncated, not_an_image = tmp_path / train.paths[3], tmp_path / train.paths[10]
     truncated.write_bytes(truncated.read_bytes()[:200])
     not_an_image.write_text("not a JPEG")

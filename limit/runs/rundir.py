@@ -99,7 +99,8 @@ def setting_text(dataset, noise, rate, n, seed=None, style="path", show=("datase
     """
     real = noise == "real"
     if style in ("path", "name"):
-        parts = [dataset, noise if real else f"{noise}-{fmt(rate)}", f"n{n}", *([] if seed is None else [f"seed{seed}"])]
+        parts = [dataset, noise if real else f"{noise}-{fmt(rate)}", f"n{n}"]
+        parts += [] if seed is None else [f"seed{seed}"]
         return ("/" if style == "path" else "_").join(parts)
     label = dataset_label(dataset)
     if style == "title":
