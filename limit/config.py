@@ -141,11 +141,14 @@ def option(name):
     return "--" + name.replace("_", "-")
 
 
+OPTIONS = {name: option(name) for name in [*(f.name for f in FIELDS), *HPARAMS]}
+
+
 def argument(name, value):
     """A setting as command-line arguments: ``[--flag value]``, or ``[--flag]`` / ``[--no-flag]`` for a switch."""
-    if isinstance(value, bool):
-        return [option(name) if value else "--no-" + option(name)[2:]]
-    return [option(name), rundir.fmt(value) if isinstance(value, float) else str(value)]
+    if value is True or value is False:
+        return [OPTIONS[name] if value else "--no-" + OPTIONS[name][2:]]
+    return [OPTIONS[name], rundir.fmt(value) if type(value) is float else str(value)]
 
 
 def add_arguments(parser):

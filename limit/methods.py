@@ -203,3 +203,30 @@ def batches_missing_a_class(labels, num_classes, batch_size, seed):
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     batches = torch.as_tensor(labels).cpu()[order].split(batch_size)
     return sum(len(b.unique()) < num_classes for b in batches) / len(batches)
+
+
+def loss_and_margin(logits, labels):
+    """Per example: cross-entropy of the given label, and max other-class probability minus its probability."""
+    probs = logits.float().softmax(1)
+    given = probs.gather(1, labels[:, None]).squeeze(1)
+    others = probs.scatter(1, labels[:, None], -1.0).max(1).values
+    return F.cross_entropy(logits.float(), labels, reduction="none"), others - given
+
+
+@torch.no_grad()
+def limit_train_scores(ctx, run_data, batch_size):
+    """Per training example: ||mu|| and ||mu - g_CE|| = ||y - s(q(x))|| (the mislabel detector)."""
+    ctx.classifier.eval()
+    ctx.q.eval()
+    mu_norm, distance, predicted = [], [], []
+    for idx, x in run_data.train.batches(batch_size):
+        probs, q_probs = ctx.classifier(x).softmax(1), ctx.q(x).softmax(1)
+        onehot = F.one_hot(run_data.train_noisy[idx], run_data.num_classes).float()
+        mu_norm.append((probs - q_probs).norm(dim=1))
+        distance.append((onehot - q_probs).norm(dim=1))
+        predicted.append(probs.argmax(1))
+    cat = lambda xs: torch.cat(xs).cpu().numpy()
+    return {"mu_norm": cat(mu_norm), "grad_distance": cat(distance),
+            "is_corrupted": run_data.is_corrupted.cpu().numpy(), "noisy_label": run_data.train_noisy.cpu().numpy(),
+            "true_label": run_data.train_true.cpu().numpy(), "predicted": cat(predicted),
+            "train_idx": run_data.train_idx}

@@ -258,7 +258,7 @@ def record_attempt(out, device):
     ``device_change`` (an MLflow tag)."""
     path = out / rundir.JOB
     old = rundir.read_json(path) if path.exists() else {}
-    attempts = old.get("attempts", [old] if old else [])  # a job.json of the previous version: one attempt
+    attempts = old.get("attempts", [old] if old else [])  # a job.json without attempts: one attempt
     attempt = job_info(device)
     attempts = [*attempts, attempt]
     models = [a.get("device_name") for a in attempts]

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from limit import config, runtime
 from limit.config import fingerprint, init_checkpoint_sha256, resolve_config
 from limit.data import load_run_data
-from limit.methods import LOSSES, Context, batches_missing_a_class, prepare_method
+from limit.methods import LOSSES, Context, batches_missing_a_class, limit_train_scores, loss_and_margin, prepare_method
 from limit.models import build_networks, make_optimizer, predict
 from limit.registry import dataset_info, is_limit
 from limit.runs import rundir
@@ -35,18 +34,9 @@ from limit.runs.rundir import TrainingError
 from limit.runtime import CheckpointCadence, pick_device
 
 # The loop's public API (limit.tools uses only these).
-__all__ = ["HISTORY_COLUMNS", "train", "run_epoch", "validation_accuracy", "test_accuracy", "loss_and_margin",
-           "limit_train_scores", "run_train"]
+__all__ = ["HISTORY_COLUMNS", "train", "run_epoch", "validation_accuracy", "test_accuracy", "run_train"]
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
-
-
-def loss_and_margin(logits, labels):
-    """Per example: cross-entropy of the given label, and max other-class probability minus its probability."""
-    probs = logits.float().softmax(1)
-    given = probs.gather(1, labels[:, None]).squeeze(1)
-    others = probs.scatter(1, labels[:, None], -1.0).max(1).values
-    return F.cross_entropy(logits.float(), labels, reduction="none"), others - given
 
 
 def new_epoch_sums(run_data):
@@ -136,25 +126,6 @@ def test_accuracy(model, split, labels, batch_size):
     return float((logits.argmax(1) == labels).float().mean()), logits
 
 
-@torch.no_grad()
-def limit_train_scores(ctx, run_data, batch_size):
-    """Per training example: ||mu|| and ||mu - g_CE|| = ||y - s(q(x))|| (the mislabel detector)."""
-    ctx.classifier.eval()
-    ctx.q.eval()
-    mu_norm, distance, predicted = [], [], []
-    for idx, x in run_data.train.batches(batch_size):
-        probs, q_probs = ctx.classifier(x).softmax(1), ctx.q(x).softmax(1)
-        onehot = F.one_hot(run_data.train_noisy[idx], run_data.num_classes).float()
-        mu_norm.append((probs - q_probs).norm(dim=1))
-        distance.append((onehot - q_probs).norm(dim=1))
-        predicted.append(probs.argmax(1))
-    cat = lambda xs: torch.cat(xs).cpu().numpy()
-    return {"mu_norm": cat(mu_norm), "grad_distance": cat(distance),
-            "is_corrupted": run_data.is_corrupted.cpu().numpy(), "noisy_label": run_data.train_noisy.cpu().numpy(),
-            "true_label": run_data.train_true.cpu().numpy(), "predicted": cat(predicted),
-            "train_idx": run_data.train_idx}
-
-
 def stale_initialisation(state, cfg, labels_sha256, init_sha256):
     """Whether a saved state differs from this run only by the CE model it started from."""
     old = state.get("init_sha256")
@@ -210,7 +181,7 @@ def train(run_config, out_dir, tracker=None):
         optimizer.load_state_dict(state["optimizer"])
         runtime.set_rng_state(state["rng"], generator)
         history, best = state["history"], state["best"]
-        # A state of the previous version has no sums: the averages then cover the epochs from here on.
+        # A state written before epoch sums existed has none: the averages cover the epochs from here on.
         epoch_sums = {k: v.to(device) for k, v in state.get("epoch_sums", new_epoch_sums(run_data)).items()}
     else:
         prepare_method(cfg, ctx, run_data, device)

@@ -40,7 +40,7 @@ def detection_auc(scores, is_corrupted):
 
 
 def read_train_scores(run_dir):
-    """A LIMIT run's per-example scores (``limit.train.limit_train_scores``) as a dict of arrays."""
+    """A LIMIT run's per-example scores (``limit.methods.limit_train_scores``) as a dict of arrays."""
     with np.load(Path(run_dir) / rundir.TRAIN_SCORES) as scores:
         return {key: scores[key] for key in scores.files}
 def detection_metrics(scores, is_corrupted):

@@ -151,14 +151,15 @@ def expand_runs(config):
         for dataset, noise, rate, n, seed in itertools.product(
                 exp["datasets"], exp["noise"], exp["rates"], exp["n"], exp["seeds"]):
             train = {**config["training"][dataset], **{k: exp[k] for k in ("arch", "epochs", "patience") if k in exp}}
+            # the run's training settings (limit.config.FIELDS); the grid's own ones in the row below
+            settings = {f.name: train.get(f.name, f.default) for f in FIELDS if f.workflow}
             for variant, spec in exp["methods"].items():
                 method = method_name(spec.get("method", variant))
                 grid = {k: v for k, v in spec.items() if k not in VARIANT_SETTINGS}
                 for values in itertools.product(*grid.values()):
                     hparams = dict(zip(grid, values))
                     row = {
-                        # the run's training settings (limit.config.FIELDS); the grid's own ones below
-                        **{f.name: train.get(f.name, f.default) for f in FIELDS if f.workflow},
+                        **settings,
                         "experiment": name, "dataset": dataset, "noise": noise,
                         "rate": float(rate), "n": str(n), "seed": int(seed), "variant": variant, "method": method,
                         "image_dataset": dataset in image_datasets,
@@ -206,15 +207,18 @@ def _link_ce_runs(rows):
             r["init_from"] = (same_block or candidates)[0]["run_id"]
 
 
+ALWAYS = [f.name for f in FIELDS if f.workflow == "always"]
+CHANGED = [(f.name, f.default) for f in FIELDS if f.workflow == "changed"]
+
+
 def train_arguments(row):
     """The training settings of a run as ``limit train`` arguments: the fields the workflow always passes, the
     run's place in the grid, its hyperparameters, then the fields that differ from their default (the workflow
     adds its files: --dataset, --data-dir, --labels, --init-from, --out; and ``output_arguments``)."""
-    args = [a for f in FIELDS if f.workflow == "always" for a in argument(f.name, row[f.name])]
+    args = [a for name in ALWAYS for a in argument(name, row[name])]
     args += ["--experiment", row["experiment"], "--variant", row["variant"]]
     args += [a for name in HPARAMS if row[name] is not None for a in argument(name, float(row[name]))]
-    return args + [a for f in FIELDS if f.workflow == "changed" and row[f.name] not in (None, f.default)
-                   for a in argument(f.name, row[f.name])]
+    return args + [a for name, default in CHANGED if row[name] not in (None, default) for a in argument(name, row[name])]
 
 
 def output_arguments(row):

@@ -28,6 +28,7 @@ from limit import data as D
 from limit.models import predict
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
+from limit.runs import rundir
 from limit.runtime import pick_device
 from limit.tools.label_issues import example_scores, load_models
 from limit.train import train
@@ -155,10 +156,6 @@ def goal_met(result):
             "time": limit["seconds"] <= cleanlab["seconds"]}
 
 
-def setting_label(noise, rate, n):
-    return f"{noise} p = {rate:g}, n = {n:,}"
-
-
 def by_setting(results):
     """(noise, rate, n) -> that setting's results in seed order, settings in the order they ran."""
     keys = dict.fromkeys((r["noise"], r["rate"], r["n"]) for r in results)
@@ -173,6 +170,7 @@ def markdown_table(results, folds):
              "|---|---|---|---|---|---|"]
     labels = {m: label.format(score=SCORES[DEFAULT_SCORE], folds=folds) for m, label in METHODS.items()}
     groups = by_setting(results)
+    titles = {key: rundir.setting_text(DATASET, *key, style="title") for key in groups}
     for key, rows in groups.items():
         for method, label in labels.items():
             values = [method_metrics(r, method) for r in rows]
@@ -180,7 +178,7 @@ def markdown_table(results, folds):
             seconds = cell("seconds", 1, ".0f")
             if method == "limit":
                 seconds += " (selected run: " + " / ".join(f"{r['limit']['selected_seconds']:.0f}" for r in rows) + ")"
-            lines.append(f"| {setting_label(*key)} | {label} | {cell('roc_auc')} | {cell('average_precision')} | "
+            lines.append(f"| {titles[key]} | {label} | {cell('roc_auc')} | {cell('average_precision')} | "
                          f"{cell('precision_at_k')} | {seconds} |")
     lines += ["", "| noise | seed | selected β | LIMIT > cleanlab ROC AUC | LIMIT > cleanlab AP | LIMIT time ≤ "
               "cleanlab's | goal |", "|---|---|---|---|---|---|---|"]
@@ -188,7 +186,7 @@ def markdown_table(results, folds):
     for key, rows in groups.items():
         for r in rows:
             met = goal_met(r)
-            lines.append(f"| {setting_label(*key)} | {r['seed']} | {r['limit']['beta']:g} | {yes(met['roc_auc'])} | "
+            lines.append(f"| {titles[key]} | {r['seed']} | {r['limit']['beta']:g} | {yes(met['roc_auc'])} | "
                          f"{yes(met['average_precision'])} | {yes(met['time'])} | "
                          f"{'met' if all(met.values()) else '**missed**'} |")
     names = [name for name in SCORES if name in results[0]["limit"]["scores"]]
@@ -198,7 +196,7 @@ def markdown_table(results, folds):
         cells = [" / ".join(f"{100 * r['limit']['scores'][name]['roc_auc']:.1f}, "
                             f"{100 * r['limit']['scores'][name]['average_precision']:.1f}" for r in rows)
                  for name in names]
-        lines.append(f"| {setting_label(*key)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {titles[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -253,8 +251,8 @@ def run_detect_bench(args):
         for seed in args.seeds:
             result = bench_setting(noise, rate, n, seed, args, out / f"{noise}-{rate:g}-n{n}" / f"seed{seed}")
             results.append(result)
-            print(f"{setting_label(noise, rate, n)}, seed {seed} ({result['corrupted']} of {n} corrupted, β = "
-                  f"{result['limit']['beta']:g}): " +
+            title = rundir.setting_text(DATASET, noise, rate, n, style="title")
+            print(f"{title}, seed {seed} ({result['corrupted']} of {n} corrupted, β = {result['limit']['beta']:g}): " +
                   ", ".join(f"{m} AUC {v['roc_auc']:.4f} AP {v['average_precision']:.4f} "
                             f"P@k {v['precision_at_k']:.4f} {v['seconds']:.0f}s"
                             for m, v in ((m, method_metrics(result, m)) for m in METHODS)), flush=True)

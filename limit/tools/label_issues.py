@@ -19,12 +19,13 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from limit import data as D
+from limit.methods import loss_and_margin
 from limit.models import build_networks
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
 from limit.runs import rundir
 from limit.runtime import load_checkpoint, pick_device
-from limit.train import loss_and_margin, train
+from limit.train import train
 
 SPLITS = ("train", "val")
 
@@ -96,7 +97,7 @@ def example_scores(run_dir, device="cpu"):
         parts.append(part)
     scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     epoch_scores = Path(run_dir) / rundir.EPOCH_SCORES
-    if epoch_scores.exists():  # runs of earlier versions have none
+    if epoch_scores.exists():  # runs trained before epoch scores existed have none
         with np.load(epoch_scores) as f:
             for score, kind in (("ce_loss_avg", "loss"), ("margin_avg", "margin")):
                 scores[score] = np.concatenate([f[f"{name}_{kind}"] for name in SPLITS])
