@@ -6,16 +6,13 @@ in DataLoader workers and sent to the device as uint8; normalisation runs there,
 Each split keeps one loader whose workers persist across epochs. ``decode="torchvision"`` has the workers
 only read the files and decodes, resizes, crops and flips with ``torchvision.io.decode_jpeg`` and tensor
 ops on the training device (the GPU when there is one); its resizing differs from PIL's in the last bits.
+Torch is imported by the loading functions only: checking a release and reading its labels need none.
 """
 import warnings
 from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
-import torchvision
-from PIL import Image
-from torchvision.transforms import functional as TF
 
 from limit.registry import DataError
 
@@ -105,6 +102,8 @@ def clothing1m_labels(root):
 def _resize_crop_flip(img, seed, image_size, resize_size):
     """Evaluation (seed -1): Resize((S, S)). Training: Resize((256, 256)) -> RandomCrop(224) ->
     RandomHorizontalFlip, drawn from the example's seed. ``img``: a PIL image or a (3, H, W) uint8 tensor."""
+    import torch
+    from torchvision.transforms import functional as TF
     if seed < 0:
         return TF.resize(img, [image_size, image_size])
     img = TF.resize(img, [resize_size, resize_size])
@@ -114,10 +113,10 @@ def _resize_crop_flip(img, seed, image_size, resize_size):
     return TF.hflip(img) if torch.rand(1, generator=gen).item() < 0.5 else img
 
 
-class _JpegDataset(torch.utils.data.Dataset):
+class _JpegDataset:
     """Keyed by (index, augmentation seed); seed -1 means no augmentation. Returns (index, uint8 (3, S, S) or
     None, the error of an unreadable image or None), or with ``raw`` the file's bytes (decoded in the main
-    process)."""
+    process). A map-style dataset of ``torch.utils.data.DataLoader``."""
 
     def __init__(self, files, image_size, resize_size, raw=False):
         self.files, self.image_size, self.resize_size, self.raw = files, image_size, resize_size, raw
@@ -129,6 +128,8 @@ class _JpegDataset(torch.utils.data.Dataset):
         index, seed = key
         if self.raw:
             return index, seed, Path(self.files[index]).read_bytes()  # bytes: no tensor through the queue
+        from PIL import Image
+        from torchvision.transforms import functional as TF
         try:
             with Image.open(self.files[index]) as img:
                 img = img.convert("RGB")  # decodes: a truncated file raises here
@@ -137,8 +138,9 @@ class _JpegDataset(torch.utils.data.Dataset):
         return index, TF.pil_to_tensor(_resize_crop_flip(img, seed, self.image_size, self.resize_size)), None
 
 
-class _EpochKeys(torch.utils.data.Sampler):
-    """The (index, seed) keys of the current epoch: set before each pass, so a persistent loader can be reused."""
+class _EpochKeys:
+    """The (index, seed) keys of the current epoch: set before each pass, so a persistent loader can be reused (the
+    loader's sampler)."""
 
     def __init__(self):
         self.keys = []
@@ -151,12 +153,14 @@ class _EpochKeys(torch.utils.data.Sampler):
 
 
 def _raw_batch(items):
+    import torch
     indices, seeds, data = zip(*items)
     return torch.tensor(indices), list(seeds), list(data)
 
 
 def _decoded_batch(items):
     """(indices of the readable images, their stacked images or None, {index: error} of the others)."""
+    import torch
     good = [(i, x) for i, x, _ in items if x is not None]
     failed = {i: error for i, _, error in items if error is not None}
     return (torch.tensor([i for i, _ in good], dtype=torch.int64), torch.stack([x for _, x in good]) if good else None,
@@ -166,6 +170,7 @@ def _decoded_batch(items):
 def _decode_on_device(data, device):
     """decode_jpeg of a batch; a batch with a file it cannot decode is decoded one file at a time, and the
     unreadable ones come back as their errors: (images, {position: error})."""
+    import torchvision
     mode = torchvision.io.ImageReadMode.RGB
     try:
         return torchvision.io.decode_jpeg(data, mode=mode, device=device), {}
@@ -190,6 +195,7 @@ class Clothing1MSplit:
 
     def __init__(self, root, split, device, normalisation, augment=False, num_workers=4, image_size=224,
                  decode="pil"):
+        import torch
         self.paths, self.labels, self.true_labels = read_clothing1m_split(root, split)
         self.device = torch.device(device)
         self.augment = augment
@@ -212,6 +218,7 @@ class Clothing1MSplit:
     def batches(self, batch_size, generator=None, shuffle=False, augment=False):
         """Yield (indices on the device, normalised float images); order and augmentation draw from ``generator``
         in the main process, so they do not depend on the number of workers."""
+        import torch
         n = len(self.paths)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
         if augment and self.augment:
