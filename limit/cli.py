@@ -9,6 +9,7 @@ import importlib
 import sys
 import warnings
 
+from limit.registry import unknown_name
 from limit.runs.rundir import TrainingError
 from limit.tracking.uri import check_no_password, redact
 
@@ -79,7 +80,10 @@ def build_parser(command=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
+    if command is not None and command not in COMMANDS:
+        print(f"error: limit: {unknown_name('command', command, COMMANDS)} (see limit --help)", file=sys.stderr)
+        return 2
+    args = build_parser(command).parse_args(argv)
     warnings.simplefilter("default", RuntimeWarning)
     try:
         check_no_password(getattr(args, "tracking_uri", None), "--tracking-uri")

@@ -137,8 +137,11 @@ def run_train_pack(args):
     """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
     parser = _MemberParser(prog="limit train", add_help=False)
     add_train_arguments(parser)
-    for run in args.runs:  # bad arguments stop the pack before any member starts
-        parser.parse_args(shlex.split(run))
+    for i, run in enumerate(args.runs, 1):  # bad arguments stop the pack before any member starts
+        try:
+            parser.parse_args(shlex.split(run))
+        except ValueError as exc:
+            raise ValueError(f"RUN {i} of {len(args.runs)}: {exc}") from None
     failed = run_pack(args.runs, args.threads)
     if failed:
         raise TrainingError(f"{len(failed)} of {len(args.runs)} packed runs failed: {', '.join(failed)}")
