@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from limit.registry import DataError
+from limit.registry import DATASETS, DataError
 
-NUM_CLASSES = 14
+NUM_CLASSES = DATASETS["clothing1m"].num_classes
 NOISY_LABELS = "noisy_label_kv.txt"
 CLEAN_LABELS = "clean_label_kv.txt"
 KEY_LISTS = {"train": "noisy_train_key_list.txt", "val": "clean_val_key_list.txt", "test": "clean_test_key_list.txt"}
