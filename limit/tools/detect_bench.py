@@ -166,7 +166,7 @@ def by_setting(results):
 def markdown_table(results, folds):
     """One row per setting and method; each cell lists the seeds' values in seed order; then the goal per cell
     (one cell = one setting and seed) and every LIMIT score of the selected run."""
-    lines = ["| noise | method | ROC AUC (%) | average precision (%) | precision@k (%) | wall time (s) |",
+    lines = ["| setting | method | ROC AUC (%) | average precision (%) | precision@k (%) | wall time (s) |",
              "|---|---|---|---|---|---|"]
     labels = {m: label.format(score=SCORES[DEFAULT_SCORE], folds=folds) for m, label in METHODS.items()}
     groups = by_setting(results)
@@ -180,7 +180,7 @@ def markdown_table(results, folds):
                 seconds += " (selected run: " + " / ".join(f"{r['limit']['selected_seconds']:.0f}" for r in rows) + ")"
             lines.append(f"| {titles[key]} | {label} | {cell('roc_auc')} | {cell('average_precision')} | "
                          f"{cell('precision_at_k')} | {seconds} |")
-    lines += ["", "| noise | seed | selected β | LIMIT > cleanlab ROC AUC | LIMIT > cleanlab AP | LIMIT time ≤ "
+    lines += ["", "| setting | seed | selected β | LIMIT > cleanlab ROC AUC | LIMIT > cleanlab AP | LIMIT time ≤ "
               "cleanlab's | goal |", "|---|---|---|---|---|---|---|"]
     yes = lambda ok: "yes" if ok else "**no**"
     for key, rows in groups.items():
@@ -191,7 +191,7 @@ def markdown_table(results, folds):
                          f"{'met' if all(met.values()) else '**missed**'} |")
     names = [name for name in SCORES if name in results[0]["limit"]["scores"]]
     lines += ["", "Every score of LIMIT's selected run, ROC AUC / average precision (%), seeds in order:", "",
-              "| noise | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+              "| setting | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for key, rows in groups.items():
         cells = [" / ".join(f"{100 * r['limit']['scores'][name]['roc_auc']:.1f}, "
                             f"{100 * r['limit']['scores'][name]['average_precision']:.1f}" for r in rows)
