@@ -10,12 +10,12 @@ import torch
 import torchvision
 from PIL import Image
 
-from limit import cli, data
+from limit import cli, data as D
 from limit.data import DataError
 from limit.datasets.clothing1m import (KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, clothing1m_labels,
                                        read_clothing1m_split)
 
-NORMALISATION = data.normalisation("clothing1m")
+NORMALISATION = D.normalisation("clothing1m")
 
 
 def write_idx(raw_dir, prefix, images, labels):
@@ -31,7 +31,7 @@ def test_mnist_reads_exact_pixels_and_labels(tmp_path):
     train_y, test_y = (rng.integers(0, 10, n, dtype=np.uint8) for n in (20, 10))
     write_idx(tmp_path / "MNIST" / "raw", "train", train_x, train_y)
     write_idx(tmp_path / "MNIST" / "raw", "t10k", test_x, test_y)
-    arrays = data.load_arrays("mnist", tmp_path)
+    arrays = D.load_arrays("mnist", tmp_path)
     assert arrays.train_x.dtype == torch.uint8 and arrays.train_x.shape == (20, 1, 28, 28)
     assert arrays.test_x.shape == (10, 1, 28, 28)
     assert np.array_equal(arrays.train_x[:, 0].numpy(), train_x)
@@ -76,7 +76,7 @@ def write_fake_cifar(data_dir, monkeypatch, name, per_file=4, seed=1):
     test_list = [write_pickle(root / test_file, batch)]
     meta_key = "label_names" if name == "cifar10" else "fine_label_names"
     _, meta_md5 = write_pickle(root / meta_file, {meta_key: [f"class{i}" for i in range(num_classes)]})
-    cls = getattr(torchvision.datasets, data.DATASETS[name].torchvision_class)
+    cls = getattr(torchvision.datasets, D.DATASETS[name].torchvision_class)
     monkeypatch.setattr(cls, "train_list", train_list)
     monkeypatch.setattr(cls, "test_list", test_list)
     monkeypatch.setattr(cls, "meta", {"filename": meta_file, "key": meta_key, "md5": meta_md5})
@@ -86,7 +86,7 @@ def write_fake_cifar(data_dir, monkeypatch, name, per_file=4, seed=1):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_cifar_reads_exact_pixels_and_labels(tmp_path, monkeypatch, name):
     train_x, train_y, test_x, test_y = write_fake_cifar(tmp_path, monkeypatch, name)
-    arrays = data.load_arrays(name, tmp_path)
+    arrays = D.load_arrays(name, tmp_path)
     assert arrays.train_x.dtype == torch.uint8 and arrays.train_x.shape == (len(train_y), 3, 32, 32)
     assert np.array_equal(arrays.train_x.numpy(), train_x)
     assert arrays.train_y.tolist() == train_y
@@ -95,10 +95,10 @@ def test_cifar_reads_exact_pixels_and_labels(tmp_path, monkeypatch, name):
 
 
 def test_fashion_mnist_from_debian(tmp_path):
-    if not data.DEBIAN_FASHION_MNIST.is_dir():
-        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({data.DEBIAN_FASHION_MNIST} absent)")
-    data.prepare_dataset("fashion_mnist", tmp_path)
-    arrays = data.load_arrays("fashion_mnist", tmp_path)
+    if not D.DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({D.DEBIAN_FASHION_MNIST} absent)")
+    D.prepare_dataset("fashion_mnist", tmp_path)
+    arrays = D.load_arrays("fashion_mnist", tmp_path)
     assert arrays.train_x.shape == (60000, 1, 28, 28) and arrays.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(arrays.train_y).tolist() == [6000] * 10
     assert torch.bincount(arrays.test_y).tolist() == [1000] * 10
@@ -106,12 +106,12 @@ def test_fashion_mnist_from_debian(tmp_path):
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
 def test_incomplete_dir_names_each_missing_file(tmp_path, name):
-    required = data._REQUIRED_FILES[name]
+    required = D._REQUIRED_FILES[name]
     present, missing = required[0], required[1:]
     (tmp_path / present).parent.mkdir(parents=True)
     (tmp_path / present).write_bytes(b"")
     with pytest.raises(DataError) as err:
-        data.prepare_dataset(name, tmp_path)
+        D.prepare_dataset(name, tmp_path)
     message = str(err.value)
     assert all(f in message for f in missing)
     assert present not in message
@@ -119,7 +119,7 @@ def test_incomplete_dir_names_each_missing_file(tmp_path, name):
 
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset"):
-        data.prepare_dataset("imagenet", "/nonexistent")
+        D.prepare_dataset("imagenet", "/nonexistent")
 
 
 CLOTHING_ENTRIES = ["images", "noisy_label_kv.txt", "clean_label_kv.txt", *KEY_LISTS.values()]
@@ -183,7 +183,7 @@ def test_clothing1m_batches(tmp_path):
     test = Clothing1MSplit(tmp_path, "test", "cpu", NORMALISATION, num_workers=0, image_size=size)
     assert len(train) == 28 and len(test) == 14
 
-    mean, std = data.normalisation("clothing1m")
+    mean, std = D.normalisation("clothing1m")
     lo, hi = ((0 - mean) / std).min().item(), ((1 - mean) / std).max().item()
     for split, augment in ((train, True), (train, False), (test, False)):
         batches = list(split.batches(10, generator=torch.Generator().manual_seed(0), shuffle=True, augment=augment))
@@ -241,7 +241,7 @@ def test_clothing1m_missing_files_are_named(tmp_path):
 
 def test_random_crop_flip_is_a_window_of_the_padded_image():
     x = torch.randint(0, 256, (500, 3, 6, 5), dtype=torch.uint8)
-    out = data.random_crop_flip(x, torch.Generator().manual_seed(0), padding=4)
+    out = D.random_crop_flip(x, torch.Generator().manual_seed(0), padding=4)
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     # every 6 x 5 window of each padded image: (image, row, column, channel, height, width)
     windows = padded.unfold(2, 6, 1).unfold(3, 5, 1).permute(0, 2, 3, 1, 4, 5)
@@ -253,7 +253,7 @@ def test_random_crop_flip_is_a_window_of_the_padded_image():
 
 def test_in_memory_split_batches_are_reproducible():
     x = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8)
-    split = data.InMemorySplit(x, "cifar10", "cpu", augment=True)
+    split = D.InMemorySplit(x, "cifar10", "cpu", augment=True)
     assert len(split) == 50
 
     def run(seed, augment=True):
@@ -263,7 +263,7 @@ def test_in_memory_split_batches_are_reproducible():
     assert [len(i) for i, _ in first] == [16, 16, 16, 2]
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(first, again))
     assert not torch.equal(first[0][0], other[0][0])
-    mean, std = data.normalisation("cifar10")
+    mean, std = D.normalisation("cifar10")
     for idx, images in run(3, augment=False):  # without augmentation: exactly the stored images, normalised
         assert torch.allclose(images, (x[idx].float() / 255 - mean) / std)
 

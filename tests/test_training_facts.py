@@ -1,6 +1,4 @@
 """Facts of training that every number of the report rests on, each checked so that a change to it fails."""
-import json
-import re
 import shlex
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +12,7 @@ from test_workflow import load_config, snakemake
 
 from limit import data as D, train as T
 from limit.config import resolve_config
-from limit.methods import Context
+from limit.methods import Context, limit_train_scores
 from limit.models import build_model, make_optimizer
 from limit.registry import METHODS, get_method
 
@@ -78,7 +76,7 @@ def test_the_limit_score_is_the_distance_of_the_given_label_to_q():
     run_data = SimpleNamespace(train=Split(torch.arange(3)), train_noisy=given, num_classes=3,
                                is_corrupted=torch.tensor([False, True, True]), train_true=torch.tensor([0, 2, 0]),
                                train_idx=np.arange(3))
-    scores = T.limit_train_scores(Context(Fixed(classifier_logits), Fixed(q_logits)), run_data, batch_size=2)
+    scores = limit_train_scores(Context(Fixed(classifier_logits), Fixed(q_logits)), run_data, batch_size=2)
     softmax = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731
     q, f = softmax(q_logits.numpy()), softmax(classifier_logits.numpy())
     onehot = np.eye(3)[given.numpy()]
