@@ -13,32 +13,28 @@ from limit.registry import unknown_name
 from limit.runs.rundir import TrainingError
 from limit.tracking.uri import check_no_password, redact
 
-# name: (module of its arguments, module that runs it, one-line help)
+# name: (the module that holds the command, one-line help)
 COMMANDS = {
-    "prepare": ("limit.data", "limit.data", "check (or download) a dataset's files"),
-    "import-images": ("limit.datasets.images", "limit.datasets.images",
-                      "check your own images and decode them once into a dataset cache"),
-    "corrupt": ("limit.data", "limit.data", "split and corrupt the labels of one data setting into a labels file"),
-    # the train options are the field table's (torch-free: `limit train --help` answers at once)
-    "train": ("limit.config", "limit.train", "train one run (exactly as the workflow does)"),
-    "train-pack": ("limit.runs.pack", "limit.runs.pack", "train several runs at the same time in one job (one GPU)"),
-    "select": ("limit.report.selection", "limit.report.selection",
-               "select the hyperparameters of one setting and method variant"),
-    "aggregate": ("limit.report.selection", "limit.report.selection",
-                  "one table of all runs, selected configurations marked"),
-    "report": ("limit.report.render", "limit.report.render", "render the tables and figures from the run table"),
-    "mlflow-sync": ("limit.tracking.client", "limit.tracking.client", "put run directories into MLflow (idempotent)"),
-    "mlflow-init": ("limit.tracking.client", "limit.tracking.client",
-                    "create the MLflow store, experiments and parent runs"),
-    "plan": ("limit.runs.plan", "limit.runs.plan", "what a config asks for and what is left of it, on one screen"),
-    "cost": ("limit.tools.cost", "limit.tools.cost",
-             "device-hours of a config's grid on this device, packed and unpacked"),
-    "bench": ("limit.tools.bench", "limit.tools.bench", "images/s of training steps on this device"),
-    "find-label-issues": ("limit.tools.label_issues", "limit.tools.label_issues",
+    "prepare": ("limit.data", "check (or download) a dataset's files"),
+    "import-images": ("limit.datasets.images", "check your own images and decode them once into a dataset cache"),
+    "corrupt": ("limit.data", "split and corrupt the labels of one data setting into a labels file"),
+    "train": ("limit.train", "train one run (exactly as the workflow does)"),
+    "train-pack": ("limit.runs.pack", "train several runs at the same time in one job (one GPU)"),
+    "select": ("limit.report.selection", "select the hyperparameters of one setting and method variant"),
+    "aggregate": ("limit.report.selection", "one table of all runs, selected configurations marked"),
+    "report": ("limit.report.render", "render the tables and figures from the run table"),
+    "mlflow-sync": ("limit.tracking.client", "put run directories into MLflow (idempotent)"),
+    "mlflow-init": ("limit.tracking.client", "create the MLflow store, experiments and parent runs"),
+    "plan": ("limit.runs.plan", "what a config asks for and what is left of it, on one screen"),
+    "cost": ("limit.tools.cost", "device-hours of a config's grid on this device, packed and unpacked"),
+    "bench": ("limit.tools.bench", "images/s of training steps on this device"),
+    "find-label-issues": ("limit.tools.label_issues",
                           "rank the labelled examples of a run by how likely their labels are wrong"),
-    "detect-bench": ("limit.tools.detect_bench", "limit.tools.detect_bench",
-                     "mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss"),
+    "detect-bench": ("limit.tools.detect_bench", "mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss"),
 }
+# Where a command's options live when not in its module: train's are the field table's (torch-free, so
+# `limit train --help` answers at once).
+ARGUMENTS = {"train": "limit.config"}
 
 
 def _function(module, prefix, command):
@@ -70,10 +66,10 @@ def build_parser(command=None):
     """The ``limit`` parser; with ``command``, that command's options too (importing only its module)."""
     parser = Parser(prog="limit", description="The commands of limit-pipeline; every workflow rule calls one of them.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (arguments, _, text) in COMMANDS.items():
+    for name, (module, text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=text, description=text)
         if name == command:
-            _function(arguments, "add_", name.replace("-", "_") + "_arguments")(command_parser)
+            _function(ARGUMENTS.get(name, module), "add_", name + "_arguments")(command_parser)
     return parser
 
 
@@ -87,7 +83,7 @@ def main(argv=None):
     warnings.simplefilter("default", RuntimeWarning)
     try:
         check_no_password(getattr(args, "tracking_uri", None), "--tracking-uri")
-        _function(COMMANDS[args.command][1], "run_", args.command)(args)
+        _function(COMMANDS[args.command][0], "run_", args.command)(args)
     except (ValueError, TrainingError, FileNotFoundError) as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)
         return 2

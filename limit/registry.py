@@ -32,7 +32,7 @@ class DatasetInfo:
     augment: bool = False  # random crop + flip in training (CIFAR and Clothing1M)
     streamed: bool = False  # batches stream from disk, too large for memory (Clothing1M's files, datasets.clothing1m)
     real_noise: bool = False  # labels are noisy as given: noise model "real", no rate, no clean training labels
-    table_layout: str = "seeds"  # "seeds": mean ± std over seeds; "bootstrap": first seed, bootstrap std (Tables 2, 6, 7)
+    table_layout: str = "seeds"  # "seeds": mean ± std over seeds; "bootstrap": first seed, bootstrap std (Table 2)
     decimals: int = 1  # digits after the point in tables (the paper gives Clothing1M two)
     mean: tuple | None = None  # per-channel normalisation; None: ImageNet statistics
     std: tuple | None = None
@@ -81,9 +81,10 @@ def dataset_name(dataset):
     return (cache or {}).get("name") or Path(dataset).resolve().name
 
 
-def dataset_label(name):
-    """A run table's dataset (a built-in one's name or an image dataset's) as tables and figures write it."""
-    return DATASETS[name].label if name in DATASETS else name
+def named_dataset(name):
+    """The facts of a dataset as a config or a run table names it: a built-in one's, or else your own images' (in
+    memory, synthetic noise, the "seeds" table layout, labelled by their name)."""
+    return DATASETS.get(name) or DatasetInfo(name, 0, 0, 0)
 
 
 def check_arch(arch, size):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from limit.registry import DATASETS
+from limit.registry import named_dataset
 from limit.report import figures, tables
 from limit.report.paper import configuration_label, math_label
 from limit.report.selection import best_limit_run, normalise_runs, selected_runs
@@ -81,7 +81,7 @@ def render_figures(runs, out_dir, data_dir):
         if setting.rate > 0:
             figures.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}",
                                       title=f"Training set, {title}")
-        elif not (setting.dataset in DATASETS and DATASETS[setting.dataset].streamed):
+        elif not named_dataset(setting.dataset).streamed:
             # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
             from limit.data import load_arrays
             dataset = rundir.read_json(Path(run.run_dir) / rundir.CONFIG)["dataset"]  # or an image cache

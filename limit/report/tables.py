@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from limit.registry import DATASETS, dataset_label
+from limit.registry import named_dataset
 from limit.report.paper import (PAPER_DETECTION_AUC, PAPER_NUMBERS_DIR, PAPER_TABLES, all_paper_numbers, label,
                                 paper_numbers, variant_order)
 from limit.report.selection import best_limit_run, normalise_runs, selected_runs
@@ -78,8 +78,7 @@ def make_columns(settings):
                                            ("n", many["n"] or n != "all")) if shown]
         text = rundir.setting_text(dataset, noise, rate, n, style="column", show=show)
         rate = math.nan if rate is None else float(rate)
-        decimals = DATASETS[dataset].decimals if dataset in DATASETS else 1
-        columns.append(Column(dataset, noise, rate, n, text, decimals))
+        columns.append(Column(dataset, noise, rate, n, text, named_dataset(dataset).decimals))
     return tuple(columns)
 
 
@@ -94,8 +93,8 @@ def _row_order(runs):
 def setting_table_spec(name, dataset, noise, rates, ns, variants, experiments=None, layout=None, title=None,
                        compare_to_paper=True):
     """A table over one dataset and noise model: columns = rates x ns (in the given order), rows = variants."""
-    layout = layout or (DATASETS[dataset].table_layout if dataset in DATASETS else "seeds")
-    title = title or f"{dataset_label(dataset)}, {noise} label noise"
+    layout = layout or named_dataset(dataset).table_layout
+    title = title or f"{named_dataset(dataset).label}, {noise} label noise"
     columns = make_columns([(dataset, noise, rate, str(n)) for rate in rates for n in ns])
     return TableSpec(name, title, layout, tuple(variants), columns, experiments, compare_to_paper)
 

@@ -14,7 +14,7 @@ from limit.config import FIELD, FIELDS, JOB_DEFAULTS, argument
 from limit.datasets.images import check_sources
 from limit.noise import HUMAN_NOISE, check_noise
 from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, check_arch, dataset_info, get_method, hparam_problem,
-                            is_limit, method_name, unknown_name)
+                            is_limit, method_name, named_dataset, unknown_name)
 from limit.runs.rundir import group_key, hparams_label, run_id
 
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
@@ -65,7 +65,7 @@ def _check_experiment(name, exp, config, image_datasets):
             raise ConfigError(f"training.{dataset}.max_runtime: {train['max_runtime']} is less than runtime "
                               f"({train['runtime']})")
         for noise in exp["noise"]:
-            if dataset in DATASETS and DATASETS[dataset].real_noise:
+            if named_dataset(dataset).real_noise:
                 if noise != "real":
                     raise ConfigError(f"{where}.noise: {dataset} has real label noise; use noise: [real]")
                 continue
@@ -172,7 +172,6 @@ def expand_runs(config):
                         **{k: train.get(k) for k in SLURM_RESOURCES},
                         "slurm_partition": train.get("slurm_partition", config.get("slurm_partition")),
                         "pack": int(train.get("pack", JOB_DEFAULTS["pack"])),
-                        "arch": train["arch"],
                         "epochs": int(spec.get("epochs", train["epochs"])),
                         "patience": int(spec.get("patience", train["patience"])),
                         "clean_validation": bool(exp.get("clean_validation", False)),
@@ -180,7 +179,7 @@ def expand_runs(config):
                         # a GPU job trains on its GPU or stops at once, never on the CPU
                         "device": "cuda" if train["gpus"] > 0 else FIELD["device"].default,
                         # a dataset streamed from disk decodes with the job's threads
-                        "num_workers": (int(train["threads"]) if dataset in DATASETS and DATASETS[dataset].streamed
+                        "num_workers": (int(train["threads"]) if named_dataset(dataset).streamed
                                         else FIELD["num_workers"].default),
                         "init_from": None,
                     }
@@ -218,7 +217,8 @@ def train_arguments(row):
     args = [a for name in ALWAYS for a in argument(name, row[name])]
     args += ["--experiment", row["experiment"], "--variant", row["variant"]]
     args += [a for name in HPARAMS if row[name] is not None for a in argument(name, float(row[name]))]
-    return args + [a for name, default in CHANGED if row[name] not in (None, default) for a in argument(name, row[name])]
+    args += [a for name, default in CHANGED if row[name] not in (None, default) for a in argument(name, row[name])]
+    return args
 
 
 def output_arguments(row):

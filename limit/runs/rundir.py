@@ -10,7 +10,7 @@ import json
 import os
 from pathlib import Path
 
-from limit.registry import HPARAMS, dataset_label, dataset_name
+from limit.registry import HPARAMS, dataset_name, named_dataset
 
 RUNS_DIR = "runs"  # under the workflow's results directory: RUNS_DIR/<run id> is a run's directory
 CONFIG = "config.json"
@@ -102,7 +102,7 @@ def setting_text(dataset, noise, rate, n, seed=None, style="path", show=("datase
         parts = [dataset, noise if real else f"{noise}-{fmt(rate)}", f"n{n}"]
         parts += [] if seed is None else [f"seed{seed}"]
         return ("/" if style == "path" else "_").join(parts)
-    label = dataset_label(dataset)
+    label = named_dataset(dataset).label
     if style == "title":
         noise_text = "real label noise" if real else f"{rate:.0%} {noise} noise"
         size = "all training samples" if str(n) == "all" else f"n = {n}"
