@@ -25,6 +25,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "pipeline" not in item.keywords and "system" not in item.keywords:
             item.add_marker(pytest.mark.unit)
+        group = worker_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     if SYSTEM_TESTS:
         return
     skip = pytest.mark.skip(reason="system test (installs and starts Slurm, PostgreSQL or Chromium as root): "
@@ -32,6 +35,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "system" in item.keywords:
             item.add_marker(skip)
+
+
+def worker_group(item):
+    """The tests that parallel workers (pytest-xdist, ``--dist loadgroup``) run one after another on one worker:
+    those that read the tiny pipeline (it runs once per worker that asks for it), and those of a module that
+    shares a fixture or a service (a Slurm cluster is one per host). Every other test goes to whichever worker
+    is free."""
+    if "tiny_pipeline" in item.fixturenames:
+        return "tiny_pipeline"
+    fixtures = item._fixtureinfo.name2fixturedefs
+    shared = "system" in item.keywords or any(fixtures[name][-1].scope == "module" for name in item.fixturenames
+                                              if fixtures.get(name))
+    return item.module.__name__ if shared else None
 
 
 @pytest.hookimpl(hookwrapper=True)

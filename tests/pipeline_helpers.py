@@ -1,4 +1,5 @@
 """Helpers shared by the tests that run the tiny pipeline against real services."""
+import fcntl
 import os
 import shutil
 import subprocess
@@ -8,6 +9,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Parallel test workers install packages one at a time (apt-get fails while another holds dpkg's lock);
+# tests/cluster/slurm-up.sh takes the same lock.
+APT_LOCK = "/tmp/limit-tests-apt.lock"
+
 
 def ensure_debian_packages(*packages):
     missing = [p for p in packages if subprocess.run(["dpkg", "-s", p], capture_output=True).returncode != 0]
@@ -17,10 +22,12 @@ def ensure_debian_packages(*packages):
         pytest.skip(f"Debian packages {missing} are missing and cannot be installed here (not root or no apt-get)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]
-    if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
-        assert done.returncode == 0, f"apt-get install {missing} failed:\n{done.stdout}\n{done.stderr}"
+    with open(APT_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run(install, env=env, capture_output=True, timeout=900).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
+            done = subprocess.run(install, env=env, capture_output=True, text=True, timeout=900)
+            assert done.returncode == 0, f"apt-get install {missing} failed:\n{done.stdout}\n{done.stderr}"
 
 
 def pipeline_env(**extra):
@@ -30,11 +37,12 @@ def pipeline_env(**extra):
     return env
 
 
-def snakemake_command(workdir, data_dir, cores, configfiles=()):
-    """The tiny pipeline up to results/runs.csv (training, selection, aggregation) in ``workdir``."""
+def snakemake_command(workdir, data_dir, cores):
+    """The tiny pipeline up to results/runs.csv (training, selection, aggregation) in ``workdir``, every training
+    job logging to MLflow as it trains (``mlflow.live``, which config/test.yaml turns off)."""
     return [sys.executable, "-m", "snakemake", "results/runs.csv", "-s", str(REPO / "Snakefile"), "-d",
             str(workdir), "--cores", str(cores), "--configfile", str(REPO / "config" / "test.yaml"),
-            *map(str, configfiles), "--config", f"data_dir={data_dir}"]
+            str(REPO / "tests" / "data" / "live-tracking.yaml"), "--config", f"data_dir={data_dir}"]
 
 
 def git(checkout, *args):

@@ -29,7 +29,7 @@ def hostile_run(fmnist_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("hostile")
     os.symlink(fmnist_dir, work / DATA_DIR)
     config = work / "hostile.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": DATA_DIR, "results": RESULTS,
+    config.write_text(yaml.safe_dump({"data_dir": DATA_DIR, "results": RESULTS, "mlflow": {"live": True},
                                       "training": {"fashion_mnist": {"epochs": 1, "patience": 1}}}))
     server, url = start_server(work / "server" / "mlflow.db", work / "server" / "mlartifacts")
     try:

@@ -105,14 +105,19 @@ def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selec
     assert parent.info.run_name == "fashion_mnist/uniform-0.5/n256/limit_g" and parent.data.tags["limit.group"] == group
     run_dirs = [_finished_run_dir(tmp_path / f"s{seed}b{beta}", seed, beta, 0.6 + beta / 100, log_checkpoints=seed == 1)
                 for seed in (1, 2) for beta in (0.0, 10.0)]
-    for run_dir in run_dirs:
+    for run_dir in run_dirs[:2]:  # seed 1's jobs logged as they trained (mlflow.live); seed 2's did not
         assert sync_run(run_dir, uri) == 2
-    # the select stage: beta 10 chosen; the parent gets the selection and the chosen runs' test accuracy
+    # the select stage: beta 10 chosen; the parent gets the selection and the chosen runs' test accuracy; the runs
+    # that are not in MLflow yet are put there, every epoch included
     assert main(["select", "--tracking-uri", uri, "--out", str(tmp_path / "selected.json"), *map(str, run_dirs)]) == 0
     for run_dir in run_dirs:  # idempotent: a second sync adds nothing and creates no run
         assert sync_run(run_dir, uri) == 0
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 5
+    for run_dir in run_dirs:
+        run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+        assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0, 1]
+        assert client.get_run(run_id).data.tags["selected"] == ("true" if "b10" in run_dir.name else "false")
     parent = next(r for r in runs if "limit.group" in r.data.tags)
     children = [r for r in runs if r is not parent]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}

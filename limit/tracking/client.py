@@ -7,6 +7,10 @@ with its name and tags derived from config.json, if the job never reached MLflow
 the run id, store, experiment, name and tags, including the ``selected`` tag of the select stage and the summary it
 gives the parent run.
 
+The workflow's training jobs track as they train (``Tracker``) when the config's ``mlflow.live`` is true; either way
+the select stage (``tag_selection``) syncs every run of its group, so a run whose job did not track reaches MLflow
+then.
+
 Every grid run is nested (``mlflow.parentRunId``) under one parent run per selection group (experiment block,
 data setting, method variant), found by its ``limit.group`` tag; ``mlflow-init`` creates the parents before any
 job starts (parallel jobs would race), the first child to start gives it the group's grid tags, and the select
@@ -311,27 +315,19 @@ class Tracker:
 
 
 def tag_selection(run_dirs, selected, chosen, uri=None):
-    """``tag_selected`` with the selection's summary for the group's parent run: the selected hyperparameters
-    (tags) and the configuration's test and validation accuracy over seeds (metrics). ``chosen``: the selected
-    configuration's row of ``limit.report.selection.select_configurations``."""
+    """The select stage's MLflow step: tag each run of a selection group ``selected=true|false``, give the group's
+    parent run the selection's summary (the selected hyperparameters as tags; the configuration's test and
+    validation accuracy over seeds as metrics), and put into MLflow whatever of the group's runs is missing
+    there: all of it where the jobs did not log as they trained (``mlflow.live: false``). ``chosen``: the
+    selected configuration's row of ``limit.report.selection.select_configurations``.
+
+    The tags and the summary are first written into each run's mlflow.json, so that a later ``mlflow-sync`` sets
+    them if MLflow cannot be reached now; then it warns, never fails.
+    """
     hparams = {f"selected.{k}": rundir.fmt(chosen[k]) for k in HPARAMS if k in chosen and not _missing(chosen[k])}
     summary = {"tags": {"selected_hparams": chosen["hparams"], **hparams},
                "metrics": {k: float(chosen[k]) for k in ("test_acc_mean", "test_acc_std", "best_val_acc_mean",
                                                           "seeds")}}
-    tag_selected(run_dirs, selected, summary, uri)
-
-
-def _missing(value):
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def tag_selected(run_dirs, selected, summary, uri=None):
-    """Tag each run of a selection group ``selected=true|false`` and give the group's parent run the ``summary``
-    (``{"tags": ..., "metrics": ...}``) in MLflow; warn (never fail) if unreachable.
-
-    Both are first written into each run's mlflow.json, so that ``sync_run`` sets them later if MLflow
-    cannot be reached now.
-    """
     try:
         for run_dir in run_dirs:
             info = rundir.read_mlflow(run_dir)
@@ -341,19 +337,15 @@ def tag_selected(run_dirs, selected, summary, uri=None):
     except OSError as exc:
         warnings.warn(f"could not record the selected runs in their run directories ({exc})", RuntimeWarning)
     try:
-        parents = {}
         for run_dir in run_dirs:
-            info = rundir.read_mlflow(run_dir)
-            if info.get("run_id"):
-                client = _client(tracking_uri(uri or recorded_uri(info.get("tracking_uri"))))
-                client.set_tag(info["run_id"], "selected", str(run_dir in selected).lower())
-                if PARENT_TAG in info["tags"]:
-                    parents[info["tags"][PARENT_TAG]] = (client, info["tags"])
-        for parent_id, (client, tags) in parents.items():
-            _sync_parent(client, parent_id, tags, summary)
+            sync_run(run_dir, uri)
     except Exception as exc:
-        warnings.warn(redact(f"could not tag the selected runs in MLflow ({type(exc).__name__}: {exc})"),
-                      RuntimeWarning)
+        warnings.warn(redact(f"could not put the selected runs into MLflow ({type(exc).__name__}: {exc}); later: "
+                             f"python -m limit mlflow-sync RUN_DIR..."), RuntimeWarning)
+
+
+def _missing(value):
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def add_mlflow_sync_arguments(parser):

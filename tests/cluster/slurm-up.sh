@@ -34,8 +34,8 @@ mkdir -p "$S"
 pkgs="slurmctld slurmd slurm-client munge"
 [ "$WITH_SLURMDBD" = 1 ] && pkgs="$pkgs slurmdbd mariadb-server"
 if ! dpkg -s $pkgs >/dev/null 2>&1; then
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends $pkgs >/dev/null
+  # one apt-get at a time with the other tests' installs (tests/pipeline_helpers.py, APT_LOCK)
+  flock /tmp/limit-tests-apt.lock sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $pkgs >/dev/null"
 fi
 
 mkdir -p "$S"/{state,spool,log}

@@ -63,6 +63,8 @@ LABEL_ISSUE_RUNS = [r["run_id"] for r in RUN_ROWS if r["label_issues"]]
 EXPERIMENTS = list(config["experiments"])
 FIGURE1_EXPERIMENTS = [name for name, exp in config["experiments"].items() if exp.get("figure1")]
 TRACKING = config["mlflow"]["enabled"]
+# Training jobs log to MLflow as they train (mlflow.live), or leave it to their group's select job.
+LIVE_TRACKING = TRACKING and config["mlflow"]["live"]
 # MLFLOW_TRACKING_URI, when set, reaches every job through the environment and stays there (it may hold a
 # password): it never goes on a command line. Otherwise the config's URI is passed.
 TRACKING_URI_ARGS = (
@@ -119,7 +121,7 @@ def data_ready(dataset):
 def tracking_arguments(row):
     """Where a run tracks and what it keeps (MLflow's copy of best.pt, its state once finished): not what it
     computes, so the rules derive them from the output and a change reruns nothing."""
-    return [*(TRACKING_URI_ARGS if TRACKING else ["--no-tracking"]), *output_arguments(row)]
+    return [*(TRACKING_URI_ARGS if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
 
 
 def train_inputs(wildcards):

@@ -8,7 +8,9 @@ rule select:
     params:
         # derived from the input (so not compared by Snakemake: a changed group changes the input files)
         run_dirs=lambda wc, input: [run_dir(r["run_id"]) for r in GROUPS[wc.group]],
-        tracking=[] if TRACKING else ["--no-tracking"],
+        # the select job puts its group's runs into MLflow (all of them unless mlflow.live); like the train
+        # rule's, derived from the output, so a changed store reruns nothing
+        tracking=lambda wc, output: TRACKING_URI_ARGS if TRACKING else ["--no-tracking"],
     localrule: True
     conda:
         "../../envs/train.yaml"
