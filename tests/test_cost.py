@@ -40,8 +40,8 @@ def test_plan_prints_a_row_per_block_and_the_total(tmp_path):
         assert int(n_runs) == int(jobs) == sum(r["experiment"] == block for r in runs)  # pack: 1
         assert float(packed_h) == float(unpacked_h) > 0
         assert float(state_gb) > 0 and float(kept_gb) > 0
-    # main: 20 epochs, patience 8 -> ceil(2) + 8 + 1 = 11; figure1: patience 1000 -> all 30 epochs
-    assert rows["main"][2] == "11" and rows["figure1"][2] == "30"
+    # main: 40 epochs, patience 8 -> ceil(4) + 8 + 1 = 13; figure1: patience 1000 -> all 30 epochs
+    assert rows["main"][2] == "13" and rows["figure1"][2] == "30"
     total = TOTAL.match(next(line for line in lines if line.startswith("total: ")))
     assert total and "cores" in total[3]
     assert "Left out of the hours: data loading" in "\n".join(lines)  # the table says what it does not count
