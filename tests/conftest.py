@@ -22,6 +22,9 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    # system tests, then pipeline tests, then unit tests: the parallel workers start the long tests first and fill
+    # the end with short ones (pyproject.toml turns xdist's own reordering off)
+    items.sort(key=lambda item: 0 if "system" in item.keywords else 1 if "pipeline" in item.keywords else 2)
     for item in items:
         if "pipeline" not in item.keywords and "system" not in item.keywords:
             item.add_marker(pytest.mark.unit)

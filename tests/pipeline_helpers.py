@@ -1,5 +1,6 @@
 """Helpers shared by the tests that run the tiny pipeline against real services."""
 import fcntl
+import json
 import os
 import shutil
 import subprocess
@@ -37,12 +38,15 @@ def pipeline_env(**extra):
     return env
 
 
-def snakemake_command(workdir, data_dir, cores):
+def snakemake_command(workdir, data_dir, cores, seeds=(1, 2)):
     """The tiny pipeline up to results/runs.csv (training, selection, aggregation) in ``workdir``, every training
-    job logging to MLflow as it trains (``mlflow.live``, which config/test.yaml turns off)."""
+    job logging to MLflow as it trains (``mlflow.live``, which config/test.yaml turns off); ``seeds``: its seeds,
+    five runs each (written to ``workdir/seeds.yaml``)."""
+    overlay = Path(workdir) / "seeds.yaml"
+    overlay.write_text(json.dumps({"experiments": {"main": {"seeds": list(seeds)}}}))  # JSON is YAML
     return [sys.executable, "-m", "snakemake", "results/runs.csv", "-s", str(REPO / "Snakefile"), "-d",
             str(workdir), "--cores", str(cores), "--configfile", str(REPO / "config" / "test.yaml"),
-            str(REPO / "tests" / "data" / "live-tracking.yaml"), "--config", f"data_dir={data_dir}"]
+            str(REPO / "tests" / "data" / "live-tracking.yaml"), str(overlay), "--config", f"data_dir={data_dir}"]
 
 
 def git(checkout, *args):

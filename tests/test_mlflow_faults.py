@@ -57,7 +57,7 @@ def test_server_killed_mid_pipeline_then_sync_fills_in_idempotently(fmnist_dir, 
     # One retry keeps the dead-server path short here; the project default is 3 (about 7 s per failed call).
     env = pipeline_env(MLFLOW_TRACKING_URI=url, MLFLOW_HTTP_REQUEST_MAX_RETRIES="1")
     log = open(tmp_path / "snakemake.log", "wb")
-    pipeline = subprocess.Popen(snakemake_command(work, fmnist_dir, 2), cwd=work, env=env, stdout=log,
+    pipeline = subprocess.Popen(snakemake_command(work, fmnist_dir, 2, seeds=[1]), cwd=work, env=env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     killed_at = None
     try:
@@ -80,7 +80,7 @@ def test_server_killed_mid_pipeline_then_sync_fills_in_idempotently(fmnist_dir, 
 
     # every run directory is complete and the run table is right
     run_dirs = sorted(p.parent for p in (results / "runs").rglob("config.json"))
-    assert len(run_dirs) == 10
+    assert len(run_dirs) == 5  # one seed
     for run_dir in run_dirs:
         assert {"metrics.json", "history.csv", "test_outputs.npz", "best.pt", "config.json"} <= {
             p.name for p in run_dir.iterdir()}
@@ -102,29 +102,29 @@ def test_server_killed_mid_pipeline_then_sync_fills_in_idempotently(fmnist_dir, 
         if (run_dir / "job.json").stat().st_mtime > killed_at + 1:
             assert warned[run_dir] == 1, text
     affected = [d for d, n in warned.items() if n]
-    assert 1 <= len(affected) <= 8  # the first two jobs were done before the crash
+    assert 1 <= len(affected) <= 3  # the first two jobs were done before the crash
 
     # restart the same server (same URL, as recorded in the run directories) and sync everything
     server, url = start_server(store, artifacts, port=port, log=tmp_path / "server.log")
     try:
         client = MlflowClient(url)
         before = store_snapshot(client)
-        assert len(before) < 10 or any(r["status"] != "FINISHED" for r in before.values())  # something is missing
+        assert len(before) < 5 or any(r["status"] != "FINISHED" for r in before.values())  # something is missing
         complete_before = [r["name"] for r in before.values() if r["status"] == "FINISHED"]
         assert len(complete_before) >= 2
         sync = [sys.executable, "-m", "limit", "mlflow-sync", *map(str, run_dirs)]
         first = subprocess.run(sync, cwd=work, env=env, capture_output=True, text=True, timeout=300)
         assert first.returncode == 0, first.stderr[-3000:]
-        added = int(re.search(r"synced 10 runs, (\d+) epochs added", first.stdout).group(1))
+        added = int(re.search(r"synced 5 runs, (\d+) epochs added", first.stdout).group(1))
         assert added > 0 and WARNING not in first.stderr
         after_first = store_snapshot(client)
         second = subprocess.run(sync, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-        assert second.returncode == 0 and "synced 10 runs, 0 epochs added" in second.stdout
+        assert second.returncode == 0 and "synced 5 runs, 0 epochs added" in second.stdout
         assert store_snapshot(client) == after_first  # the second sync changed nothing
 
         experiment_id = client.get_experiment_by_name("main").experiment_id
         by_name = {r["name"]: (run_id, r) for run_id, r in after_first.items() if "limit.group" not in r["tags"]}
-        assert len(by_name) == 10 and len(after_first) == 10 + 4  # one run per run directory and per group
+        assert len(by_name) == 5 and len(after_first) == 5 + 4  # one run per run directory and per group
         for run_dir in run_dirs:
             run_id, run = by_name[str(run_dir.relative_to(results / "runs/main"))]
             assert run["experiment"] == experiment_id and run["status"] == "FINISHED"

@@ -83,14 +83,20 @@ def run_snakemake(workdir, data_dir, *args, config_files=()):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def jobcomp(state):
-    """Finished Slurm jobs from the jobcomp/filetxt log: {job id: {field: value}}."""
+def jobcomp(state, wait_for=()):
+    """Finished Slurm jobs from the jobcomp/filetxt log: {job id: {field: value}}. ``wait_for``: job ids to wait
+    for (up to 2 minutes): slurmctld records a job after it ends, which on a busy machine can be seconds after
+    Snakemake has seen the job leave the queue."""
     path = state / "log" / "jobcomp.txt"
-    jobs = {}
-    for line in (path.read_text().splitlines() if path.exists() else []):
-        fields = dict(re.findall(r"(\w+)=(\S*)", line))
-        jobs[fields["JobId"]] = fields
-    return jobs
+    deadline = time.monotonic() + 120
+    while True:
+        jobs = {}
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            fields = dict(re.findall(r"(\w+)=(\S*)", line))
+            jobs[fields["JobId"]] = fields
+        if set(wait_for) <= set(jobs) or time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.5)
 
 
 @pytest.fixture(scope="session")
@@ -148,7 +154,8 @@ def test_training_jobs_run_as_slurm_jobs(workflow_run, slurm_cluster):
     assert all(r["best_val_acc"] and r["test_acc"] for r in table)
     assert (workdir / "results" / "selected.csv").stat().st_size > 0
 
-    finished = jobcomp(slurm_cluster)
+    finished = jobcomp(slurm_cluster, wait_for=[
+        json.loads((workdir / "results/runs" / run_id / "job.json").read_text())["slurm_job_id"] for run_id in runs])
     job_ids = []
     for run_id in runs:
         run_dir = workdir / "results" / "runs" / run_id
@@ -222,7 +229,7 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     finally:
         done.set()
         watcher.join()
-    finished = jobcomp(slurm_cluster)
+    finished = jobcomp(slurm_cluster, wait_for=re.findall(r"submitted with SLURM jobid (\d+)", output))
 
     # the run that fails twice: reported, non-zero exit, no outputs left behind
     assert rc != 0, output[-6000:]
@@ -266,7 +273,7 @@ def test_a_pack_is_one_slurm_job(slurm_cluster, fmnist_dir, fast_config, tmp_pat
         assert job_id is not None, run_id
         members.setdefault(job_id, []).append(run_id)
     assert sorted(len(m) for m in members.values()) == [2, 4, 4], members
-    finished = jobcomp(slurm_cluster)
+    finished = jobcomp(slurm_cluster, wait_for=members)
     for job_id, runs_of_job in members.items():
         record = finished[job_id]
         assert record["JobState"] == "COMPLETED", record
@@ -285,7 +292,6 @@ def test_a_gpu_job_runs_on_the_gpu_resource_and_stops_at_once_without_a_gpu(slur
     gpu.write_text(yaml.safe_dump({"training": {"fashion_mnist": {"gpus": 1, "slurm_partition": "debug"}}}))
     run = "main/fashion_mnist/uniform-0.5/n256/seed1/ce/default"
     workdir = tmp_path / "work"
-    before = set(jobcomp(slurm_cluster))
     rc, output = run_snakemake(workdir, fmnist_dir, f"results/runs/{run}/metrics.json", "--retries", "0",
                                config_files=[fast_config, gpu])
     assert rc != 0 and "Error in rule train" in output, output[-4000:]
@@ -293,7 +299,9 @@ def test_a_gpu_job_runs_on_the_gpu_resource_and_stops_at_once_without_a_gpu(slur
     # scheduled on the GPU resource: Slurm gave the job GPU 0 (jobcomp's Tres lists GPUs only with slurmdbd)
     assert len(log) == 1 and log[0].startswith("error: --device cuda: this Slurm job holds a GPU ("), log
     assert "finds no usable GPU" in log[0] and not (workdir / "results/runs" / run).exists()
-    jobs = [job for job_id, job in jobcomp(slurm_cluster).items() if job_id not in before]
-    assert len(jobs) == 1 and jobs[0]["JobState"] == "FAILED", jobs
+    submitted = re.findall(r"submitted with SLURM jobid (\d+)", output)
+    assert len(submitted) == 1, output[-4000:]
+    jobs = [jobcomp(slurm_cluster, wait_for=submitted)[submitted[0]]]
+    assert jobs[0]["JobState"] == "FAILED", jobs
     started, ended = (time.strptime(jobs[0][k], "%Y-%m-%dT%H:%M:%S") for k in ("StartTime", "EndTime"))
     assert time.mktime(ended) - time.mktime(started) < 60
