@@ -21,6 +21,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "system: starts system services as root; runs only with LIMIT_SYSTEM_TESTS=1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     # system tests, then pipeline tests, then unit tests: the parallel workers start the long tests first and fill
     # the end with short ones (pyproject.toml turns xdist's own reordering off)
