@@ -1,7 +1,7 @@
 """Datasets, the paper's train/validation splits, noisy-label files, and on-device batches.
 
-MNIST and Fashion-MNIST (IDX files) are read here, CIFAR-10 and CIFAR-100 through torchvision's dataset classes,
-all from torchvision's folder layout and held in memory as uint8 tensors; normalisation and CIFAR's crop + flip run on whole batches on the device.
+MNIST, Fashion-MNIST, CIFAR-10 and CIFAR-100 are read through torchvision's dataset classes and held in
+memory as uint8 tensors; normalisation and CIFAR's crop + flip run on whole batches on the device.
 Clothing1M streams from disk (``limit.datasets.clothing1m``, which uses this module's normalisation).
 
 Splits and label noise use one ``numpy.random.default_rng(seed)`` stream per data setting, in the
@@ -12,9 +12,7 @@ import argparse
 import gzip
 import hashlib
 import json
-import math
 import shutil
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,35 +102,14 @@ class ImageArrays:
     classes: list  # class names, indexed by label (torchvision's, e.g. "T-shirt/top", "airplane", "0 - zero")
 
 
-def read_idx(path):
-    """The uint8 array of an IDX file (MNIST's format): a big-endian header (two zero bytes, the type 0x08 for
-    unsigned bytes, the number of dimensions, each dimension's size), then the data."""
-    raw = Path(path).read_bytes()
-    if len(raw) < 4 or raw[:3] != b"\0\0\x08":
-        raise DataError(f"{path} is not an IDX file of unsigned bytes")
-    header = 4 + 4 * raw[3]
-    shape = struct.unpack(f">{raw[3]}I", raw[4:header])
-    if len(raw) - header != math.prod(shape):
-        raise DataError(f"{path} holds {len(raw) - header} bytes of data, not {math.prod(shape)} (truncated?)")
-    return np.frombuffer(raw, np.uint8, offset=header).reshape(shape)
-
-
 def load_arrays(name, data_dir):
-    """Read MNIST / Fashion-MNIST / CIFAR into uint8 tensors (N, C, H, W)."""
+    """Read MNIST / Fashion-MNIST / CIFAR through torchvision into uint8 tensors (N, C, H, W)."""
+    import torchvision
     prepare_dataset(name, data_dir)
     if name not in DATASETS:
         from limit.datasets.images import cache_classes, read_cache
         return ImageArrays(*(torch.as_tensor(a) for a in read_cache(name)[:4]), classes=cache_classes(name))
-    info = DATASETS[name]
-    if info.idx_classes:  # read here: importing torchvision to read them cost every job 1.2 s
-        raw = Path(data_dir) / info.torchvision_class / "raw"
-        out = []
-        for prefix in ("train", "t10k"):
-            out += [torch.from_numpy(read_idx(raw / f"{prefix}-images-idx3-ubyte").copy()).unsqueeze(1),
-                    torch.from_numpy(read_idx(raw / f"{prefix}-labels-idx1-ubyte").astype(np.int64))]
-        return ImageArrays(*out, classes=list(info.idx_classes))
-    import torchvision
-    cls = getattr(torchvision.datasets, info.torchvision_class)
+    cls = getattr(torchvision.datasets, DATASETS[name].torchvision_class)
     out = []
     for train in (True, False):
         ds = cls(str(data_dir), train=train, download=False)

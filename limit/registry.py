@@ -28,8 +28,7 @@ class DatasetInfo:
     channels: int
     size: int  # image side in pixels
     split_sizes: tuple = ()  # (training, validation, test) examples of the paper's split; () for your own images
-    torchvision_class: str = ""  # the torchvision dataset class (its folder name, its download)
-    idx_classes: tuple = ()  # MNIST's IDX files, read by limit.data itself: the class names, as torchvision's
+    torchvision_class: str = ""  # the torchvision dataset class that reads its files
     augment: bool = False  # random crop + flip in training (CIFAR and Clothing1M)
     streamed: bool = False  # batches stream from disk, too large for memory (Clothing1M's files, datasets.clothing1m)
     real_noise: bool = False  # labels are noisy as given: noise model "real", no rate, no clean training labels
@@ -40,11 +39,8 @@ class DatasetInfo:
 
 
 DATASETS = {
-    "mnist": DatasetInfo("MNIST", 10, 1, 28, (48000, 12000, 10000), "MNIST", idx_classes=(
-        "0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven", "8 - eight",
-        "9 - nine")),
-    "fashion_mnist": DatasetInfo("Fashion-MNIST", 10, 1, 28, (48000, 12000, 10000), "FashionMNIST", idx_classes=(
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")),
+    "mnist": DatasetInfo("MNIST", 10, 1, 28, (48000, 12000, 10000), "MNIST"),
+    "fashion_mnist": DatasetInfo("Fashion-MNIST", 10, 1, 28, (48000, 12000, 10000), "FashionMNIST"),
     "cifar10": DatasetInfo("CIFAR-10", 10, 3, 32, (40000, 10000, 10000), "CIFAR10", augment=True,
                            table_layout="bootstrap"),
     "cifar100": DatasetInfo("CIFAR-100", 100, 3, 32, (40000, 10000, 10000), "CIFAR100", augment=True,

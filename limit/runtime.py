@@ -4,7 +4,7 @@ and provenance.
 Device: ``cuda`` (and ``auto`` inside a Slurm job that holds a GPU) must give a working GPU, or the run stops at
 once with what torch reports: a GPU job never trains on the CPU until its time limit.
 
-Determinism: ``torch.use_deterministic_algorithms(True)``'s kernel flag makes every op pick a deterministic kernel or
+Determinism: ``torch.use_deterministic_algorithms(True)`` makes every op pick a deterministic kernel or
 raise. The paper's networks use one op without a deterministic CUDA backward, adaptive average pooling
 (the ResNets' global pool); ``limit.models`` replaces it by a mean over the spatial dimensions. cuBLAS
 needs ``CUBLAS_WORKSPACE_CONFIG`` set before its first use for deterministic matrix products.
@@ -128,10 +128,7 @@ def configure(device=torch.device("cpu"), deterministic=True, precision="fp32"):
     """Process-wide settings of a run on ``device``; call before the first CUDA op."""
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    # The kernel flag of torch.use_deterministic_algorithms alone: that function also sets torch.compile's
-    # (Inductor's) flag, and importing Inductor for it cost each job 1.4 s (2-core AMD EPYC, cProfile of one
-    # train job); nothing in this package compiles.
-    torch._C._set_deterministic_algorithms(deterministic)
+    torch.use_deterministic_algorithms(deterministic)
     # No kernel reads memory it did not write; the fill of every new tensor is a kernel per allocation (and
     # one queued on the current stream, behind work of other streams that writes the same buffer).
     torch.utils.deterministic.fill_uninitialized_memory = False
