@@ -29,14 +29,15 @@ def hostile_run(fmnist_dir, tmp_path_factory):
     work = tmp_path_factory.mktemp("hostile")
     os.symlink(fmnist_dir, work / DATA_DIR)
     config = work / "hostile.yaml"
-    config.write_text(yaml.safe_dump({"data_dir": DATA_DIR, "results": RESULTS, "mlflow": {"live": True},
+    config.write_text(yaml.safe_dump({"data_dir": DATA_DIR, "results": RESULTS,
                                       "training": {"fashion_mnist": {"epochs": 1, "patience": 1}},
                                       "experiments": {"main": {"seeds": [1]}}}))
     server, url = start_server(work / "server" / "mlflow.db", work / "server" / "mlartifacts")
     try:
         env = pipeline_env(MLFLOW_TRACKING_URI=url.replace("http://", f"http://me:{PASSWORD}@"))
         done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-                               "--cores", "2", "--configfile", str(REPO / "config/test.yaml"), str(config)],
+                               "--cores", "2", "--configfile", str(REPO / "config/test.yaml"),
+                               str(REPO / "tests/data/live-tracking.yaml"), str(config)],
                               cwd=work, env=env, capture_output=True, text=True, timeout=1200)
         client = MlflowClient(url)
         runs = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=100)
