@@ -1,8 +1,10 @@
 """The package's structure: one table of hyperparameters and defaults, the torch-free modules, the run directory."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from importlib import import_module
 from pathlib import Path
@@ -16,7 +18,7 @@ from limit.registry import HPARAMS, METHODS
 from limit.runs import rundir
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "limit/runs/config.schema.yaml").read_text())
 
 
 def test_schema_hyperparameters_are_the_tables():
@@ -121,3 +123,30 @@ def test_readme_methods_table_is_the_registry():
         expected.append(f"| `{name}` | {method.description} | {own} |")
     assert rows == expected
     assert f"Every method also takes {', '.join(GENERIC_HPARAMS[:-1])} and {GENERIC_HPARAMS[-1]}." in section
+
+
+@pytest.mark.pipeline
+def test_a_non_editable_install_runs_cost_and_plan(tmp_path):
+    """`pip install .` (no checkout on the path): the package carries what it reads (the config schema). The
+    dependencies come from this environment through a .pth file, so that torch is not installed again."""
+    source, venv = tmp_path / "source", tmp_path / "venv"
+    for name in ("limit", "pyproject.toml", "README.md"):  # a copy: building writes build/ and *.egg-info
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "shared.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
+                           "--no-deps", "--no-build-isolation", "--no-index", str(source)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([venv / "bin" / "python", "-c", "import limit; print(limit.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, env=env)
+    assert where.stdout.startswith(site), where.stdout + where.stderr
+    plan = subprocess.run([venv / "bin" / "limit", "plan", "--help"], capture_output=True, text=True, env=env)
+    assert plan.returncode == 0 and plan.stdout.startswith("usage: limit plan"), plan.stderr
+    cost = subprocess.run([venv / "bin" / "limit", "cost", "--configfile", str(REPO / "config" / "test.yaml")],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert cost.returncode == 0, cost.stderr
+    assert "\ntotal: " in cost.stdout and "\nmain " in cost.stdout
