@@ -1,6 +1,7 @@
 """The package's structure: one table of hyperparameters and defaults, the torch-free modules, the run directory."""
 import json
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -123,6 +124,32 @@ def test_readme_methods_table_is_the_registry():
         expected.append(f"| `{name}` | {method.description} | {own} |")
     assert rows == expected
     assert f"Every method also takes {', '.join(GENERIC_HPARAMS[:-1])} and {GENERIC_HPARAMS[-1]}." in section
+
+
+def test_conda_environments_are_the_lock():
+    """environment.yml and envs/*.yaml pin exactly requirements.lock's versions (scripts/conda-envs writes them)."""
+    check = runpy.run_path(str(REPO / "scripts" / "conda-envs"))
+    assert check["disagreements"]() == []
+    # the whole project's environment holds every pin of the lock, and the test runner's plugins
+    pins = check["pip_lines"]((REPO / "environment.yml").read_text())
+    assert set(pins) == set(check["read_lock"]((REPO / "requirements.lock").read_text()))
+    assert {"pytest-xdist", "psycopg2-binary", "cleanlab"} <= set(pins)
+
+
+def test_a_command_without_its_extra_is_one_error_line_naming_it(tmp_path, monkeypatch, capsys):
+    from limit.cli import NEEDS, main
+    from limit.tracking import server
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert all(any(r.startswith(module) for r in extras[extra]) for module, extra in NEEDS.values())
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # as if not installed: find_spec and import see None
+    out = tmp_path / "bench"
+    assert main(["detect-bench", "--quick", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "error: limit detect-bench needs cleanlab: pip install 'limit-pipeline[detect]'\n"
+    assert not out.exists()
+    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    assert server.main(["--screenshot", str(tmp_path / "ui.png"), "--store", str(tmp_path / "mlflow.db")]) == 2
+    assert capsys.readouterr().err == "error: --screenshot needs aiohttp: pip install 'limit-pipeline[browser]'\n"
+    assert not (tmp_path / "mlflow.db").exists()
 
 
 @pytest.mark.pipeline
