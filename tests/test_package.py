@@ -152,6 +152,37 @@ def test_a_command_without_its_extra_is_one_error_line_naming_it(tmp_path, monke
     assert not (tmp_path / "mlflow.db").exists()
 
 
+def test_job_json_and_mlflow_carry_the_lock_and_name_a_change_of_environment(tmp_path):
+    import hashlib
+
+    import torch
+
+    from limit.runtime import record_attempt
+    from limit.tracking.client import sync_run
+    from mlflow.tracking import MlflowClient
+    lock = hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
+    other = "0" * 64  # an attempt made from another lock file
+    rundir.write_json(tmp_path / rundir.JOB, {"device": "cpu", "device_name": "AMD EPYC", "lock_sha256": other})
+    with pytest.warns(RuntimeWarning, match=f"attempt 2 runs on {lock}, attempt 1 ran on {other}: .* another "
+                                            "environment"):
+        record_attempt(tmp_path, torch.device("cpu"))
+    job = rundir.read_json(tmp_path / rundir.JOB)
+    assert job["lock_sha256"] == lock and job["environment_change"] == f"{other} -> {lock}"
+    # a job.json of a version that recorded no lock: nothing to compare, no change named
+    rundir.write_json(tmp_path / "old" / rundir.JOB, {"device": "cpu", "device_name": job["device_name"]})
+    record_attempt(tmp_path / "old", torch.device("cpu"))
+    assert "environment_change" not in rundir.read_json(tmp_path / "old" / rundir.JOB)
+    rundir.write_json(tmp_path / rundir.CONFIG, {
+        "method": "ce", "dataset": "fashion_mnist", "arch": "cnn", "seed": 1, "hparams": {}, "clean_validation": False,
+        "run": {"experiment": "main", "variant": "ce", "hparams": [], "noise": "uniform", "rate": 0.5, "n": "256"}})
+    (tmp_path / rundir.HISTORY).write_text("epoch,train_acc,val_acc,test_acc\n0,0.3,0.4,0.5\n")
+    rundir.write_json(tmp_path / rundir.METRICS, {"best_epoch": 0, "best_val_acc": 0.4, "test_acc": 0.5})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sync_run(tmp_path, uri)
+    tags = MlflowClient(uri).get_run(rundir.read_mlflow(tmp_path)["run_id"]).data.tags
+    assert tags["lock_sha256"] == lock and tags["environment_change"] == job["environment_change"]
+
+
 @pytest.mark.pipeline
 def test_a_non_editable_install_runs_cost_and_plan(tmp_path):
     """`pip install .` (no checkout on the path): the package carries what it reads (the config schema). The
