@@ -35,9 +35,9 @@ import torch
 from limit.config import PRECISIONS, parse_checkpoint_every
 from limit.runs import rundir
 
-__all__ = ["DeviceError", "pick_device", "cuda_problem", "code_runs_on", "slurm_gpu_allocation", "driver_version",
-           "configure", "set_precision", "CheckpointCadence", "rng_state", "set_rng_state", "EpochReporter", "job_info",
-           "record_attempt", "save_torch", "load_checkpoint", "save_state", "load_state"]
+__all__ = ["DeviceError", "resolve_device", "pick_device", "cuda_problem", "code_runs_on", "slurm_gpu_allocation",
+           "driver_version", "configure", "set_precision", "CheckpointCadence", "rng_state", "set_rng_state",
+           "EpochReporter", "job_info", "record_attempt", "save_torch", "load_checkpoint", "save_state", "load_state"]
 # Set by Slurm in a job that holds GPUs (--gpus, --gres=gpu, --gpus-per-*).
 SLURM_GPU_VARIABLES = ("SLURM_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
                        "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
@@ -107,12 +107,19 @@ def cuda_problem(device):
     return None
 
 
+def resolve_device(name, environ=os.environ):
+    """The device name a run on ``name`` uses, found without a CUDA context: ``auto`` is ``cuda`` when torch sees
+    a GPU or this is a Slurm job holding one, else ``cpu``; any other name as it is."""
+    if name != "auto":
+        return name
+    return "cuda" if slurm_gpu_allocation(environ) or torch.cuda.is_available() else "cpu"
+
+
 def pick_device(name, environ=os.environ):
-    """The torch device of a run. ``auto``: CUDA when torch sees a GPU, or when this is a Slurm job holding one
-    (which then must work); else the CPU. A CUDA device that cannot run raises DeviceError at once."""
+    """The torch device of a run (``resolve_device``): a Slurm job holding a GPU must be able to use it. A CUDA
+    device that cannot run raises DeviceError at once."""
     allocation = slurm_gpu_allocation(environ)
-    if name == "auto":
-        name = "cuda" if allocation or torch.cuda.is_available() else "cpu"
+    name = resolve_device(name, environ)
     try:
         device = torch.device(name)
     except RuntimeError as exc:
