@@ -89,7 +89,12 @@ def main(argv=None):
     if command is not None and command not in COMMANDS:
         print(f"error: limit: {unknown_name('command', command, COMMANDS)} (see limit --help)", file=sys.stderr)
         return 2
-    args = build_parser(command).parse_args(argv)
+    parser = build_parser(command)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not hasattr(args, "snakemake_args"):
+        parser.parse_args(argv)  # the one-line error naming them
+    if unknown:
+        args.snakemake_args = [*args.snakemake_args, *unknown]  # a command that passes them on (plan)
     problem = args.command in NEEDS and missing_extra(f"limit {args.command}", *NEEDS[args.command])
     if problem:
         print(problem, file=sys.stderr)

@@ -40,9 +40,10 @@ import torch
 from limit.config import PRECISIONS, parse_checkpoint_every
 from limit.runs import rundir
 
-__all__ = ["DeviceError", "pick_device", "cuda_problem", "slurm_gpu_allocation", "driver_version", "configure",
-           "set_precision", "CheckpointCadence", "rng_state", "set_rng_state", "EpochReporter", "job_info",
-           "lock_sha256", "record_attempt", "save_torch", "load_checkpoint", "save_state", "load_state"]
+__all__ = ["DeviceError", "resolve_device", "pick_device", "cuda_problem", "code_runs_on", "slurm_gpu_allocation",
+           "driver_version", "configure", "set_precision", "CheckpointCadence", "rng_state", "set_rng_state",
+           "EpochReporter", "job_info", "lock_sha256", "record_attempt", "save_torch", "load_checkpoint", "save_state",
+           "load_state"]
 # Set by Slurm in a job that holds GPUs (--gpus, --gres=gpu, --gpus-per-*).
 SLURM_GPU_VARIABLES = ("SLURM_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
                        "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
@@ -64,15 +65,23 @@ def slurm_gpu_allocation(environ=os.environ):
     return None
 
 
-def _supported(capability):
-    """Whether this torch build has kernels (or PTX it can compile) for a GPU of ``capability``."""
-    major, minor = capability
-    arch = major * 10 + minor
-    for entry in torch.cuda.get_arch_list():
-        kind, _, number = entry.partition("_")
-        if (kind == "sm" and int(number) == arch) or (kind == "compute" and int(number) <= arch):
-            return True
-    return False
+# An entry of torch.cuda.get_arch_list(): sm_XY is a CUDA binary (suffix a: arch-specific, f: family), compute_XY PTX.
+_ARCH_ENTRY = re.compile(r"(sm|compute)_(\d+)([af]?)")
+
+
+def code_runs_on(entry, device_cc):
+    """Whether the code of one ``torch.cuda.get_arch_list()`` entry runs on a GPU of compute capability
+    ``device_cc`` (10 * major + minor). torch's own rule (``torch.cuda._check_capability``, private): a binary runs
+    on the GPUs of its major version with an equal or higher minor, its suffix ignored (torch leaves the
+    integrated Jetson GPUs out; no cluster has them). Plain PTX is compiled on the fly for any newer GPU too
+    (CUDA's compatibility rule). A malformed entry runs nothing."""
+    found = _ARCH_ENTRY.fullmatch(entry)
+    if found is None:
+        return False
+    kind, code_cc, suffix = found.group(1), int(found.group(2)), found.group(3)
+    if kind == "compute" and not suffix:
+        return device_cc >= code_cc
+    return device_cc // 10 == code_cc // 10 and device_cc >= code_cc
 
 
 def cuda_problem(device):
@@ -90,10 +99,13 @@ def cuda_problem(device):
     index = device.index or 0
     if index >= torch.cuda.device_count():
         return f"no GPU {index}: {build} sees {torch.cuda.device_count()}"
-    capability = torch.cuda.get_device_capability(index)
-    if not _supported(capability):
-        return (f"{torch.cuda.get_device_name(index)} is sm_{capability[0]}{capability[1]}; {build} has kernels "
-                f"for {' '.join(torch.cuda.get_arch_list())} only (install a wheel built for it, docs/cluster.md)")
+    major, minor = torch.cuda.get_device_capability(index)
+    archs = torch.cuda.get_arch_list()
+    if not any(code_runs_on(entry, 10 * major + minor) for entry in archs):
+        return (f"{torch.cuda.get_device_name(index)} is sm_{major}{minor} (compute capability {major}.{minor}); "
+                f"{build} has code for {' '.join(archs) or 'no GPU'}, and CUDA code runs only on its own major "
+                f"version at an equal or higher minor: install a torch build with sm_{major}{minor} code (its "
+                f"torch.cuda.get_arch_list() lists it), docs/cluster.md section 1")
     try:
         (torch.ones(2, device=device) * 2).sum().item()
     except RuntimeError as exc:
@@ -101,12 +113,19 @@ def cuda_problem(device):
     return None
 
 
+def resolve_device(name, environ=os.environ):
+    """The device name a run on ``name`` uses, found without a CUDA context: ``auto`` is ``cuda`` when torch sees
+    a GPU or this is a Slurm job holding one, else ``cpu``; any other name as it is."""
+    if name != "auto":
+        return name
+    return "cuda" if slurm_gpu_allocation(environ) or torch.cuda.is_available() else "cpu"
+
+
 def pick_device(name, environ=os.environ):
-    """The torch device of a run. ``auto``: CUDA when torch sees a GPU, or when this is a Slurm job holding one
-    (which then must work); else the CPU. A CUDA device that cannot run raises DeviceError at once."""
+    """The torch device of a run (``resolve_device``): a Slurm job holding a GPU must be able to use it. A CUDA
+    device that cannot run raises DeviceError at once."""
     allocation = slurm_gpu_allocation(environ)
-    if name == "auto":
-        name = "cuda" if allocation or torch.cuda.is_available() else "cpu"
+    name = resolve_device(name, environ)
     try:
         device = torch.device(name)
     except RuntimeError as exc:

@@ -6,10 +6,9 @@ from torch import nn
 
 from limit import data as D, models
 from limit.config import resolve_config
-from limit.datasets.clothing1m import _JpegDataset, clothing1m_labels
+from limit.datasets.clothing1m import _JpegDataset, clothing1m_labels, write_synthetic_release
 from limit.models import Classifier, build_networks
 from limit.train import train
-from test_data_loaders import write_clothing1m
 
 
 def batchnorms(model):
@@ -76,7 +75,7 @@ def test_warm_up_is_a_function_of_the_seed():
 
 def test_clothing1m_training_crops_and_flips_through_train(tmp_path, monkeypatch):
     root = tmp_path / "clothing1m"
-    write_clothing1m(root)
+    write_synthetic_release(root)
     labels = tmp_path / "labels.npz"
     D.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
                                                           "n": "all", "seed": 1, "val_size": None})

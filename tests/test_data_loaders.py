@@ -13,7 +13,7 @@ from PIL import Image
 from limit import cli, data as D
 from limit.data import DataError
 from limit.datasets.clothing1m import (KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, clothing1m_labels,
-                                       read_clothing1m_split)
+                                       read_clothing1m_split, write_synthetic_release)
 
 NORMALISATION = D.normalisation("clothing1m")
 
@@ -125,36 +125,8 @@ def test_unknown_dataset():
 CLOTHING_ENTRIES = ["images", "noisy_label_kv.txt", "clean_label_kv.txt", *KEY_LISTS.values()]
 
 
-def write_clothing1m(root):
-    """14 classes x 2 train images with noisy labels, half of them also with clean labels,
-    one of those disagreeing; plus 14 val and 14 test images. Returns what each split should read."""
-    rng = np.random.default_rng(2)
-    lists = {split: [] for split in KEY_LISTS}
-    noisy_kv, clean_kv = [], []
-    for split in KEY_LISTS:
-        for c in range(NUM_CLASSES):
-            for k in range(2 if split == "train" else 1):
-                rel = f"images/{c % 10}/{split}{c}_{k}.jpg"
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                pixels = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)  # not square: resize must squash
-                Image.fromarray(pixels).save(root / rel)
-                lists[split].append(rel)
-                if split == "train":
-                    noisy = (c + k) % NUM_CLASSES
-                    noisy_kv.append(f"{rel} {noisy}")
-                    if k == 0:  # only k = 0 has a clean label: c, except 4 for class 3 (a corrupted label)
-                        clean_kv.append(f"{rel} {(c + 1) % NUM_CLASSES if c == 3 else c}")
-                else:
-                    clean_kv.append(f"{rel} {c}")
-    (root / "noisy_label_kv.txt").write_text("\n".join(noisy_kv) + "\n")
-    (root / "clean_label_kv.txt").write_text("\n".join(clean_kv) + "\n")
-    for split, name in KEY_LISTS.items():
-        (root / name).write_text("\n".join(lists[split]) + "\n")
-    return lists
-
-
 def test_clothing1m_splits_and_labels(tmp_path):
-    lists = write_clothing1m(tmp_path)
+    lists, _ = write_synthetic_release(tmp_path)
     check_clothing1m_dir(tmp_path)
     assert cli.main(["prepare", "--dataset", "clothing1m", "--data-dir", str(tmp_path)]) == 0
 
@@ -177,7 +149,7 @@ def test_clothing1m_splits_and_labels(tmp_path):
 
 
 def test_clothing1m_batches(tmp_path):
-    write_clothing1m(tmp_path)
+    write_synthetic_release(tmp_path)
     size = 8
     train = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=0, image_size=size)
     test = Clothing1MSplit(tmp_path, "test", "cpu", NORMALISATION, num_workers=0, image_size=size)
@@ -223,7 +195,7 @@ def test_clothing1m_batches(tmp_path):
 
 
 def test_clothing1m_missing_files_are_named(tmp_path):
-    lists = write_clothing1m(tmp_path)
+    lists, _ = write_synthetic_release(tmp_path)
     (tmp_path / "clean_label_kv.txt").unlink()
     (tmp_path / "clean_test_key_list.txt").unlink()
     (tmp_path / lists["val"][0]).unlink()
@@ -271,7 +243,7 @@ def test_in_memory_split_batches_are_reproducible():
 def test_clothing1m_persistent_workers_and_torchvision_decoding(tmp_path):
     """One loader per split and batch size, its workers alive across epochs; decode_jpeg gives the same batches
     (order, crops, flips) as PIL up to resizing's last bits."""
-    write_clothing1m(tmp_path)
+    write_synthetic_release(tmp_path)
     size = 8
     pil = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=2, image_size=size)
     tv = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=2, image_size=size,
@@ -298,17 +270,16 @@ def test_clothing1m_persistent_workers_and_torchvision_decoding(tmp_path):
 def test_clothing1m_unreadable_images_are_skipped_named_and_counted(tmp_path, decode):
     """A truncated JPEG and a file that is no image never stop an epoch: skipped, warned about once with their
     paths, and kept in the split's ``unreadable``."""
-    write_clothing1m(tmp_path)
+    _, unreadable = write_synthetic_release(tmp_path, unreadable_per_split=1)  # the last train image: truncated
     train = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=0, image_size=8,
                             decode=decode)
-    truncated, not_an_image = tmp_path / train.paths[3], tmp_path / train.paths[10]
-    truncated.write_bytes(truncated.read_bytes()[:200])
-    not_an_image.write_text("not a JPEG")
+    assert unreadable["train"] == [train.paths[27]]
+    (tmp_path / train.paths[10]).write_text("not a JPEG")
     with pytest.warns(RuntimeWarning, match="unreadable image, skipped") as caught:
         batches = list(train.batches(10, generator=torch.Generator().manual_seed(0), shuffle=True, augment=True))
-    assert sorted(torch.cat([i for i, _ in batches]).tolist()) == sorted(set(range(28)) - {3, 10})
+    assert sorted(torch.cat([i for i, _ in batches]).tolist()) == sorted(set(range(28)) - {27, 10})
     assert all(len(i) == len(x) for i, x in batches)
-    assert set(train.unreadable) == {train.paths[3], train.paths[10]}
+    assert set(train.unreadable) == {train.paths[27], train.paths[10]}
     assert len([w for w in caught if "unreadable" in str(w.message)]) == 2
     list(train.batches(10))  # a second pass warns no more, skips the same
     assert len(train.unreadable) == 2

@@ -187,11 +187,10 @@ def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_dis
 
     from limit import models
     from limit import train as T
-    from limit.datasets.clothing1m import clothing1m_labels
+    from limit.datasets.clothing1m import clothing1m_labels, write_synthetic_release
     from limit.models import Classifier
-    from test_data_loaders import write_clothing1m
     root, labels, run, out = tmp_path / "clothing1m", tmp_path / "labels.npz", tmp_path / "run", tmp_path / "o"
-    lists = write_clothing1m(root)
+    lists, _ = write_synthetic_release(root)
     D.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
                                                           "n": "all", "seed": 1, "val_size": None})
     # A pooled linear model stands in for ResNet-50 (classifier and q): this test is about the data path.

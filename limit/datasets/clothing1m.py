@@ -46,6 +46,47 @@ def check_clothing1m_dir(root):
             "and pass that directory as --data-dir.")
 
 
+def write_synthetic_release(root, per_class=2, eval_per_class=1, image_shape=(12, 20), seed=2,
+                            unreadable_per_split=0):
+    """Write a synthetic Clothing1M release in the official layout under ``root``: random-pixel JPEGs of
+    ``image_shape`` (height, width; not square, so resizing squashes), ``per_class`` training images and
+    ``eval_per_class`` validation and test images per class. For tests, the GPU check and rehearsals.
+
+    Training image k of class c is labelled c for even k and c + k (mod 14) for odd k; only even k have a
+    clean label, c, except class 3's first image, clean label 4 (a known corrupted label). Validation and test
+    images carry their class as their clean label. The last ``unreadable_per_split`` images of each key list
+    are cut to 100 bytes, as a truncated download leaves them. Returns (split -> relative image paths in
+    key-list order, split -> the unreadable ones).
+    """
+    from PIL import Image
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    lists = {split: [] for split in KEY_LISTS}
+    noisy_kv, clean_kv = [], []
+    for split in KEY_LISTS:
+        for c in range(NUM_CLASSES):
+            for k in range(per_class if split == "train" else eval_per_class):
+                rel = f"images/{c % 10}/{split}{c}_{k}.jpg"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 256, (*image_shape, 3), dtype=np.uint8)).save(root / rel)
+                lists[split].append(rel)
+                if split != "train":
+                    clean_kv.append(f"{rel} {c}")
+                    continue
+                noisy_kv.append(f"{rel} {(c + k) % NUM_CLASSES if k % 2 else c}")
+                if k % 2 == 0:
+                    clean_kv.append(f"{rel} {(c + 1) % NUM_CLASSES if (c, k) == (3, 0) else c}")
+    (root / NOISY_LABELS).write_text("\n".join(noisy_kv) + "\n")
+    (root / CLEAN_LABELS).write_text("\n".join(clean_kv) + "\n")
+    unreadable = {}
+    for split, name in KEY_LISTS.items():
+        (root / name).write_text("\n".join(lists[split]) + "\n")
+        unreadable[split] = lists[split][len(lists[split]) - unreadable_per_split:] if unreadable_per_split else []
+        for rel in unreadable[split]:
+            (root / rel).write_bytes((root / rel).read_bytes()[:100])
+    return lists, unreadable
+
+
 def _read_key_list(path):
     with open(path) as f:
         return [line.strip() for line in f if line.strip()]

@@ -1,7 +1,8 @@
 # The MLflow store, its experiments and the parent runs of the selection groups that have a run to train, made
-# once before any job starts (parallel jobs would race to create them). A hook, not a rule: no job waits for
-# it, so a changed config gets all its new jobs in one invocation, and a dry run leaves the store alone.
-onstart:
+# once before any job starts (parallel jobs would race to create them). Called by the Snakefile's onstart, not a
+# rule: no job waits for it, so a changed config gets all its new jobs in one invocation, and a dry run leaves
+# the store alone.
+def create_mlflow_runs():
     groups = pending_groups() if TRACKING else []
     if groups:
         os.makedirs(os.path.dirname(MLFLOW_INIT_LOG), exist_ok=True)
