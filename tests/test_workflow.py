@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from limit.datasets.clothing1m import write_synthetic_release
 from limit.runs.grid import ConfigError, expand_runs, load_config as grid_load_config, pack_runs, recorded_packs
 from pipeline_helpers import git
 
@@ -67,6 +68,20 @@ def test_paper_config_builds_the_full_grid(tmp_path):
     assert (runs[(runs.experiment == "cifar10_uniform") & runs.method.str.startswith("limit")].patience == 200).all()
     assert (runs[runs.experiment == "figure1"].patience == 401).all()
     assert (runs[runs.dataset == "clothing1m"].epochs == 30).all()
+
+
+@pytest.mark.pipeline
+def test_prepare_finds_clothing1m_where_the_docs_put_it(tmp_path):
+    """docs/cluster.md and config/paper.yaml put the release in <data_dir>/clothing1m: the prepare rule checks it
+    there."""
+    data = tmp_path / "data"
+    write_synthetic_release(data / "clothing1m")
+    target = "results/data/clothing1m.ready"
+    result = snakemake(tmp_path / "work", "--cores", "1", target, "--config", f"data_dir={data}",
+                       configfile="config/paper.yaml", timeout=300)
+    log = tmp_path / "work/results/logs/prepare/clothing1m.log"
+    assert result.returncode == 0, result.stderr[-2000:] + (log.read_text() if log.exists() else "")
+    assert (tmp_path / "work" / target).exists() and "clothing1m: files present" in log.read_text()
 
 
 def test_a_finished_pack_keeps_its_runs_when_the_config_changes(tmp_path):
