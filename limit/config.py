@@ -88,7 +88,8 @@ class Field:
 FIELDS = (
     Field("dataset", None, f"one of {', '.join(DATASETS)}, or an image cache written by `limit import-images`",
           required=True),
-    Field("data_dir", "data", "dataset directory", semantic=False),
+    Field("data_dir", "data", "data directory: a folder per dataset (Clothing1M's release in clothing1m/)",
+          semantic=False),
     Field("labels", None, "labels file written by `limit corrupt`", required=True, semantic=False),
     Field("method", None, f"one of {', '.join(METHODS)} (any case: LIMIT_L is limit_l)", _method, required=True,
           workflow="always"),

@@ -21,6 +21,7 @@ from limit.runs.grid import (  # noqa: E402
     pack_runs,
     recorded_packs,
     selection_groups,
+    skipped_outputs,
     train_arguments,
 )
 from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
@@ -73,6 +74,8 @@ except ConfigError as exc:
     print(f"error: invalid config: {exc}", file=sys.stderr)
     sys.exit(2)
 submission_checks(command_line_executor())
+if config["skip_datasets"]:
+    print(f"note: {skipped_outputs(config)}", file=sys.stderr)  # one line, in every run and dry run
 RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
