@@ -6,6 +6,7 @@ once.
 """
 import argparse
 import importlib
+import importlib.util
 import sys
 import warnings
 
@@ -35,6 +36,15 @@ COMMANDS = {
 # Where a command's options live when not in its module: train's are the field table's (torch-free, so
 # `limit train --help` answers at once).
 ARGUMENTS = {"train": "limit.config"}
+# Commands that need an optional dependency: command -> (its module, the extra of pyproject.toml that installs it)
+NEEDS = {"detect-bench": ("cleanlab", "detect")}
+
+
+def missing_extra(who, module, extra):
+    """The error line when ``module`` (of pyproject.toml's extra ``extra``) is not installed, else None."""
+    if importlib.util.find_spec(module) is None:
+        return f"error: {who} needs {module}: pip install 'limit-pipeline[{extra}]'"
+    return None
 
 
 def _function(module, prefix, command):
@@ -85,6 +95,10 @@ def main(argv=None):
         parser.parse_args(argv)  # the one-line error naming them
     if unknown:
         args.snakemake_args = [*args.snakemake_args, *unknown]  # a command that passes them on (plan)
+    problem = args.command in NEEDS and missing_extra(f"limit {args.command}", *NEEDS[args.command])
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     warnings.simplefilter("default", RuntimeWarning)
     try:
         check_no_password(getattr(args, "tracking_uri", None), "--tracking-uri")

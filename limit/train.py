@@ -34,7 +34,8 @@ from limit.runs.rundir import TrainingError
 from limit.runtime import CheckpointCadence, pick_device
 
 # The loop's public API (limit.tools uses only these).
-__all__ = ["HISTORY_COLUMNS", "train", "run_epoch", "validation_accuracy", "test_accuracy", "run_train"]
+__all__ = ["HISTORY_COLUMNS", "train", "new_epoch_sums", "run_epoch", "validation_accuracy", "test_accuracy",
+           "run_train"]
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
                    "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
 

@@ -1,6 +1,6 @@
 """Expand a workflow config into the table of training runs (one row per job).
 
-The config (schema: ``workflow/schemas/config.schema.yaml``) names experiment blocks; each block crosses
+The config (schema: ``limit/runs/config.schema.yaml``) names experiment blocks; each block crosses
 datasets x noise models x rates x training-set sizes x seeds x method variants x hyperparameter grids.
 Checks that need the package (method names, noise limits) live here and name the offending key.
 """
@@ -17,7 +17,7 @@ from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, check_arch, data
                             is_limit, method_name, named_dataset, unknown_name)
 from limit.runs.rundir import group_key, hparams_label, run_id
 
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data: an installed package finds it too
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
 SLURM_RESOURCES = ("slurm_partition", "slurm_account", "gpu_model", "constraint", "qos")  # optional, per dataset
 

@@ -42,7 +42,7 @@ PARENT_TAGS = ("experiment", "dataset", "noise", "rate", "n", "variant", "method
 JOB_TAGS = {"git_commit": "mlflow.source.git.commit", "torch_version": "torch_version",
             "limit_version": "limit_version", "host": "host", "device": "device", "device_name": "device_name",
             "slurm_job_id": "slurm_job_id", "driver": "nvidia_driver", "cuda": "cuda_version",
-            "device_change": "device_change"}
+            "device_change": "device_change", "lock_sha256": "lock_sha256", "environment_change": "environment_change"}
 # MLflow 3's UI shows an experiment of this kind as model training (runs table), not as a GenAI app (traces).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A saved view of the runs table (``#/experiments/<id>/runs?viewStateShareKey=limit``): the selection, the
