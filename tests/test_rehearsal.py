@@ -122,10 +122,11 @@ def test_the_paper_grid_rehearsed_on_slurm_with_postgres_tracking(slurm_cluster,
     assert None not in slurm_jobs and len(slurm_jobs) == jobs == output.count("submitted with SLURM jobid")
     assert sorted(len(m) for m in slurm_jobs.values() if len(m) > 1) == sorted(len(m) for m in packs.values())
     finished = jobcomp(slurm_cluster, wait_for=slurm_jobs)
+    packed = {m["run_id"] for members in packs.values() for m in members}
     for job_id, members in slurm_jobs.items():
         record = finished[job_id]
         # the config's resources: a pack the CPUs (and memory) of all its runs and one for its own process
-        cpus = sum(r["threads"] for r in members) + (len(members) > 1)
+        cpus = sum(r["threads"] for r in members) + (members[0]["run_id"] in packed)
         assert record["JobState"] == "COMPLETED" and record["Partition"] == "debug", record
         assert f"cpu={cpus}," in record["Tres"] and f"mem={sum(r['mem_mb'] for r in members)}M" in record["Tres"]
 
