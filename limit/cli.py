@@ -30,6 +30,8 @@ COMMANDS = {
     "bench": ("limit.tools.bench", "images/s of training steps on this device"),
     "find-label-issues": ("limit.tools.label_issues",
                           "rank the labelled examples of a run by how likely their labels are wrong"),
+    "tracking-bench": ("limit.tools.tracking_bench",
+                       "the load N live runs put on an MLflow server, and its cost to them"),
     "detect-bench": ("limit.tools.detect_bench", "mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss"),
 }
 # Where a command's options live when not in its module: train's are the field table's (torch-free, so

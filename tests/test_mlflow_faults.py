@@ -14,10 +14,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -25,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from limit.runs.rundir import run_tags
 from limit.tracking.server import free_port, start_server, stop_server
+from mlflow_helpers import HungServer
 from pipeline_helpers import pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
@@ -225,27 +224,6 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
     assert runs[0].data.tags["variant"] == "ce"
     assert client.get_experiment(runs[0].info.experiment_id).name == "main"
     assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == runs[0].info.run_id
-
-
-class HungServer:
-    """Accepts TCP connections on 127.0.0.1 and never answers (a wedged proxy or server)."""
-
-    def __init__(self, port):
-        self.sock = socket.create_server(("127.0.0.1", port))
-        self.connections = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                self.connections.append(self.sock.accept()[0])
-            except OSError:  # closed
-                return
-
-    def close(self):
-        self.sock.close()
-        for conn in self.connections:
-            conn.close()
 
 
 def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, make_labels, tmp_path):
