@@ -270,3 +270,16 @@ def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, 
         stop_server(server)
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
     assert not leaked and "hunter2" not in first.stdout + first.stderr + second.stdout + second.stderr
+
+
+def test_a_command_that_trains_nothing_creates_no_experiment_and_no_run(fmnist_dir, tmp_path):
+    """The documented data step (a .ready target) with tracking on: the store has no experiment and no run."""
+    from limit.tracking.server import sqlite_experiments
+    store = tmp_path / "mlflow.db"
+    command = snakemake_command(tmp_path, fmnist_dir, 1, seeds=[1])
+    command[command.index("results/runs.csv")] = "results/data/fashion_mnist.ready"
+    done = subprocess.run(command, cwd=tmp_path, env=pipeline_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "results/data/fashion_mnist.ready").exists()
+    assert sqlite_experiments(f"sqlite:///{store}") == []  # (an empty store has MLflow's own empty Default)

@@ -41,7 +41,7 @@ def add_tracking_bench_arguments(parser):
     parser.add_argument("--experiment", default="tracking-bench", help="MLflow experiment of the simulated runs")
 
 
-def _config(experiment, index):
+def run_config(experiment, index):
     """A run's config.json as training writes it (one CE run per seed, so each run has its own name)."""
     return {"method": "ce", "dataset": "mnist", "arch": "cnn", "seed": index, "clean_validation": False,
             "hparams": {}, "epochs": 100000, "batch_size": 128,
@@ -65,9 +65,9 @@ def _timed_calls(log):
         setattr(MlflowClient, name, timed(name, getattr(MlflowClient, name)))
 
 
-def _simulate(run_dir, uri, index, args, start_at, results):
+def simulate_run(run_dir, uri, index, args, start_at, results):
     """One run: epochs at the given rate for the given time, through a Tracker; its timings into ``results``."""
-    config = _config(args.experiment, index)
+    config = run_config(args.experiment, index)
     run_dir.mkdir(parents=True)
     rundir.write_json(run_dir / rundir.CONFIG, config)
     rundir.write_json(run_dir / rundir.JOB, {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
@@ -103,7 +103,7 @@ def _process(indices, work, uri, args, barrier, out):
     _timed_calls(calls)
     barrier.wait(timeout=600)
     start_at = time.time()
-    threads = [threading.Thread(target=_simulate, args=(Path(work) / f"run{i}", uri, i, args, start_at, results))
+    threads = [threading.Thread(target=simulate_run, args=(Path(work) / f"run{i}", uri, i, args, start_at, results))
                for i in indices]
     for thread in threads:
         thread.start()

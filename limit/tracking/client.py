@@ -19,9 +19,9 @@ the select stage (``tag_selection``) syncs every run of its group, so a run whos
 then.
 
 Every grid run is nested (``mlflow.parentRunId``) under one parent run per selection group (experiment block,
-data setting, method variant), found by its ``limit.group`` tag; ``mlflow-init`` creates the parents before any
-job starts (parallel jobs would race), the first child to start gives it the group's grid tags, and the select
-stage gives it the selected hyperparameters and the selected runs' test accuracy and ends it. A parent also ends
+data setting, method variant), found by its ``limit.group`` tag, created by the group's first run to reach
+MLflow (``get_or_create_parent`` settles races), which gives it the group's grid tags; the select stage gives it
+the selected hyperparameters and the selected runs' test accuracy and ends it. A parent also ends
 when none of its runs is running any more (runs trained by hand are never selected).
 
 A password in a tracking URI (``http://user:password@host``) is a secret: it is read only from
@@ -484,17 +484,19 @@ def run_mlflow_sync(args):
 
 def add_mlflow_init_arguments(parser):
     parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
-    parser.add_argument("--groups", nargs="+", required=True,
-                        help="selection groups (experiment/setting/variant): one parent run each, in its experiment")
+    parser.add_argument("--groups", nargs="+", default=[],
+                        help="selection groups (experiment/setting/variant): their experiments and parent runs now "
+                             "(else the first run of each creates them)")
 
 
 def run_mlflow_init(args):
-    """Create the store, the experiments and the groups' parent runs before any job starts (MLflow races
-    otherwise)."""
+    """Create the store (parallel jobs would race in a new SQLite file's schema migration) and the experiments
+    and parent runs of ``--groups``."""
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
+    client.search_experiments(max_results=1)  # creates an SQLite store; a server: it answers
     experiments = sorted({group.split("/", 1)[0] for group in args.groups})
     ids = {name: get_or_create_experiment(client, name, uri) for name in experiments}
     for group in args.groups:
