@@ -94,7 +94,8 @@ def _finished_run_dir(run_dir, seed, beta, test_acc, log_checkpoints=True):
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "job.json").write_text(json.dumps({"slurm_job_id": "4711", "host": "node1", "device": "cpu",
                                                   "device_name": "AMD EPYC", "git_commit": "abc123",
-                                                  "torch_version": "2.14.1", "limit_version": "0.1.0"}))
+                                                  "torch_version": "2.14.1", "limit_version": "0.1.0",
+                                                  "started": "2026-11-30T08:00:00Z"}))
     (run_dir / "history.csv").write_text("epoch,train_acc,val_acc,test_acc\n0,0.3,0.4,0.5\n1,0.4,0.5,0.6\n")
     (run_dir / "metrics.json").write_text(json.dumps({"best_epoch": 1, "best_val_acc": test_acc - 0.1, "test_acc": test_acc}))
     for name in ("test_outputs.npz", "best.pt", "train_scores.npz"):
@@ -138,6 +139,10 @@ def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selec
         tags = child.data.tags
         assert tags["mlflow.source.git.commit"] == "abc123" and tags["slurm_job_id"] == "4711"
         assert tags["torch_version"] == "2.14.1" and tags["device_name"] == "AMD EPYC" and tags["host"] == "node1"
+        # its training's times, though the select stage put it into MLflow
+        run_dir = tmp_path / f"s{tags['seed']}b{float(tags['beta'])}"
+        assert child.info.start_time == 1796025600000  # job.json: 2026-11-30T08:00:00Z
+        assert child.info.end_time == int((run_dir / "metrics.json").stat().st_mtime * 1000)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         with_checkpoints = child.data.tags["seed"] == "1"
         assert ("best.pt" in artifacts and "train_scores.npz" in artifacts) == with_checkpoints
@@ -153,7 +158,8 @@ def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selec
 
 CONFIG = {"method": "ce", "dataset": "mnist", "arch": "cnn", "seed": 42, "clean_validation": False,
           "hparams": {"lr": 0.001}, "epochs": 400,
-          "run": {"experiment": "main", "variant": "ce", "hparams": ["lr"], "noise": "uniform", "rate": 0.5, "n": "all"}}
+          "run": {"experiment": "main", "variant": "ce", "hparams": ["lr"], "noise": "uniform", "rate": 0.5,
+                  "n": "all"}}
 ROW_KEYS = ("train_loss", "train_acc", "val_acc", "test_acc", "epoch_seconds")
 
 
@@ -214,7 +220,8 @@ def test_epochs_go_live_in_one_request_per_interval_from_a_background_thread(tmp
     info = json.loads((run_dir / "mlflow.json").read_text())
     client = MlflowClient(uri)
     run = client.get_run(info["run_id"])
-    assert run.info.status == "RUNNING" and run.data.params["hparams.lr"] == "0.001" and run.data.params["epochs"] == "400"
+    assert run.info.status == "RUNNING" and run.data.params["hparams.lr"] == "0.001"
+    assert run.data.params["epochs"] == "400"
     steps = [m.step for m in client.get_metric_history(info["run_id"], "val_acc")]
     assert steps == list(range(len(steps))) and 0 < len(steps) < len(rows)  # oldest first, while it trains
     # one round per interval; a round sends more than one request only for more than 80 rows (1000 metrics)
