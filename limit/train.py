@@ -290,5 +290,6 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
 def run_train(args):
     from limit.tracking.client import Tracker
     cfg = {**config.from_args(args), "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
-    metrics = train(cfg, args.out, None if args.no_tracking else Tracker(args.out, args.tracking_uri))
+    tracker = None if args.no_tracking else Tracker(args.out, args.tracking_uri, interval=args.live_interval)
+    metrics = train(cfg, args.out, tracker)
     print(json.dumps(metrics))

@@ -1,19 +1,14 @@
-import glob
 import os
-import pwd
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
 from limit import data as D
-from limit.tracking.server import free_port
-from pipeline_helpers import ensure_debian_packages, git
+from mlflow_helpers import postgres  # noqa: F401 (the fixture, for every test module)
+from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "tests" / "cluster"
@@ -143,41 +138,3 @@ def slurm_cluster(tmp_path_factory):
                        stdin=subprocess.DEVNULL)
         # the host as it was: slurm-down.sh removed what slurm-up.sh created
         assert not Path("/etc/slurm/slurm.conf").exists() and not (state / "slurmctld.pid").exists()
-
-
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL cluster on 127.0.0.1:PORT with a database ``mlflow``; yields the SQLAlchemy URI."""
-    if os.geteuid() != 0:
-        pytest.skip("starting PostgreSQL as the postgres user needs root")
-    ensure_debian_packages("postgresql")
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    assert bins, "Debian's postgresql is installed but no /usr/lib/postgresql/*/bin/initdb"
-    bin_dir = Path(bins[-1]).parent
-    owner = pwd.getpwnam("postgres")
-    base = Path(tempfile.mkdtemp(prefix="limit-pg-"))  # pytest's tmp dirs are private to root
-    os.chown(base, owner.pw_uid, owner.pw_gid)
-    data, port = base / "data", free_port()
-
-    def as_postgres(*cmd, timeout=120):
-        done = subprocess.run([str(c) for c in cmd], user="postgres", cwd=base, capture_output=True, text=True,
-                              timeout=timeout)
-        assert done.returncode == 0, f"{cmd}: {done.stdout}\n{done.stderr}"
-
-    pid = None
-    try:
-        as_postgres(bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        as_postgres(bin_dir / "pg_ctl", "start", "-D", data, "-l", base / "postgres.log", "-w", "-t", "60",
-                    "-o", f"-k {base} -h 127.0.0.1 -p {port} -c fsync=off -c max_connections=50")
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        as_postgres(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "mlflow")
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGINT)  # fast shutdown of the postmaster (it ends its backends)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                time.sleep(0.2)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)

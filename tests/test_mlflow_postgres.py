@@ -1,39 +1,26 @@
 """The cluster setup, on one machine: an MLflow server backed by PostgreSQL, 4 jobs logging to it at once.
 
-Debian's PostgreSQL runs as the postgres user from a temporary data directory, on 127.0.0.1 and a free port;
-``mlflow server --backend-store-uri postgresql://... --artifacts-destination DIR`` serves it; the tiny test
+A throwaway PostgreSQL database (``mlflow_helpers.postgres``) is served by
+``mlflow server --backend-store-uri postgresql://... --artifacts-destination DIR``; the tiny test
 pipeline runs with ``--cores 4`` and ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` (and the project's HTTP retry
 defaults). Every run must be in MLflow, and in the database, with its full per-epoch metric history.
 """
 import csv
 import json
-import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from limit.runs.rundir import run_tags
 from limit.tracking.server import start_server, stop_server
+from mlflow_helpers import postgres, psycopg2_driver  # noqa: F401 (postgres: the fixture)
 from pipeline_helpers import pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.system
 
 PER_EPOCH = ("train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc")
-
-
-def psycopg2_driver():
-    try:
-        import psycopg2
-    except ImportError:  # not a project dependency (yet): the dev extra should list psycopg2-binary
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "psycopg2-binary"],
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"pip install psycopg2-binary failed: {done.stderr[-2000:]}"
-        import psycopg2
-    return psycopg2
 
 
 def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres, fmnist_dir, tmp_path):

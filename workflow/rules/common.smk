@@ -146,7 +146,8 @@ def data_ready(dataset):
 def tracking_arguments(row):
     """Where a run tracks and what it keeps (MLflow's copy of best.pt, its state once finished): not what it
     computes, so the rules derive them from the output and a change reruns nothing."""
-    return [*(TRACKING_URI_ARGS if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
+    live = [*TRACKING_URI_ARGS, "--live-interval", str(config["mlflow"]["live_interval"])]
+    return [*(live if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
 
 
 def train_inputs(wildcards):
