@@ -10,7 +10,7 @@ import importlib.util
 import sys
 import warnings
 
-from limit.registry import unknown_name
+from limit.registry import missing_extra, unknown_name
 from limit.runs.rundir import TrainingError
 from limit.tracking.uri import check_no_password, redact
 
@@ -40,13 +40,6 @@ COMMANDS = {
 ARGUMENTS = {"train": "limit.config"}
 # Commands that need an optional dependency: command -> (its module, the extra of pyproject.toml that installs it)
 NEEDS = {"detect-bench": ("cleanlab", "detect")}
-
-
-def missing_extra(who, module, extra):
-    """The error line when ``module`` (of pyproject.toml's extra ``extra``) is not installed, else None."""
-    if importlib.util.find_spec(module) is None:
-        return f"error: {who} needs {module}: pip install 'limit-pipeline[{extra}]'"
-    return None
 
 
 def _function(module, prefix, command):

@@ -3,7 +3,9 @@
 Torch-free, so that the workflow (grid expansion, config checks) parses without the scientific stack.
 The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.datasets.clothing1m``.
 """
+import csv
 import difflib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -195,3 +197,22 @@ SCORES = {
 }
 # Chosen once, by detect-bench, on the development setting (uniform 0.3, n = 5,000, seed 41): docs/label-issues.md.
 DEFAULT_SCORE = "ce_loss"
+
+
+def missing_extra(who, module, extra):
+    """The error line when ``module`` (of pyproject.toml's extra ``extra``) is not installed, else None."""
+    if importlib.util.find_spec(module) is None:
+        return f"error: {who} needs {module}: pip install 'limit-pipeline[{extra}]'"
+    return None
+
+
+# The paper's reported numbers, one CSV per table (method, dataset, noise, rate, n, mean, std); limit.report.paper
+# reads them whole.
+PAPER_NUMBERS_DIR = Path(__file__).parent / "report" / "paper_numbers"
+PAPER_TABLES = ("table1", "table2", "table4", "table5", "table6", "table7")
+
+
+def paper_table_settings(table):
+    """The settings (dataset, noise, rate, n) of a paper table's cells, as strings; the csv module, no pandas."""
+    with open(PAPER_NUMBERS_DIR / f"{table}.csv", newline="") as f:
+        return {(row["dataset"], row["noise"], row["rate"], row["n"]) for row in csv.DictReader(f)}

@@ -13,8 +13,8 @@ from pathlib import Path
 from limit.config import FIELD, FIELDS, JOB_DEFAULTS, argument
 from limit.datasets.images import check_sources
 from limit.noise import HUMAN_NOISE, check_noise
-from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, check_arch, dataset_info, get_method, hparam_problem,
-                            is_limit, method_name, named_dataset, unknown_name)
+from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, PAPER_TABLES, check_arch, dataset_info, get_method,
+                            hparam_problem, is_limit, method_name, named_dataset, paper_table_settings, unknown_name)
 from limit.runs.rundir import group_key, hparams_label, run_id, setting_text
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data: an installed package finds it too
@@ -206,7 +206,6 @@ def skipped_datasets(config):
 def skipped_outputs(config):
     """One line: what the runs that ``skip_datasets`` leaves out would have filled, and so stays empty (the paper
     tables' columns; Figure 1; Figures 3 and A0 of each setting at its noisiest rate, as ``limit.report.render``)."""
-    from limit.report.paper import PAPER_TABLES, paper_numbers  # pandas: only when datasets are skipped
     def key(dataset, noise, rate, n):  # a setting as the paper numbers list it: real noise has no rate
         return dataset, noise, None if noise == "real" else float(rate), str(n)
     skipped = skipped_datasets(config)
@@ -222,8 +221,7 @@ def skipped_outputs(config):
             curves.setdefault((dataset, noise, n), []).append((rate, with_limit))
     empty = ["Figure 1"] if figure1 else []
     for table in PAPER_TABLES:
-        numbers = paper_numbers(table)
-        columns = {key(*c) for c in zip(numbers["dataset"], numbers["noise"], numbers["rate"], numbers["n"])}
+        columns = {key(*c) for c in paper_table_settings(table)}
         if columns <= settings:
             empty.append(f"Table {table[5:]}")
         else:
