@@ -279,3 +279,14 @@ def test_folds_rank_every_label_by_the_run_that_held_it_out(image_tree, tmp_path
     capsys.readouterr()
     assert main(["find-label-issues", str(runs), "--folds", "3", "--out", str(out)]) == 2
     assert "give --config" in capsys.readouterr().err
+
+
+def test_several_runs_rank_with_the_one_noisy_validation_selects(tmp_path, capsys):
+    runs = []
+    for beta, accuracy in ((0.1, 0.61), (1, 0.7), (10, 0.7)):
+        runs.append(tmp_path / f"beta{beta:g}")
+        runs[-1].mkdir()
+        (runs[-1] / "metrics.json").write_text(json.dumps({"best_val_acc": accuracy}))
+    assert LI.select_run(runs) == (str(runs[1]), {str(r): a for r, a in zip(runs, (0.61, 0.7, 0.7))})  # first of equals
+    assert main(["find-label-issues", *map(str, runs), str(tmp_path / "unfinished"), "--out", str(tmp_path / "o")]) == 2
+    assert "unfinished is not a finished run" in capsys.readouterr().err
