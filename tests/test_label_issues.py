@@ -290,3 +290,20 @@ def test_several_runs_rank_with_the_one_noisy_validation_selects(tmp_path, capsy
     assert LI.select_run(runs) == (str(runs[1]), {str(r): a for r, a in zip(runs, (0.61, 0.7, 0.7))})  # first of equals
     assert main(["find-label-issues", *map(str, runs), str(tmp_path / "unfinished"), "--out", str(tmp_path / "o")]) == 2
     assert "unfinished is not a finished run" in capsys.readouterr().err
+
+
+@pytest.mark.pipeline
+def test_the_workflow_ranks_each_seed_once_with_the_run_noisy_validation_selects(tmp_path):
+    import yaml
+    from test_folder_data import grey_tree, own_config
+    from test_workflow import snakemake
+    path = own_config(tmp_path, grey_tree(tmp_path / "tree"))
+    config = yaml.safe_load(path.read_text())
+    config["experiments"]["own"]["methods"]["limit_l"] = {"beta": [1, 10]}
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path / "work", "-n", "-p", "label_issues", configfile=str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = "results/runs/own/shapes/given-0/nall/seed1/limit_l"
+    assert result.stdout.count("python -m limit find-label-issues") == 1
+    assert (f"find-label-issues {runs}/beta1 {runs}/beta10 --out $(dirname "
+            "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv)") in result.stdout
