@@ -20,6 +20,13 @@ include: "workflow/rules/label_issues.smk"
 include: "workflow/rules/report.smk"
 
 
+# After Snakemake has chosen its executor, before any job: the Slurm checks (again, from the chosen executor: the
+# parse-time ones may not have read it), then the MLflow store.
+onstart:
+    submission_checks(chosen_executor())
+    create_mlflow_store()
+
+
 rule all:
     input:
         all_outputs(),

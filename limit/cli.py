@@ -6,6 +6,7 @@ once.
 """
 import argparse
 import importlib
+import importlib.util
 import sys
 import warnings
 
@@ -24,17 +25,28 @@ COMMANDS = {
     "aggregate": ("limit.report.selection", "one table of all runs, selected configurations marked"),
     "report": ("limit.report.render", "render the tables and figures from the run table"),
     "mlflow-sync": ("limit.tracking.client", "put run directories into MLflow (idempotent)"),
-    "mlflow-init": ("limit.tracking.client", "create the MLflow store, experiments and parent runs"),
+    "mlflow-init": ("limit.tracking.client", "create the MLflow store (and --groups' experiments and parent runs)"),
     "plan": ("limit.runs.plan", "what a config asks for and what is left of it, on one screen"),
     "cost": ("limit.tools.cost", "device-hours of a config's grid on this device, packed and unpacked"),
     "bench": ("limit.tools.bench", "images/s of training steps on this device"),
     "find-label-issues": ("limit.tools.label_issues",
                           "rank the labelled examples of a run by how likely their labels are wrong"),
+    "tracking-bench": ("limit.tools.tracking_bench",
+                       "the load N live runs put on an MLflow server, and its cost to them"),
     "detect-bench": ("limit.tools.detect_bench", "mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss"),
 }
 # Where a command's options live when not in its module: train's are the field table's (torch-free, so
 # `limit train --help` answers at once).
 ARGUMENTS = {"train": "limit.config"}
+# Commands that need an optional dependency: command -> (its module, the extra of pyproject.toml that installs it)
+NEEDS = {"detect-bench": ("cleanlab", "detect")}
+
+
+def missing_extra(who, module, extra):
+    """The error line when ``module`` (of pyproject.toml's extra ``extra``) is not installed, else None."""
+    if importlib.util.find_spec(module) is None:
+        return f"error: {who} needs {module}: pip install 'limit-pipeline[{extra}]'"
+    return None
 
 
 def _function(module, prefix, command):
@@ -79,7 +91,16 @@ def main(argv=None):
     if command is not None and command not in COMMANDS:
         print(f"error: limit: {unknown_name('command', command, COMMANDS)} (see limit --help)", file=sys.stderr)
         return 2
-    args = build_parser(command).parse_args(argv)
+    parser = build_parser(command)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not hasattr(args, "snakemake_args"):
+        parser.parse_args(argv)  # the one-line error naming them
+    if unknown:
+        args.snakemake_args = [*args.snakemake_args, *unknown]  # a command that passes them on (plan)
+    problem = args.command in NEEDS and missing_extra(f"limit {args.command}", *NEEDS[args.command])
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     warnings.simplefilter("default", RuntimeWarning)
     try:
         check_no_password(getattr(args, "tracking_uri", None), "--tracking-uri")

@@ -18,7 +18,12 @@ Checkpoints: ``state.pt`` (the full training state) is written every N epochs or
 validation runs every epoch either way (early stopping and selection depend on it). A run killed between two
 checkpoints redoes the epochs since the last one and, being a pure function of its state, ends with the same
 numbers. Checkpoints load as data only (``weights_only=True``).
+
+Provenance: ``job.json`` names the device model and the environment (the sha256 of the checkout's
+``requirements.lock``, which ``./project`` installs) of every attempt; a change of either between attempts is
+recorded and warned about, since numbers are bit-identical only on one device model with one set of libraries.
 """
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -35,9 +40,10 @@ import torch
 from limit.config import PRECISIONS, parse_checkpoint_every
 from limit.runs import rundir
 
-__all__ = ["DeviceError", "pick_device", "cuda_problem", "slurm_gpu_allocation", "driver_version", "configure",
-           "set_precision", "CheckpointCadence", "rng_state", "set_rng_state", "EpochReporter", "job_info",
-           "record_attempt", "save_torch", "load_checkpoint", "save_state", "load_state"]
+__all__ = ["DeviceError", "resolve_device", "pick_device", "cuda_problem", "code_runs_on", "slurm_gpu_allocation",
+           "driver_version", "configure", "set_precision", "CheckpointCadence", "rng_state", "set_rng_state",
+           "EpochReporter", "job_info", "lock_sha256", "record_attempt", "save_torch", "load_checkpoint", "save_state",
+           "load_state"]
 # Set by Slurm in a job that holds GPUs (--gpus, --gres=gpu, --gpus-per-*).
 SLURM_GPU_VARIABLES = ("SLURM_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS",
                        "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
@@ -59,15 +65,23 @@ def slurm_gpu_allocation(environ=os.environ):
     return None
 
 
-def _supported(capability):
-    """Whether this torch build has kernels (or PTX it can compile) for a GPU of ``capability``."""
-    major, minor = capability
-    arch = major * 10 + minor
-    for entry in torch.cuda.get_arch_list():
-        kind, _, number = entry.partition("_")
-        if (kind == "sm" and int(number) == arch) or (kind == "compute" and int(number) <= arch):
-            return True
-    return False
+# An entry of torch.cuda.get_arch_list(): sm_XY is a CUDA binary (suffix a: arch-specific, f: family), compute_XY PTX.
+_ARCH_ENTRY = re.compile(r"(sm|compute)_(\d+)([af]?)")
+
+
+def code_runs_on(entry, device_cc):
+    """Whether the code of one ``torch.cuda.get_arch_list()`` entry runs on a GPU of compute capability
+    ``device_cc`` (10 * major + minor). torch's own rule (``torch.cuda._check_capability``, private): a binary runs
+    on the GPUs of its major version with an equal or higher minor, its suffix ignored (torch leaves the
+    integrated Jetson GPUs out; no cluster has them). Plain PTX is compiled on the fly for any newer GPU too
+    (CUDA's compatibility rule). A malformed entry runs nothing."""
+    found = _ARCH_ENTRY.fullmatch(entry)
+    if found is None:
+        return False
+    kind, code_cc, suffix = found.group(1), int(found.group(2)), found.group(3)
+    if kind == "compute" and not suffix:
+        return device_cc >= code_cc
+    return device_cc // 10 == code_cc // 10 and device_cc >= code_cc
 
 
 def cuda_problem(device):
@@ -85,10 +99,13 @@ def cuda_problem(device):
     index = device.index or 0
     if index >= torch.cuda.device_count():
         return f"no GPU {index}: {build} sees {torch.cuda.device_count()}"
-    capability = torch.cuda.get_device_capability(index)
-    if not _supported(capability):
-        return (f"{torch.cuda.get_device_name(index)} is sm_{capability[0]}{capability[1]}; {build} has kernels "
-                f"for {' '.join(torch.cuda.get_arch_list())} only (install a wheel built for it, docs/cluster.md)")
+    major, minor = torch.cuda.get_device_capability(index)
+    archs = torch.cuda.get_arch_list()
+    if not any(code_runs_on(entry, 10 * major + minor) for entry in archs):
+        return (f"{torch.cuda.get_device_name(index)} is sm_{major}{minor} (compute capability {major}.{minor}); "
+                f"{build} has code for {' '.join(archs) or 'no GPU'}, and CUDA code runs only on its own major "
+                f"version at an equal or higher minor: install a torch build with sm_{major}{minor} code (its "
+                f"torch.cuda.get_arch_list() lists it), docs/cluster.md section 1")
     try:
         (torch.ones(2, device=device) * 2).sum().item()
     except RuntimeError as exc:
@@ -96,12 +113,19 @@ def cuda_problem(device):
     return None
 
 
+def resolve_device(name, environ=os.environ):
+    """The device name a run on ``name`` uses, found without a CUDA context: ``auto`` is ``cuda`` when torch sees
+    a GPU or this is a Slurm job holding one, else ``cpu``; any other name as it is."""
+    if name != "auto":
+        return name
+    return "cuda" if slurm_gpu_allocation(environ) or torch.cuda.is_available() else "cpu"
+
+
 def pick_device(name, environ=os.environ):
-    """The torch device of a run. ``auto``: CUDA when torch sees a GPU, or when this is a Slurm job holding one
-    (which then must work); else the CPU. A CUDA device that cannot run raises DeviceError at once."""
+    """The torch device of a run (``resolve_device``): a Slurm job holding a GPU must be able to use it. A CUDA
+    device that cannot run raises DeviceError at once."""
     allocation = slurm_gpu_allocation(environ)
-    if name == "auto":
-        name = "cuda" if allocation or torch.cuda.is_available() else "cpu"
+    name = resolve_device(name, environ)
     try:
         device = torch.device(name)
     except RuntimeError as exc:
@@ -240,6 +264,14 @@ def _git_commit():
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def lock_sha256(lock=Path(__file__).resolve().parents[1] / "requirements.lock"):
+    """The sha256 of the checkout's lock file (the environment ./project installs), or None outside a checkout."""
+    try:
+        return hashlib.sha256(lock.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
 def job_info(device):
     """Where and with what this attempt runs (``job.json``; MLflow tags)."""
     try:
@@ -249,26 +281,32 @@ def job_info(device):
     return {"slurm_job_id": os.environ.get("SLURM_JOB_ID"), "host": socket.gethostname(), "device": str(device),
             "device_name": _device_name(device), "driver": driver_version(), "cuda": torch.version.cuda,
             "git_commit": _git_commit(), "torch_version": torch.__version__, "limit_version": version,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "lock_sha256": lock_sha256(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+# job.json key -> the key that records its changes across attempts, and what it names
+CHANGES = {"device_name": ("device_change", "device model"), "lock_sha256": ("environment_change", "environment")}
 
 
 def record_attempt(out, device):
     """Write ``job.json``: this attempt at the top level (MLflow tags) and every attempt under ``attempts``. A
-    retry on another device model warns (numbers are bit-identical only on the same model) and adds
-    ``device_change`` (an MLflow tag)."""
+    retry on another device model or in another environment (lock file) warns (numbers are bit-identical only
+    on the same model with the same libraries) and adds ``device_change`` or ``environment_change`` (MLflow
+    tags); attempts that predate a key are not compared on it."""
     path = out / rundir.JOB
     old = rundir.read_json(path) if path.exists() else {}
     attempts = old.get("attempts", [old] if old else [])  # a job.json without attempts: one attempt
-    attempt = job_info(device)
-    attempts = [*attempts, attempt]
-    models = [a.get("device_name") for a in attempts]
-    job = {**attempt, "attempts": attempts}
-    if len(set(models)) > 1:
-        job["device_change"] = " -> ".join(m for i, m in enumerate(models) if i == 0 or m != models[i - 1])
-    if len(models) > 1 and models[-1] != models[-2]:
-        warnings.warn(f"{out}: attempt {len(models)} runs on {models[-1]}, attempt {len(models) - 1} ran on "
-                      f"{models[-2]}: a run resumed on another device model is not bit-identical to one run "
-                      f"on one model", RuntimeWarning)
+    attempts = [*attempts, job_info(device)]
+    job = {**attempts[-1], "attempts": attempts}
+    for key, (change, what) in CHANGES.items():
+        values = [a[key] for a in attempts if a.get(key) is not None]
+        if len(set(values)) > 1:
+            job[change] = " -> ".join(v for i, v in enumerate(values) if i == 0 or v != values[i - 1])
+        last, now = (a.get(key) for a in attempts[-2:]) if len(attempts) > 1 else (None, None)
+        if None not in (last, now) and last != now:
+            warnings.warn(f"{out}: attempt {len(attempts)} runs on {now}, attempt {len(attempts) - 1} ran on "
+                          f"{last}: a run resumed on another {what} is not bit-identical to one run on one {what}",
+                          RuntimeWarning)
     rundir.write_json(path, job)
 
 

@@ -58,3 +58,73 @@ def test_job_json_keeps_every_attempt_and_names_a_change_of_device_model(tmp_pat
     assert [a.get("slurm_job_id") for a in job["attempts"]] == ["41", None] and job["device"] == "cpu"
     assert job["device_change"] == f"NVIDIA A100-SXM4-80GB -> {job['device_name']}"
     assert {"host", "driver", "cuda", "torch_version", "started"} <= set(job["attempts"][1])
+
+
+# The pinned wheel's torch.cuda.get_arch_list() (torch 2.14.1+cu130, docs/cluster.md section 1).
+PINNED_ARCHS = ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]
+# GPU -> whether the pinned wheel runs on it: CUDA code runs on its own major version at an equal or higher minor.
+PINNED_TABLE = [("sm_70", False), ("sm_75", True), ("sm_80", True), ("sm_86", True), ("sm_89", True),
+                ("sm_90", True), ("sm_100", True), ("sm_103", True), ("sm_120", True)]
+
+
+def fake_gpu(monkeypatch, capability, archs, name="NVIDIA Test GPU"):
+    """torch as on a machine with one GPU of ``capability`` and a wheel built for ``archs``; its first kernel
+    runs on the real device (none here: torch then reports no driver)."""
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: name)
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: list(archs))
+
+
+def arch_refusal(monkeypatch, capability, archs):
+    """The arch refusal pick_device("cuda") gives, or None when the GPU passes the arch check (what follows,
+    the first kernel, fails here: no GPU)."""
+    fake_gpu(monkeypatch, capability, archs)
+    try:
+        pick_device("cuda")
+    except DeviceError as exc:
+        return None if "a first kernel" in str(exc) else str(exc)
+    return None
+
+
+@pytest.mark.parametrize("gpu,runs", PINNED_TABLE)
+def test_the_pinned_wheel_runs_on_every_gpu_of_a_major_it_has_code_for(monkeypatch, gpu, runs):
+    number = int(gpu[3:])
+    refusal = arch_refusal(monkeypatch, (number // 10, number % 10), PINNED_ARCHS)
+    assert (refusal is None) == runs, refusal
+
+
+@pytest.mark.parametrize("archs,capability,runs", [
+    (["sm_90a"], (9, 0), True),  # arch-specific code (source and vendor builds)
+    (["sm_90a"], (8, 9), False),
+    (["sm_100f", "sm_120"], (10, 3), True),  # family code
+    (["compute_80"], (9, 0), True),  # PTX: compiled on the fly for any newer GPU
+    (["compute_90"], (8, 6), False),
+    (["sm_", "foo", "sm_x0", "compute_", ""], (9, 0), False),  # malformed entries run nothing
+    (["sm_", "foo", *PINNED_ARCHS], (8, 9), True),
+])
+def test_arch_entries_with_suffixes_ptx_or_malformed_never_raise(monkeypatch, archs, capability, runs):
+    refusal = arch_refusal(monkeypatch, capability, archs)
+    assert (refusal is None) == runs, refusal
+
+
+def test_the_arch_check_agrees_with_torchs_own_rule():
+    """torch.cuda warns at its first use when no code of the wheel runs on a GPU (``_check_capability``); its
+    rule is private, so runtime repeats it: for CUDA binaries (sm_XY) the two agree on every GPU of the table."""
+    from limit.runtime import code_runs_on
+    torch_rule = getattr(torch.cuda, "_code_compatible_with_device", None)
+    if torch_rule is None:
+        pytest.skip(f"torch {torch.__version__} has no torch.cuda._code_compatible_with_device")
+    for gpu, _ in PINNED_TABLE:
+        device_cc = int(gpu[3:])
+        for entry in [*PINNED_ARCHS, "sm_70", "sm_89", "sm_103"]:
+            assert code_runs_on(entry, device_cc) == torch_rule(device_cc, int(entry[3:])), (entry, gpu)
+
+
+def test_a_refused_gpu_is_told_what_to_install(monkeypatch):
+    refusal = arch_refusal(monkeypatch, (7, 0), PINNED_ARCHS)
+    assert refusal.startswith("--device cuda: NVIDIA Test GPU is sm_70 (compute capability 7.0)")
+    assert "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120" in refusal
+    assert "sm_70" in refusal.split("install")[1] and "docs/cluster.md" in refusal

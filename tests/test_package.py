@@ -1,8 +1,11 @@
 """The package's structure: one table of hyperparameters and defaults, the torch-free modules, the run directory."""
 import json
 import os
+import runpy
+import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 from importlib import import_module
 from pathlib import Path
@@ -16,7 +19,7 @@ from limit.registry import HPARAMS, METHODS
 from limit.runs import rundir
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+SCHEMA = yaml.safe_load((REPO / "limit/runs/config.schema.yaml").read_text())
 
 
 def test_schema_hyperparameters_are_the_tables():
@@ -121,3 +124,87 @@ def test_readme_methods_table_is_the_registry():
         expected.append(f"| `{name}` | {method.description} | {own} |")
     assert rows == expected
     assert f"Every method also takes {', '.join(GENERIC_HPARAMS[:-1])} and {GENERIC_HPARAMS[-1]}." in section
+
+
+def test_conda_environments_are_the_lock():
+    """environment.yml and envs/*.yaml pin exactly requirements.lock's versions (scripts/conda-envs writes them)."""
+    check = runpy.run_path(str(REPO / "scripts" / "conda-envs"))
+    assert check["disagreements"]() == []
+    # the whole project's environment holds every pin of the lock, and the test runner's plugins
+    pins = check["pip_lines"]((REPO / "environment.yml").read_text())
+    assert set(pins) == set(check["read_lock"]((REPO / "requirements.lock").read_text()))
+    assert {"pytest-xdist", "psycopg2-binary", "cleanlab"} <= set(pins)
+
+
+def test_a_command_without_its_extra_is_one_error_line_naming_it(tmp_path, monkeypatch, capsys):
+    from limit.cli import NEEDS, main
+    from limit.tracking import server
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert all(any(r.startswith(module) for r in extras[extra]) for module, extra in NEEDS.values())
+    monkeypatch.setitem(sys.modules, "cleanlab", None)  # as if not installed: find_spec and import see None
+    out = tmp_path / "bench"
+    assert main(["detect-bench", "--quick", "--data-dir", str(tmp_path / "data"), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == "error: limit detect-bench needs cleanlab: pip install 'limit-pipeline[detect]'\n"
+    assert not out.exists()
+    monkeypatch.setitem(sys.modules, "aiohttp", None)
+    assert server.main(["--screenshot", str(tmp_path / "ui.png"), "--store", str(tmp_path / "mlflow.db")]) == 2
+    assert capsys.readouterr().err == "error: --screenshot needs aiohttp: pip install 'limit-pipeline[browser]'\n"
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_job_json_and_mlflow_carry_the_lock_and_name_a_change_of_environment(tmp_path):
+    import hashlib
+
+    import torch
+
+    from limit.runtime import record_attempt
+    from limit.tracking.client import sync_run
+    from mlflow.tracking import MlflowClient
+    lock = hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
+    other = "0" * 64  # an attempt made from another lock file
+    rundir.write_json(tmp_path / rundir.JOB, {"device": "cpu", "device_name": "AMD EPYC", "lock_sha256": other})
+    with pytest.warns(RuntimeWarning, match=f"attempt 2 runs on {lock}, attempt 1 ran on {other}: .* another "
+                                            "environment"):
+        record_attempt(tmp_path, torch.device("cpu"))
+    job = rundir.read_json(tmp_path / rundir.JOB)
+    assert job["lock_sha256"] == lock and job["environment_change"] == f"{other} -> {lock}"
+    # a job.json of a version that recorded no lock: nothing to compare, no change named
+    rundir.write_json(tmp_path / "old" / rundir.JOB, {"device": "cpu", "device_name": job["device_name"]})
+    record_attempt(tmp_path / "old", torch.device("cpu"))
+    assert "environment_change" not in rundir.read_json(tmp_path / "old" / rundir.JOB)
+    rundir.write_json(tmp_path / rundir.CONFIG, {
+        "method": "ce", "dataset": "fashion_mnist", "arch": "cnn", "seed": 1, "hparams": {}, "clean_validation": False,
+        "run": {"experiment": "main", "variant": "ce", "hparams": [], "noise": "uniform", "rate": 0.5, "n": "256"}})
+    (tmp_path / rundir.HISTORY).write_text("epoch,train_acc,val_acc,test_acc\n0,0.3,0.4,0.5\n")
+    rundir.write_json(tmp_path / rundir.METRICS, {"best_epoch": 0, "best_val_acc": 0.4, "test_acc": 0.5})
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sync_run(tmp_path, uri)
+    tags = MlflowClient(uri).get_run(rundir.read_mlflow(tmp_path)["run_id"]).data.tags
+    assert tags["lock_sha256"] == lock and tags["environment_change"] == job["environment_change"]
+
+
+@pytest.mark.pipeline
+def test_a_non_editable_install_runs_cost_and_plan(tmp_path):
+    """`pip install .` (no checkout on the path): the package carries what it reads (the config schema). The
+    dependencies come from this environment through a .pth file, so that torch is not installed again."""
+    source, venv = tmp_path / "source", tmp_path / "venv"
+    for name in ("limit", "pyproject.toml", "README.md"):  # a copy: building writes build/ and *.egg-info
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, source / name)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    Path(site, "shared.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    done = subprocess.run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q",
+                           "--no-deps", "--no-build-isolation", "--no-index", str(source)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run([venv / "bin" / "python", "-c", "import limit; print(limit.__file__)"], cwd=tmp_path,
+                           capture_output=True, text=True, env=env)
+    assert where.stdout.startswith(site), where.stdout + where.stderr
+    plan = subprocess.run([venv / "bin" / "limit", "plan", "--help"], capture_output=True, text=True, env=env)
+    assert plan.returncode == 0 and plan.stdout.startswith("usage: limit plan"), plan.stderr
+    cost = subprocess.run([venv / "bin" / "limit", "cost", "--configfile", str(REPO / "config" / "test.yaml")],
+                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
+    assert cost.returncode == 0, cost.stderr
+    assert "\ntotal: " in cost.stdout and "\nmain " in cost.stdout

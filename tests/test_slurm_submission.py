@@ -6,6 +6,7 @@ arguments and refuses the job (so nothing runs; the profile retries it twice), `
 keeps the configured account unchecked). The plugin reports the refused submission with its sbatch call.
 """
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from limit.runs.grid import expand_runs, load_config, pack_runs
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
 
@@ -88,3 +91,89 @@ def test_an_sqlite_tracking_store_is_refused_under_slurm(tmp_path):
     assert "MLFLOW_TRACKING_URI" in errors[0] and "rule train" not in output
     rc, output = dry_run(tmp_path, {}, env={**env, "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"})
     assert rc == 0, output[-3000:]
+
+
+# Snakemake's Python API with the Slurm executor, as a program that embeds Snakemake runs it: the workflow is
+# parsed without Snakemake's command line, so only the onstart checks (after the executor is chosen) can stop it.
+API_RUN = """
+import sys
+from pathlib import Path
+from snakemake.api import SnakemakeApi
+from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings, ResourceSettings
+from snakemake_executor_plugin_slurm import ExecutorSettings
+repo, workdir, target, *configfiles = sys.argv[1:]
+with SnakemakeApi(OutputSettings()) as api:
+    workflow = api.workflow(ResourceSettings(nodes=10), ConfigSettings(configfiles=[Path(f) for f in configfiles]),
+                            snakefile=Path(repo) / "Snakefile", workdir=Path(workdir))
+    workflow.dag(DAGSettings(targets=[target])).execute_workflow(executor="slurm",
+                                                    executor_settings=ExecutorSettings(status_command="squeue"))
+"""
+
+
+@pytest.mark.parametrize("settings, key", [
+    ({"training": {"fashion_mnist": {"gpus": 1}}, "mlflow": {"enabled": False}}, "slurm_partition"),
+    ({"training": {"fashion_mnist": {"gpus": 1, "slurm_partition": "gpu"}}}, "mlflow.tracking_uri"),
+], ids=["partition", "sqlite"])
+def test_the_slurm_checks_hold_through_the_python_api(tmp_path, settings, key):
+    """Through snakemake.api the executor is not on a command line: the workflow still stops before any sbatch
+    call, with one error line and exit status 2, and the SQLite store is never created."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "sbatch-calls.txt"
+    bin_dir.mkdir()
+    stand_in(bin_dir / "sbatch", f'printf "%s\\n" "$*" >> {shlex.quote(str(calls))}; exit 1')
+    for name in ("sacctmgr", "sshare", "squeue", "sacct", "scancel"):
+        stand_in(bin_dir / name, "exit 0")
+    config = tmp_path / "settings.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    work = tmp_path / "work"
+    work.mkdir()
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    run = "main/fashion_mnist/uniform-0.5/n256/seed1/ce/default"
+    done = subprocess.run([sys.executable, "-c", API_RUN, str(REPO), str(work), f"results/runs/{run}/metrics.json",
+                           str(REPO / "config" / "test.yaml"), str(config)], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    output = done.stdout + done.stderr
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and key in errors[0], output[-4000:]
+    assert not calls.exists(), calls.read_text()
+    assert not list(work.rglob("*.db")) and not (work / "results" / "labels").exists()
+
+
+def job_blocks(output):
+    """The jobs of a dry run's listing (``rule NAME:`` blocks): [(rule, {field: value})]."""
+    jobs = []
+    for block in re.split(r"^(?:localrule|rule) ", output, flags=re.M)[1:]:
+        name, *lines = block.splitlines()
+        fields = dict(line.strip().split(": ", 1) for line in lines if line.startswith("    ") and ": " in line)
+        jobs.append((name.rstrip(":"), fields))
+    return jobs
+
+
+def test_every_training_job_asks_slurm_for_the_cpus_of_its_config(tmp_path):
+    """The paper config under --profile slurm (cores: all: this machine's 2 cores): every training job is submitted
+    with the CPUs its config asks for, not Snakemake's threads capped at --cores: the 16-member MNIST packs 17
+    (16 runs + the pack's process), Clothing1M 16, the CIFAR ResNets 8."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": "http://127.0.0.1:5999",
+           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("SNAKEMAKE_PROFILE", None)
+    done = subprocess.run(["snakemake", "-n", "--profile", "slurm", "--directory", str(tmp_path / "work"),
+                           "--configfile", "config/paper.yaml", "--config", "slurm_partition=gpu"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    config = load_config(REPO / "config" / "paper.yaml")
+    config["slurm_partition"] = "gpu"
+    rows = expand_runs(config)
+    packs, runs = pack_runs(rows), {r["run_id"]: r for r in rows}
+    asked = {}
+    for rule, fields in job_blocks(output):
+        if rule in ("train", "train_pack"):
+            cpus = int(re.search(r"\bcpus_per_task=(\d+)", fields["resources"]).group(1))
+            key, name = fields["wildcards"].split("=", 1)
+            expected = (sum(m["threads"] for m in packs[name]) + 1 if key == "pack" else runs[name]["threads"])
+            assert cpus == expected, (rule, name, fields["resources"])
+            asked[name] = cpus
+    assert len(asked) == len(packs) + len(rows) - sum(len(m) for m in packs.values())
+    assert {asked[p] for p, members in packs.items() if len(members) == 16} == {17}
+    assert {asked[r["run_id"]] for r in rows if r["dataset"] == "clothing1m"} == {16}
+    assert {asked[r["run_id"]] for r in rows if r["dataset"].startswith("cifar")} == {8}

@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from limit.cli import missing_extra
 from limit.tracking.client import SAVED_VIEW
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
@@ -248,6 +249,10 @@ def main(argv=None):
     p.add_argument("--experiment", default="main", help="experiment of --screenshot (default: main)")
     args, extra = p.parse_known_args(argv)  # the rest goes to `mlflow server` (e.g. --allowed-hosts ...)
     extra = [a for a in extra if a != "--"]
+    problem = args.screenshot and missing_extra("--screenshot", "aiohttp", "browser")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     store = Path(args.store)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

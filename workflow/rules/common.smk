@@ -21,6 +21,7 @@ from limit.runs.grid import (  # noqa: E402
     pack_runs,
     recorded_packs,
     selection_groups,
+    skipped_outputs,
     train_arguments,
 )
 from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
@@ -29,14 +30,39 @@ from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
 shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
-def snakemake_executor():
-    """The --executor of the snakemake command line (a profile's included), or None when the workflow is not
-    run from it. Snakemake parses the workflow before it sets up the executor, so it is read from the caller's
-    parsed arguments; jobs inside Slurm run another executor (slurm-jobstep) and skip the submission checks."""
+def command_line_executor():
+    """The --executor of the snakemake command line (a profile's included), or None when it cannot be read (the
+    Python API, a Snakemake that renamed its CLI function). Snakemake parses the workflow before it chooses the
+    executor, so this reads the caller's parsed arguments: best effort, for dry runs; ``submission_checks`` runs
+    again in onstart, from the executor Snakemake chose. Jobs inside Slurm run another executor (slurm-jobstep)."""
     for frame in inspect.stack(0):
         if frame.function == "args_to_api" and frame.frame.f_globals.get("__name__") == "snakemake.cli":
             return getattr(frame.frame.f_locals.get("args"), "executor", None)
     return None
+
+
+def submission_checks(executor):
+    """The checks of a Slurm submission (partition, tracking store), before any job: one error line, exit 2."""
+    if executor != "slurm":
+        return
+    try:
+        check_slurm_submission(
+            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", config["mlflow"]["tracking_uri"])
+        )
+    except ConfigError as exc:
+        print(f"error: invalid config: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def chosen_executor():
+    """The executor Snakemake chose (onstart, before any job): its plugin's name through the executor-plugin
+    interface (snakemake-interface-executor-plugins' WorkflowExecutorInterface.executor_plugin)."""
+    plugin = getattr(workflow, "executor_plugin", None)
+    if plugin is None:
+        print("warning: Snakemake does not name its executor (workflow.executor_plugin); the Slurm submission "
+              "checks (partition, tracking store) did not run", file=sys.stderr)
+        return None
+    return plugin.name
 
 
 # A bad config stops here, before any job: one line naming the key, exit status 2.
@@ -44,13 +70,12 @@ try:
     check_schema(config, SCHEMA)
     validate(config, str(SCHEMA))  # fills the defaults
     RUN_ROWS = expand_runs(config)
-    if snakemake_executor() == "slurm":
-        check_slurm_submission(
-            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", config["mlflow"]["tracking_uri"])
-        )
 except ConfigError as exc:
     print(f"error: invalid config: {exc}", file=sys.stderr)
     sys.exit(2)
+submission_checks(command_line_executor())
+if config["skip_datasets"]:
+    print(f"note: {skipped_outputs(config)}", file=sys.stderr)  # one line, in every run and dry run
 RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
@@ -126,7 +151,8 @@ def data_ready(dataset):
 def tracking_arguments(row):
     """Where a run tracks and what it keeps (MLflow's copy of best.pt, its state once finished): not what it
     computes, so the rules derive them from the output and a change reruns nothing."""
-    return [*(TRACKING_URI_ARGS if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
+    live = [*TRACKING_URI_ARGS, "--live-interval", str(config["mlflow"]["live_interval"])]
+    return [*(live if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
 
 
 def train_inputs(wildcards):

@@ -21,6 +21,9 @@ rule train:
         tracking=lambda wc, output: shlex.join(tracking_arguments(RUNS[wc.run])),
     threads: job_resource("threads")
     resources:
+        # sbatch --cpus-per-task: the config's threads, whatever --cores says (Snakemake caps {threads} at the
+        # login node's cores, the profile's cores: all; the executor plugin passes cpus_per_task as it is)
+        cpus_per_task=job_resource("threads"),
         mem_mb=job_resource("mem_mb", scale_with_attempt=True),
         runtime=train_runtime,
         gpu=job_resource("gpus"),
@@ -32,10 +35,11 @@ rule train:
         qos=job_resource("qos"),
     conda:
         "../../envs/train.yaml"
+    # in a Slurm job the CPUs it was given ({threads} there is capped at the submitting node's cores)
     shell:
-        "OMP_NUM_THREADS={threads} python -m limit train {params.settings} --dataset {params.dataset:q} "
-        "--data-dir {params.data_dir:q} --labels {input.labels:q} {params.init_from} --out {params.run_dir:q} "
-        "{params.tracking} > {log:q} 2>&1"
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} python -m limit train {params.settings} "
+        "--dataset {params.dataset:q} --data-dir {params.data_dir:q} --labels {input.labels:q} {params.init_from} "
+        "--out {params.run_dir:q} {params.tracking} > {log:q} 2>&1"
 
 
 # Packed runs (training.<dataset>.pack > 1): one job, one Slurm job, trains its members at the same time. Other
@@ -55,6 +59,7 @@ rule train_pack:
         threads=lambda wc: PACKS[wc.pack][0]["threads"],
     threads: job_resource("threads")
     resources:
+        cpus_per_task=job_resource("threads"),
         mem_mb=job_resource("mem_mb", scale_with_attempt=True),
         runtime=train_runtime,
         gpu=job_resource("gpus"),
