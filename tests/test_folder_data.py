@@ -125,7 +125,7 @@ def test_workflow_plans_import_training_and_label_issues_for_own_images(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     for rule in ("import_images", "corrupt_labels", "train", "find_label_issues"):
         assert f"rule {rule}:" in result.stdout or f"localrule {rule}:" in result.stdout, rule
-    assert "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/beta1/label_issues.csv" in result.stdout
+    assert "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv" in result.stdout
     assert "--dataset results/data/shapes" in result.stdout or "results/data/shapes/dataset.json" in result.stdout
 
 
@@ -148,7 +148,7 @@ def test_the_documented_own_images_route_runs_to_its_report_under_the_datasets_n
     assert set(runs.dataset) == {"shapes"}  # the name, not the cache's path
     assert all(run_id.startswith("own/shapes/given-0/nall/seed1/") for run_id in runs.run_id)
     assert (work / "results/tables/shapes_given.md").exists()
-    assert (work / "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/beta1/label_issues.csv").exists()
+    assert (work / "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv").exists()
 
 
 def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp_path, monkeypatch):

@@ -84,7 +84,12 @@ SETTINGS = {
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
 IMAGE_DATASETS = config["image_datasets"]
-LABEL_ISSUE_RUNS = [r["run_id"] for r in RUN_ROWS if r["label_issues"]]
+# One label ranking per LIMIT variant, data setting and seed, from the run of its grid that noisy validation selects.
+LABEL_ISSUE_RANKINGS = {}
+for r in RUN_ROWS:
+    if r["label_issues"]:
+        setting = setting_text(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"])
+        LABEL_ISSUE_RANKINGS.setdefault(f"{r['experiment']}/{setting}/{r['variant']}", []).append(r["run_id"])
 EXPERIMENTS = list(config["experiments"])
 FIGURE1_EXPERIMENTS = [name for name, exp in config["experiments"].items() if exp.get("figure1")]
 TRACKING = config["mlflow"]["enabled"]
@@ -101,7 +106,7 @@ DATA_READY = f"{RESULTS}/data/{{dataset}}.ready"
 IMAGE_DATASET = f"{RESULTS}/data/{{name}}"  # the decoded cache of your own images: the --dataset of its jobs
 LABELS = f"{RESULTS}/labels/{{setting}}.npz"
 RUN_DIR = f"{RESULTS}/{RUNS_DIR}/{{run}}"
-LABEL_ISSUES = f"{RESULTS}/label_issues/{{run}}"
+LABEL_ISSUES = f"{RESULTS}/label_issues/{{ranking}}"
 SELECTION = f"{RESULTS}/selected/{{group}}.json"
 PACK_FILE = f"{RESULTS}/packs/{{pack}}.json"  # lists a pack's run directories once all have finished
 MLFLOW_INIT_LOG = f"{RESULTS}/logs/mlflow_init.log"
@@ -227,7 +232,7 @@ def import_arguments(wildcards):
 
 
 def label_issue_files(name):
-    return expand(f"{LABEL_ISSUES}/{name}", run=LABEL_ISSUE_RUNS)
+    return expand(f"{LABEL_ISSUES}/{name}", ranking=LABEL_ISSUE_RANKINGS)
 
 
 def group_runs_done(wildcards):
