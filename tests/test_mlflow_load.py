@@ -22,9 +22,12 @@ SERVER = ("--workers", "4")  # as docs/cluster.md starts it
 
 
 def _last_epoch(url, run_dir):
-    """The last epoch of a run in the store (-1 if none yet): the step of its latest val_acc."""
+    """The last epoch of a run in the store (-1 if none yet, or the server is busy): its latest val_acc's step."""
     run_id = rundir.read_mlflow(run_dir).get("run_id")
-    metrics = api(url, "runs/get", run_id=run_id)["run"]["data"].get("metrics", []) if run_id else []
+    try:
+        metrics = api(url, "runs/get", run_id=run_id)["run"]["data"].get("metrics", []) if run_id else []
+    except OSError:  # (urllib's errors) the restarted server answers 503 while it starts its workers
+        return -1
     return max((m["step"] for m in metrics if m["key"] == "val_acc"), default=-1)
 
 
