@@ -33,7 +33,9 @@ def _last_epochs(url, experiment):
                                      default=-1) for r in runs}
 
 
-def test_32_live_runs_ride_out_a_server_restart_without_waiting_or_losing_an_epoch(postgres, tmp_path):
+def test_32_live_runs_ride_out_a_server_restart_without_waiting_or_losing_an_epoch(postgres, tmp_path, monkeypatch):
+    # a request sent while the server restarts may hang: 10 s, not 30, before the sender tries again
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     artifacts = tmp_path / "mlartifacts"
     server, url = start_server(postgres, artifacts, log=tmp_path / "server.log", timeout=180, extra=SERVER)
     port = int(url.rsplit(":", 1)[1])
