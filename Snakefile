@@ -20,6 +20,11 @@ include: "workflow/rules/label_issues.smk"
 include: "workflow/rules/report.smk"
 
 
+# A stopped pipeline (a failed job, Ctrl-C) ends with how to go on: printed at exit, after Snakemake's own lines.
+onerror:
+    atexit.register(print, STOPPED, file=sys.stderr)
+
+
 rule all:
     input:
         all_outputs(),
