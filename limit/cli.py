@@ -101,4 +101,8 @@ def main(argv=None):
     except (ValueError, TrainingError, FileNotFoundError) as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line instead of a traceback (a run keeps its last checkpoint)
+        print(f"limit {args.command}: interrupted; the same command again goes on from where it stopped",
+              file=sys.stderr)
+        return 130
     return 0

@@ -89,6 +89,15 @@ def named_dataset(name):
     return DATASETS.get(name) or DatasetInfo(name, 0, 0, 0)
 
 
+VAL_RATIO = 0.2  # the authors' split: a seeded permutation, the first 80% train, the rest validation
+
+
+def split_sizes(num_train):
+    """(training, validation) examples of the split of ``num_train`` labelled images (limit.data.split_indices)."""
+    cut = int((1.0 - VAL_RATIO) * num_train)
+    return cut, num_train - cut
+
+
 def check_arch(arch, size):
     if arch not in ARCH_SIZES:
         raise ValueError(unknown_name("architecture", arch, ARCH_SIZES))
