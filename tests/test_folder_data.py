@@ -160,8 +160,8 @@ def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp
     opened = []
     real_open = PILImage.open
     monkeypatch.setattr(PILImage, "open", lambda path, *a, **k: (opened.append(path), real_open(path, *a, **k))[1])
-    assert check_image_datasets(config) == {"shapes": (2, 28)} and len(opened) == 6
-    assert check_image_datasets(config) == {"shapes": (2, 28)} and len(opened) == 6  # from the cache
+    assert check_image_datasets(config) == {"shapes": (2, 28, (4, 2, None))} and len(opened) == 6
+    assert check_image_datasets(config) == {"shapes": (2, 28, (4, 2, None))} and len(opened) == 6  # from the cache
     save(root / "b" / "3.png", np.zeros((30, 30), dtype=np.uint8), "L")  # a new image of another size
     with pytest.raises(ValueError, match="mixed image sizes"):
         check_image_datasets(config)
