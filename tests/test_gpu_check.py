@@ -1,11 +1,14 @@
-"""scripts/gpu-check on a machine without a GPU: --help answers, and a reused work directory is refused (a
-reused one would resume finished runs and pass without training)."""
+"""scripts/gpu-check on a machine without a GPU: --help answers, a reused work directory is refused (a reused one
+would resume finished runs and pass without training), and ``--device cpu`` runs it end to end on stand-in data."""
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from standin_data import standin_env, write_cifar, write_mnist_idx
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu-check"
 
@@ -32,3 +35,24 @@ def test_a_new_work_directory_is_taken(tmp_path):
     done = gpu_check("--work", str(tmp_path / "new"), "--device", "cuda")
     assert done.returncode == 2 and "no CUDA device" in done.stderr
     assert (tmp_path / "new").is_dir() and not any((tmp_path / "new").iterdir())
+
+
+@pytest.mark.pipeline
+def test_the_self_check_runs_end_to_end_on_a_cpu(tmp_path):
+    """``--device cpu`` with stand-in MNIST and CIFAR-10 in their real layouts: every check that does not need
+    CUDA passes (ResNet-50 on the synthetic Clothing1M release with its truncated images included), the two that
+    do are skipped with their reason, and the exit status says pass."""
+    data = tmp_path / "data"
+    write_mnist_idx(data, 600, 200)  # validation: 100 of the 120 the split leaves
+    write_cifar(data, "cifar10", 600, 200)
+    json_path = tmp_path / "summary.json"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--data-dir", str(data), "--work",
+                           str(tmp_path / "work"), "--json", str(json_path)], capture_output=True, text=True,
+                          timeout=1200, env=standin_env(data))
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    rows = {row["check"]: row for row in json.loads(json_path.read_text())["checks"]}
+    for title in ("bf16 vs fp32 parity", "GPU JPEG decoding vs PIL"):
+        assert rows.pop(title)["detail"].startswith("skipped: needs CUDA")
+    assert {row["result"] for row in rows.values()} == {"PASS"} and len(rows) == 7
+    assert "3 unreadable images counted" in rows["ResNet-50, Clothing1M streamed"]["detail"]
+    assert "| GPU JPEG decoding vs PIL | SKIP |" in done.stdout
