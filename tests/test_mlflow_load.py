@@ -1,7 +1,8 @@
-"""Live tracking at load, against the cluster setup on one machine: 32 simulated runs at 2 epochs/s each (an MNIST pack's rate on a GPU) log
-through their Trackers to an MLflow server on PostgreSQL, which is killed in the middle and started again on the
-same port. No run spends 1 % of its time in tracking, no epoch waits for the server, every epoch reaches the
-store, and the epochs logged while the server was down arrive after it is back, before the runs finish.
+"""Live tracking at load, against the cluster setup on one machine: 32 simulated runs at 2 epochs/s each (an MNIST
+pack's rate on a GPU) log through their Trackers to an MLflow server (4 workers) on PostgreSQL, which is killed in
+the middle and started again on the same port. No run spends 1 % of its time in tracking, no epoch waits for the
+server, every epoch reaches the store, and the epochs logged while the server was down arrive after it is back,
+before the runs finish.
 """
 import argparse
 import threading
