@@ -1,7 +1,8 @@
-"""Live tracking at load, against the cluster setup on one machine: 32 simulated runs at 10 epochs/s each log
-through their Trackers to an MLflow server on PostgreSQL, which is killed in the middle and started again on the
-same port. No run spends 1 % of its time in tracking, no epoch waits for the server, every epoch reaches the
-store, and the epochs logged while the server was down arrive after it is back, before the runs finish.
+"""Live tracking at load, against the cluster setup on one machine: 32 simulated runs at 2 epochs/s each (an MNIST
+pack's rate on a GPU) log through their Trackers to an MLflow server (4 workers) on PostgreSQL, which is killed in
+the middle and started again on the same port. No run spends 1 % of its time in tracking, no epoch waits for the
+server, every epoch reaches the store, and the epochs logged while the server was down arrive after it is back,
+before the runs finish.
 """
 import argparse
 import threading
@@ -39,7 +40,7 @@ def test_32_live_runs_ride_out_a_server_restart_without_waiting_or_losing_an_epo
     artifacts = tmp_path / "mlartifacts"
     server, url = start_server(postgres, artifacts, log=tmp_path / "server.log", timeout=180, extra=SERVER)
     port = int(url.rsplit(":", 1)[1])
-    args = argparse.Namespace(experiment="load", interval=INTERVAL, epochs_per_second=10.0, seconds=180.0)
+    args = argparse.Namespace(experiment="load", interval=INTERVAL, epochs_per_second=2.0, seconds=180.0)
     results, start_at = [], time.time()
     runs = [threading.Thread(target=simulate_run, args=(tmp_path / f"run{i}", url, i, args, start_at, results))
             for i in range(RUNS)]
@@ -67,12 +68,12 @@ def test_32_live_runs_ride_out_a_server_restart_without_waiting_or_losing_an_epo
             run.join()
     finally:
         stop_server(server)
-    assert back < args.seconds - 2, "the server took too long to restart for this test"
-    assert len(live) == RUNS, (down, back, live)  # each run had the outage's epochs before it finished
     assert len(results) == RUNS
     for result in results:
         assert result["in_tracking"] / result["wall"] < 0.01, result  # the training loop's time in tracking
         assert result["worst_call"] < INTERVAL, result  # no epoch waited for the server
+    assert back < args.seconds - 2, "the server took too long to restart for this test"
+    assert len(live) == RUNS, (down, back, live)  # each run had the outage's epochs before it finished
     server, _ = start_server(postgres, artifacts, port=port, log=tmp_path / "server.log", timeout=180, extra=SERVER)
     try:
         client = MlflowClient(url)
