@@ -116,7 +116,8 @@ def start_state(out, cfg, fp, input_sha256, overwrite):
                             f"({config_differences(old, cfg, input_sha256)}): give another --out, or --overwrite "
                             f"to replace it")
     for name in rundir.RUN_FILES:
-        (out / name).unlink(missing_ok=True)
+        if name != rundir.MLFLOW:  # kept: the tracker sees the new config and replaces that MLflow run
+            (out / name).unlink(missing_ok=True)
     return None, None, None
 
 

@@ -282,7 +282,7 @@ def test_retraining_a_run_directory_under_another_config_mirrors_only_the_second
             "epochs": 2, "seed": 1, "run": {"experiment": "main", "variant": "ce"}, "test_curve_size": 256}
     train({**base, "batch_size": 128, "patience": 100}, out, Tracker(out, uri))
     first = json.loads((out / "mlflow.json").read_text())["run_id"]
-    train({**base, "batch_size": 64, "patience": 1, "epochs": 1}, out, Tracker(out, uri))
+    train({**base, "batch_size": 64, "patience": 1, "epochs": 1}, out, Tracker(out, uri), overwrite=True)
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("main").experiment_id
     [run] = [r for r in client.search_runs([experiment]) if "limit.group" not in r.data.tags]
