@@ -337,7 +337,7 @@ def test_a_labels_file_made_by_hand_at_the_pipelines_path_is_refused_before_any_
     (work / labels).unlink()  # as the error says; the runs were trained on the workflow's own labels file
     plan = snakemake(work, "-n", "--cores", "1", "--config", f"data_dir={fmnist_dir}")
     assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-3000:]
-    rebuilt = snakemake(work, labels, "--cores", "1", "--config", f"data_dir={fmnist_dir}")
+    rebuilt = snakemake(work, "--cores", "1", labels, "--config", f"data_dir={fmnist_dir}")  # (after --configfile's)
     assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
     assert read_labels_file(work / labels)[1]["val_size"] == 256
 
