@@ -164,8 +164,9 @@ class _MemberParser(argparse.ArgumentParser):
 
 
 def add_train_pack_arguments(parser):
-    parser.description = ("Train several runs at the same time, each in its own `train` process; started again "
-                          "with the same command, every member resumes.")
+    parser.description = ("Train several runs at the same time, each in its own `train` process, or one after "
+                          "another in this process (--in-process); started again with the same command, every "
+                          "member resumes.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="the arguments of one `limit train`, quoted")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each run")
     parser.add_argument("--in-process", action="store_true",
@@ -174,7 +175,7 @@ def add_train_pack_arguments(parser):
 
 
 def run_train_pack(args):
-    """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
+    """Train several runs in one job; each RUN is the argument string of `train`."""
     parser = _MemberParser(prog="limit train", add_help=False)
     add_train_arguments(parser)
     for i, run in enumerate(args.runs, 1):  # bad arguments stop the pack before any member starts
