@@ -24,7 +24,7 @@ include: "workflow/rules/report.smk"
 # parse-time ones may not have read it), then the MLflow store.
 onstart:
     submission_checks(chosen_executor())
-    create_mlflow_runs()
+    create_mlflow_store()
 
 
 rule all:

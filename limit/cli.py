@@ -25,12 +25,14 @@ COMMANDS = {
     "aggregate": ("limit.report.selection", "one table of all runs, selected configurations marked"),
     "report": ("limit.report.render", "render the tables and figures from the run table"),
     "mlflow-sync": ("limit.tracking.client", "put run directories into MLflow (idempotent)"),
-    "mlflow-init": ("limit.tracking.client", "create the MLflow store, experiments and parent runs"),
+    "mlflow-init": ("limit.tracking.client", "create the MLflow store (and --groups' experiments and parent runs)"),
     "plan": ("limit.runs.plan", "what a config asks for and what is left of it, on one screen"),
     "cost": ("limit.tools.cost", "device-hours of a config's grid on this device, packed and unpacked"),
     "bench": ("limit.tools.bench", "images/s of training steps on this device"),
     "find-label-issues": ("limit.tools.label_issues",
                           "rank the labelled examples of a run by how likely their labels are wrong"),
+    "tracking-bench": ("limit.tools.tracking_bench",
+                       "the load N live runs put on an MLflow server, and its cost to them"),
     "detect-bench": ("limit.tools.detect_bench", "mislabel detection on Fashion-MNIST: LIMIT vs cleanlab vs CE loss"),
 }
 # Where a command's options live when not in its module: train's are the field table's (torch-free, so

@@ -17,6 +17,7 @@ from pathlib import Path
 from limit.registry import (ARCH_SIZES, DATASETS, HPARAM_DEFAULTS, HPARAMS, METHODS, check_arch, dataset_info,
                             get_method, hparam_problem, method_hparams, method_name, unknown_name)
 from limit.runs import rundir
+from limit.tracking.client import LIVE_INTERVAL
 from limit.tracking.uri import TRACKING_URI_HELP
 
 # "authors": BatchNorm statistics warmed on noise as the authors' network builder leaves them (docs/reproduction.md,
@@ -49,6 +50,17 @@ def positive_int(text):
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
     return value
 
 
@@ -90,7 +102,8 @@ class Field:
 FIELDS = (
     Field("dataset", None, f"one of {', '.join(DATASETS)}, or an image cache written by `limit import-images`",
           required=True),
-    Field("data_dir", "data", "dataset directory", semantic=False),
+    Field("data_dir", "data", "data directory: a folder per dataset (Clothing1M's release in clothing1m/)",
+          semantic=False),
     Field("labels", None, "labels file written by `limit corrupt`", required=True, semantic=False),
     Field("method", None, f"one of {', '.join(METHODS)} (any case: LIMIT_L is limit_l)", _method, required=True,
           workflow="always"),
@@ -252,3 +265,5 @@ def add_train_arguments(parser):
     parser.add_argument("--variant", help="the block's method variant (default: the method)")
     parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP + " (without a password)")
     parser.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    parser.add_argument("--live-interval", type=positive_float, default=LIVE_INTERVAL, metavar="SECONDS",
+                        help="seconds between the run's requests to MLflow while it trains (mlflow.live_interval)")

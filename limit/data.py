@@ -289,8 +289,8 @@ def load_run_data(cfg, device):
     val_key = "val_true" if cfg["clean_validation"] else "val_noisy"
     t = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device)
     if info.streamed:
-        from limit.datasets.clothing1m import Clothing1MSplit
-        splits = [Clothing1MSplit(cfg["data_dir"], s, device, normalisation(cfg["dataset"]),
+        from limit.datasets.clothing1m import Clothing1MSplit, release_dir
+        splits = [Clothing1MSplit(release_dir(cfg["data_dir"]), s, device, normalisation(cfg["dataset"]),
                                   augment=s == "train" and info.augment,
                                   num_workers=cfg["num_workers"], decode=cfg["decode"])
                   for s in ("train", "val", "test")]
@@ -313,14 +313,15 @@ def load_run_data(cfg, device):
 
 def add_prepare_arguments(parser):
     parser.add_argument("--dataset", required=True, help=f"one of {sorted(DATASETS)}")
-    parser.add_argument("--data-dir", default="data", help="dataset directory")
+    parser.add_argument("--data-dir", default="data",
+                        help="data directory: a folder per dataset (Clothing1M's release in clothing1m/)")
     parser.add_argument("--download", action="store_true", help="download missing files (needs internet)")
 
 
 def run_prepare(args):
     if dataset_info(args.dataset).streamed:
-        from limit.datasets.clothing1m import check_clothing1m_dir
-        check_clothing1m_dir(args.data_dir)
+        from limit.datasets.clothing1m import check_clothing1m_dir, release_dir
+        check_clothing1m_dir(release_dir(args.data_dir))
     else:
         prepare_dataset(args.dataset, args.data_dir, download=args.download)
     print(f"{args.dataset}: files present in {args.data_dir}")
@@ -335,7 +336,9 @@ def _count(text):
 
 def add_corrupt_arguments(parser):
     parser.add_argument("--dataset", required=True, help="a dataset name or an image cache (import-images)")
-    parser.add_argument("--data-dir", default="data", help="dataset directory (also holds the CIFAR-N label files)")
+    parser.add_argument("--data-dir", default="data",
+                        help="data directory: a folder per dataset (Clothing1M's release in clothing1m/), and the "
+                             "CIFAR-N label files")
     parser.add_argument("--noise", required=True,
                         help="given (labels as they are), uniform, symmetric, pair (CIFAR-10), asymmetric-mnist, "
                              "asymmetric-fashion-mnist, human-aggre, human-worst, human-random1..3 (CIFAR-10N), "
@@ -351,8 +354,8 @@ def add_corrupt_arguments(parser):
 def run_corrupt(args):
     info = dataset_info(args.dataset)
     if info.streamed:
-        from limit.datasets.clothing1m import clothing1m_labels
-        arrays = clothing1m_labels(args.data_dir)
+        from limit.datasets.clothing1m import clothing1m_labels, release_dir
+        arrays = clothing1m_labels(release_dir(args.data_dir))
     else:
         train_labels = load_arrays(args.dataset, args.data_dir).train_y.numpy()
         human = None

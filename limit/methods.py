@@ -189,7 +189,7 @@ def prepare_method(cfg, ctx, run_data, device):
         ce_model.load_state_dict(ce_state)
         gen = torch.Generator().manual_seed(cfg["seed"])
         # CIFAR: the authors' train dataset still applied train-time augmentation here.
-        probs = predict(ce_model, run_data.train, cfg["batch_size"], augment=True, generator=gen).softmax(1)
+        probs = predict(ce_model, run_data.train, cfg["batch_size"], augment=True, generator=gen)[1].softmax(1)
         matrix = forward_correction_matrix(probs.cpu().numpy())
         ctx.extra["transition_matrix"] = torch.tensor(matrix, dtype=torch.float32, device=device)
     target = ctx.q if method.init_from_ce == "q" else ctx.classifier
@@ -215,18 +215,22 @@ def loss_and_margin(logits, labels):
 
 @torch.no_grad()
 def limit_train_scores(ctx, run_data, batch_size):
-    """Per training example: ||mu|| and ||mu - g_CE|| = ||y - s(q(x))|| (the mislabel detector)."""
+    """Per training example: ||mu|| and ||mu - g_CE|| = ||y - s(q(x))|| (the mislabel detector). Every array is
+    over the examples the split can read (an unreadable image has no score), each row with its own example's labels."""
     ctx.classifier.eval()
     ctx.q.eval()
-    mu_norm, distance, predicted = [], [], []
+    positions, mu_norm, distance, predicted = [], [], [], []
     for idx, x in run_data.train.batches(batch_size):
         probs, q_probs = ctx.classifier(x).softmax(1), ctx.q(x).softmax(1)
         onehot = F.one_hot(run_data.train_noisy[idx], run_data.num_classes).float()
+        positions.append(idx)
         mu_norm.append((probs - q_probs).norm(dim=1))
         distance.append((onehot - q_probs).norm(dim=1))
         predicted.append(probs.argmax(1))
     cat = lambda xs: torch.cat(xs).cpu().numpy()
+    idx = cat(positions)
     return {"mu_norm": cat(mu_norm), "grad_distance": cat(distance),
-            "is_corrupted": run_data.is_corrupted.cpu().numpy(), "noisy_label": run_data.train_noisy.cpu().numpy(),
-            "true_label": run_data.train_true.cpu().numpy(), "predicted": cat(predicted),
-            "train_idx": run_data.train_idx}
+            "is_corrupted": run_data.is_corrupted.cpu().numpy()[idx],
+            "noisy_label": run_data.train_noisy.cpu().numpy()[idx],
+            "true_label": run_data.train_true.cpu().numpy()[idx], "predicted": cat(predicted),
+            "train_idx": run_data.train_idx[idx]}

@@ -179,9 +179,12 @@ def _is_buffer_name(name):
 
 @torch.no_grad()
 def predict(model, split, batch_size, augment=False, generator=None):
-    """Softmax-free logits of a model (eval mode) over a split, in index order."""
+    """(indices, logits): softmax-free logits of a model (eval mode) over a split and the indices of the examples
+    they came from. A streamed split leaves out the images it cannot read: score against ``labels[indices]``."""
     model.eval()
-    return torch.cat([model(x).float() for _, x in split.batches(batch_size, generator=generator, augment=augment)])
+    idx, logits = zip(*[(i, model(x).float()) for i, x in split.batches(batch_size, generator=generator,
+                                                                        augment=augment)])
+    return torch.cat(idx), torch.cat(logits)
 
 
 def _conv_text(conv):

@@ -123,8 +123,10 @@ def validation_accuracy(model, split, labels, batch_size, epoch_sums=None):
 
 @torch.no_grad()
 def test_accuracy(model, split, labels, batch_size):
-    logits = predict(model, split, batch_size)
-    return float((logits.argmax(1) == labels).float().mean()), logits
+    """(accuracy, indices, logits) over the examples the split can read, each against its own label (an unreadable
+    image is left out: docs/reproduction.md)."""
+    idx, logits = predict(model, split, batch_size)
+    return float((logits.argmax(1) == labels[idx]).float().mean()), idx, logits
 
 
 def stale_initialisation(state, cfg, labels_sha256, init_sha256):
@@ -259,9 +261,9 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
     for name, model in _models(ctx).items():
         model.load_state_dict(best["models"][name])
     save_best(best, out)  # again: a resumed run may have rewritten it for an epoch after its checkpoint
-    acc, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
+    acc, idx, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
     rundir.save_npz(out / rundir.TEST_OUTPUTS, logits=logits.cpu().numpy().astype(np.float32),
-                    labels=run_data.test_labels.cpu().numpy())
+                    labels=run_data.test_labels[idx].cpu().numpy(), index=idx.cpu().numpy())
     if "epoch_sums" in best:  # (absent only when the best epoch came before a resume from an older version)
         sums = best["epoch_sums"]
         rundir.save_npz(out / rundir.EPOCH_SCORES, epochs=int(sums["epochs"]),
@@ -270,8 +272,10 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
         rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
     write_history(out, history)
     metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
-               "epochs_run": len(history), "wall_seconds": sum(r["epoch_seconds"] for r in history)}
+               "test_examples": len(idx), "epochs_run": len(history),
+               "wall_seconds": sum(r["epoch_seconds"] for r in history)}
     if dataset_info(cfg["dataset"]).streamed:  # images skipped because they cannot be decoded (datasets.clothing1m)
+        metrics["test_unreadable"] = len(run_data.test) - len(idx)
         metrics["unreadable_images"] = len({p for split in (run_data.train, run_data.val, run_data.test)
                                             for p in split.unreadable})
     rundir.write_json(out / rundir.METRICS, metrics)
@@ -286,5 +290,6 @@ def finish(cfg, out, ctx, run_data, history, best, tracker):
 def run_train(args):
     from limit.tracking.client import Tracker
     cfg = {**config.from_args(args), "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
-    metrics = train(cfg, args.out, None if args.no_tracking else Tracker(args.out, args.tracking_uri))
+    tracker = None if args.no_tracking else Tracker(args.out, args.tracking_uri, interval=args.live_interval)
+    metrics = train(cfg, args.out, tracker)
     print(json.dumps(metrics))

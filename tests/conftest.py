@@ -1,4 +1,5 @@
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -6,9 +7,11 @@ from pathlib import Path
 import pytest
 
 from limit import data as D
+from mlflow_helpers import postgres  # noqa: F401 (the fixture, for every test module)
 from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "tests" / "cluster"
 # Tests marked `system` start Slurm, PostgreSQL or Chromium as root: only on opt-in (.ci/run opts in).
 SYSTEM_TESTS = os.environ.get("LIMIT_SYSTEM_TESTS") == "1"
 
@@ -19,13 +22,16 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "unit: in one process, no Snakemake (every test not marked otherwise)")
     config.addinivalue_line("markers", "pipeline: runs Snakemake or the command line in subprocesses")
     config.addinivalue_line("markers", "system: starts system services as root; runs only with LIMIT_SYSTEM_TESTS=1")
+    config.addinivalue_line("markers", "slurm: uses the host's Slurm configuration (one local cluster per host)")
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's hook, which reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     # system tests, then pipeline tests, then unit tests: the parallel workers start the long tests first and fill
-    # the end with short ones (pyproject.toml turns xdist's own reordering off)
-    items.sort(key=lambda item: 0 if "system" in item.keywords else 1 if "pipeline" in item.keywords else 2)
+    # the end with short ones (pyproject.toml turns xdist's own reordering off); the Slurm tests that need no
+    # cluster run before the one that starts it
+    items.sort(key=lambda item: (0 if "system" in item.keywords else 1 if "pipeline" in item.keywords else 2,
+                                 "slurm_cluster" in item.fixturenames))
     for item in items:
         if "pipeline" not in item.keywords and "system" not in item.keywords:
             item.add_marker(pytest.mark.unit)
@@ -43,11 +49,13 @@ def pytest_collection_modifyitems(config, items):
 
 def worker_group(item):
     """The tests that parallel workers (pytest-xdist, ``--dist loadgroup``) run one after another on one worker:
-    those that read the tiny pipeline (it runs once per worker that asks for it), and those of a module that
-    shares a fixture or a service (a Slurm cluster is one per host). Every other test goes to whichever worker
+    those that read the tiny pipeline (it runs once per worker that asks for it), those that use the host's Slurm
+    configuration (a Slurm cluster is one per host), and those of a module that shares a fixture or a service. Every other test goes to whichever worker
     is free."""
     if "tiny_pipeline" in item.fixturenames:
         return "tiny_pipeline"
+    if "slurm" in item.keywords:
+        return "slurm"
     fixtures = item._fixtureinfo.name2fixturedefs
     shared = "system" in item.keywords or any(fixtures[name][-1].scope == "module" for name in item.fixturenames
                                               if fixtures.get(name))
@@ -111,3 +119,22 @@ def tiny_pipeline(fmnist_dir, tmp_path_factory):
                             env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return work
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A throw-away single-node Slurm cluster on 127.0.0.1 (tests/cluster/slurm-up.sh): its state directory; its
+    daemons are always stopped at the end of the session."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        pytest.skip("a local Slurm cluster needs root and apt-get (Debian packages slurmctld, slurmd, munge)")
+    state = tmp_path_factory.mktemp("slurm")
+    try:
+        up = subprocess.run(["bash", str(CLUSTER / "slurm-up.sh"), str(state)], capture_output=True, text=True,
+                            timeout=600, stdin=subprocess.DEVNULL)
+        assert up.returncode == 0, f"slurm-up.sh failed:\n{up.stdout}\n{up.stderr}"
+        yield state
+    finally:
+        subprocess.run(["bash", str(CLUSTER / "slurm-down.sh"), str(state)], timeout=120,
+                       stdin=subprocess.DEVNULL)
+        # the host as it was: slurm-down.sh removed what slurm-up.sh created
+        assert not Path("/etc/slurm/slurm.conf").exists() and not (state / "slurmctld.pid").exists()

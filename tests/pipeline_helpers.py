@@ -2,9 +2,11 @@
 import fcntl
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,19 @@ def snakemake_command(workdir, data_dir, cores, seeds=(1, 2)):
 
 def git(checkout, *args):
     return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, check=True).stdout
+
+
+def jobcomp(state, wait_for=()):
+    """Finished Slurm jobs from the jobcomp/filetxt log: {job id: {field: value}}. ``wait_for``: job ids to wait
+    for (up to 2 minutes): slurmctld records a job after it ends, which on a busy machine can be seconds after
+    Snakemake has seen the job leave the queue."""
+    path = state / "log" / "jobcomp.txt"
+    deadline = time.monotonic() + 120
+    while True:
+        jobs = {}
+        for line in (path.read_text().splitlines() if path.exists() else []):
+            fields = dict(re.findall(r"(\w+)=(\S*)", line))
+            jobs[fields["JobId"]] = fields
+        if set(wait_for) <= set(jobs) or time.monotonic() > deadline:
+            return jobs
+        time.sleep(0.5)

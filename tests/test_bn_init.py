@@ -90,7 +90,7 @@ def test_clothing1m_training_crops_and_flips_through_train(tmp_path, monkeypatch
     # A pooled linear model stands in for ResNet-50: this test is about the data path, not the network.
     monkeypatch.setattr(models, "build_model", lambda *a, **k: Classifier(
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(3, 14)))
-    metrics = train({"dataset": "clothing1m", "data_dir": str(root), "labels": str(labels), "method": "ce",
+    metrics = train({"dataset": "clothing1m", "data_dir": str(tmp_path), "labels": str(labels), "method": "ce",
                      "arch": "resnet50", "epochs": 1, "batch_size": 16, "num_workers": 0, "device": "cpu",
                      "clean_validation": True}, tmp_path / "run")
     assert metrics["epochs_run"] == 1

@@ -126,24 +126,25 @@ CLOTHING_ENTRIES = ["images", "noisy_label_kv.txt", "clean_label_kv.txt", *KEY_L
 
 
 def test_clothing1m_splits_and_labels(tmp_path):
-    lists, _ = write_synthetic_release(tmp_path)
-    check_clothing1m_dir(tmp_path)
+    root = tmp_path / "clothing1m"  # where docs/cluster.md puts the release in the data directory
+    lists, _ = write_synthetic_release(root)
+    check_clothing1m_dir(root)
     assert cli.main(["prepare", "--dataset", "clothing1m", "--data-dir", str(tmp_path)]) == 0
 
-    paths, labels, true_labels = read_clothing1m_split(tmp_path, "train")
+    paths, labels, true_labels = read_clothing1m_split(root, "train")
     assert paths == lists["train"] and len(paths) == 2 * NUM_CLASSES
     classes = np.repeat(np.arange(NUM_CLASSES), 2)
     assert labels.dtype == np.int64 and labels.tolist() == ((classes + np.tile([0, 1], NUM_CLASSES)) % 14).tolist()
     expected_true = np.where(np.tile([True, False], NUM_CLASSES), classes, -1)
     expected_true[6] = 4  # class 3's clean label was written as 4
     assert true_labels.tolist() == expected_true.tolist()
-    arrays = clothing1m_labels(tmp_path)
+    arrays = clothing1m_labels(root)
     assert arrays["train_noisy"].tolist() == labels.tolist() and arrays["train_true"].tolist() == expected_true.tolist()
     assert arrays["is_corrupted"].tolist() == (np.arange(28) == 6).tolist()  # unknown clean labels count as clean
     assert arrays["val_noisy"].tolist() == arrays["val_true"].tolist() == list(range(NUM_CLASSES))
 
     for split in ("val", "test"):
-        paths, labels, true_labels = read_clothing1m_split(tmp_path, split)
+        paths, labels, true_labels = read_clothing1m_split(root, split)
         assert paths == lists[split]
         assert labels.tolist() == true_labels.tolist() == list(range(NUM_CLASSES))
 
@@ -270,16 +271,16 @@ def test_clothing1m_persistent_workers_and_torchvision_decoding(tmp_path):
 def test_clothing1m_unreadable_images_are_skipped_named_and_counted(tmp_path, decode):
     """A truncated JPEG and a file that is no image never stop an epoch: skipped, warned about once with their
     paths, and kept in the split's ``unreadable``."""
-    _, unreadable = write_synthetic_release(tmp_path, unreadable_per_split=1)  # the last train image: truncated
+    _, unreadable = write_synthetic_release(tmp_path, unreadable_per_split=1)  # train image 14: truncated
     train = Clothing1MSplit(tmp_path, "train", "cpu", NORMALISATION, augment=True, num_workers=0, image_size=8,
                             decode=decode)
-    assert unreadable["train"] == [train.paths[27]]
+    assert unreadable["train"] == [train.paths[14]]
     (tmp_path / train.paths[10]).write_text("not a JPEG")
     with pytest.warns(RuntimeWarning, match="unreadable image, skipped") as caught:
         batches = list(train.batches(10, generator=torch.Generator().manual_seed(0), shuffle=True, augment=True))
-    assert sorted(torch.cat([i for i, _ in batches]).tolist()) == sorted(set(range(28)) - {27, 10})
+    assert sorted(torch.cat([i for i, _ in batches]).tolist()) == sorted(set(range(28)) - {14, 10})
     assert all(len(i) == len(x) for i, x in batches)
-    assert set(train.unreadable) == {train.paths[27], train.paths[10]}
+    assert set(train.unreadable) == {train.paths[14], train.paths[10]}
     assert len([w for w in caught if "unreadable" in str(w.message)]) == 2
     list(train.batches(10))  # a second pass warns no more, skips the same
     assert len(train.unreadable) == 2

@@ -196,7 +196,7 @@ def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_dis
     # A pooled linear model stands in for ResNet-50 (classifier and q): this test is about the data path.
     monkeypatch.setattr(models, "build_model", lambda *a, **k: Classifier(
         nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), nn.Linear(3, 14)))
-    T.train({"dataset": "clothing1m", "data_dir": str(root), "labels": str(labels), "method": "limit_l",
+    T.train({"dataset": "clothing1m", "data_dir": str(tmp_path), "labels": str(labels), "method": "limit_l",
              "arch": "resnet50", "epochs": 2, "batch_size": 16, "num_workers": 0, "device": "cpu"}, run)
     opened = []
     real_open = LI.tile_image

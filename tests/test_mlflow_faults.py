@@ -14,10 +14,8 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -25,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from limit.runs.rundir import run_tags
 from limit.tracking.server import free_port, start_server, stop_server
+from mlflow_helpers import HungServer
 from pipeline_helpers import pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
@@ -227,27 +226,6 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
     assert json.loads((run_dir / "mlflow.json").read_text())["run_id"] == runs[0].info.run_id
 
 
-class HungServer:
-    """Accepts TCP connections on 127.0.0.1 and never answers (a wedged proxy or server)."""
-
-    def __init__(self, port):
-        self.sock = socket.create_server(("127.0.0.1", port))
-        self.connections = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                self.connections.append(self.sock.accept()[0])
-            except OSError:  # closed
-                return
-
-    def close(self):
-        self.sock.close()
-        for conn in self.connections:
-            conn.close()
-
-
 def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, make_labels, tmp_path):
     """Each MLflow call waits MLFLOW_HTTP_REQUEST_TIMEOUT x (retries + 1); a job makes at most two such calls
     (the first fails and stops live tracking, the final sync tries once more), then finishes with a warning.
@@ -292,3 +270,16 @@ def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, 
         stop_server(server)
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
     assert not leaked and "hunter2" not in first.stdout + first.stderr + second.stdout + second.stderr
+
+
+def test_a_command_that_trains_nothing_creates_no_experiment_and_no_run(fmnist_dir, tmp_path):
+    """The documented data step (a .ready target) with tracking on: the store has no experiment and no run."""
+    from limit.tracking.server import sqlite_experiments
+    store = tmp_path / "mlflow.db"
+    command = snakemake_command(tmp_path, fmnist_dir, 1, seeds=[1])
+    command[command.index("results/runs.csv")] = "results/data/fashion_mnist.ready"
+    done = subprocess.run(command, cwd=tmp_path, env=pipeline_env(MLFLOW_TRACKING_URI=f"sqlite:///{store}"),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "results/data/fashion_mnist.ready").exists()
+    assert sqlite_experiments(f"sqlite:///{store}") == []  # (an empty store has MLflow's own empty Default)

@@ -1,82 +1,26 @@
 """The cluster setup, on one machine: an MLflow server backed by PostgreSQL, 4 jobs logging to it at once.
 
-Debian's PostgreSQL runs as the postgres user from a temporary data directory, on 127.0.0.1 and a free port;
-``mlflow server --backend-store-uri postgresql://... --artifacts-destination DIR`` serves it; the tiny test
+A throwaway PostgreSQL database (``mlflow_helpers.postgres``) is served by
+``mlflow server --backend-store-uri postgresql://... --artifacts-destination DIR``; the tiny test
 pipeline runs with ``--cores 4`` and ``MLFLOW_TRACKING_URI=http://127.0.0.1:PORT`` (and the project's HTTP retry
 defaults). Every run must be in MLflow, and in the database, with its full per-epoch metric history.
 """
 import csv
-import glob
 import json
-import os
-import pwd
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from limit.runs.rundir import run_tags
-from limit.tracking.server import free_port, start_server, stop_server
-from pipeline_helpers import ensure_debian_packages, pipeline_env, snakemake_command
+from limit.tracking.server import start_server, stop_server
+from mlflow_helpers import postgres, psycopg2_driver  # noqa: F401 (postgres: the fixture)
+from pipeline_helpers import pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.system
 
 PER_EPOCH = ("train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc")
-
-
-def psycopg2_driver():
-    try:
-        import psycopg2
-    except ImportError:  # not a project dependency (yet): the dev extra should list psycopg2-binary
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "psycopg2-binary"],
-                              capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, f"pip install psycopg2-binary failed: {done.stderr[-2000:]}"
-        import psycopg2
-    return psycopg2
-
-
-@pytest.fixture
-def postgres():
-    """A throwaway PostgreSQL cluster on 127.0.0.1:PORT with a database ``mlflow``; yields the SQLAlchemy URI."""
-    if os.geteuid() != 0:
-        pytest.skip("starting PostgreSQL as the postgres user needs root")
-    ensure_debian_packages("postgresql")
-    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    assert bins, "Debian's postgresql is installed but no /usr/lib/postgresql/*/bin/initdb"
-    bin_dir = Path(bins[-1]).parent
-    owner = pwd.getpwnam("postgres")
-    base = Path(tempfile.mkdtemp(prefix="limit-pg-"))  # pytest's tmp dirs are private to root
-    os.chown(base, owner.pw_uid, owner.pw_gid)
-    data, port = base / "data", free_port()
-
-    def as_postgres(*cmd, timeout=120):
-        done = subprocess.run([str(c) for c in cmd], user="postgres", cwd=base, capture_output=True, text=True,
-                              timeout=timeout)
-        assert done.returncode == 0, f"{cmd}: {done.stdout}\n{done.stderr}"
-
-    pid = None
-    try:
-        as_postgres(bin_dir / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
-        as_postgres(bin_dir / "pg_ctl", "start", "-D", data, "-l", base / "postgres.log", "-w", "-t", "60",
-                    "-o", f"-k {base} -h 127.0.0.1 -p {port} -c fsync=off -c max_connections=50")
-        pid = int((data / "postmaster.pid").read_text().split()[0])
-        as_postgres(bin_dir / "createdb", "-h", "127.0.0.1", "-p", port, "-U", "postgres", "mlflow")
-        yield f"postgresql://postgres@127.0.0.1:{port}/mlflow"
-    finally:
-        if pid:
-            os.kill(pid, signal.SIGINT)  # fast shutdown of the postmaster (it ends its backends)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                time.sleep(0.2)
-            if Path(f"/proc/{pid}").exists():
-                os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_four_parallel_jobs_log_everything_to_a_postgres_backed_server(postgres, fmnist_dir, tmp_path):

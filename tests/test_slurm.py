@@ -5,7 +5,6 @@ tests/cluster/slurm-up.sh and stopped by PID by tests/cluster/slurm-down.sh. Sna
 repository root, exactly as a user types it, with --directory pointing at a temporary work directory.
 Needs root and apt-get (the Slurm and munge Debian packages are installed when missing).
 """
-import csv
 import json
 import os
 import re
@@ -20,6 +19,7 @@ import pytest
 import yaml
 
 from limit.runs.grid import expand_runs
+from pipeline_helpers import jobcomp
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "tests" / "cluster"
@@ -28,7 +28,7 @@ TEST_CONFIG = REPO / "config" / "test.yaml"
 # `timeout` also signals its whole process group, and that second SIGINT can interrupt the plugin's scancel.
 WORKFLOW_TIMEOUT = 1200
 
-pytestmark = [pytest.mark.system, pytest.mark.skipif(
+pytestmark = [pytest.mark.system, pytest.mark.slurm, pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which("apt-get") is None,
     reason="a local Slurm cluster needs root and apt-get (Debian packages slurmctld, slurmd, munge)")]
 
@@ -38,22 +38,6 @@ pytestmark = [pytest.mark.system, pytest.mark.skipif(
 # still costs two inner Snakemake processes and a Python start on the Slurm "node".
 FAST = {"training": {"fashion_mnist": {"epochs": 1, "patience": 1, "max_runtime": 15}},
         "mlflow": {"enabled": False}}
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster(tmp_path_factory):
-    """The cluster's state directory; its daemons are always stopped at the end of the session."""
-    state = tmp_path_factory.mktemp("slurm")
-    try:
-        up = subprocess.run(["bash", str(CLUSTER / "slurm-up.sh"), str(state)], capture_output=True, text=True,
-                            timeout=600, stdin=subprocess.DEVNULL)
-        assert up.returncode == 0, f"slurm-up.sh failed:\n{up.stdout}\n{up.stderr}"
-        yield state
-    finally:
-        subprocess.run(["bash", str(CLUSTER / "slurm-down.sh"), str(state)], timeout=120,
-                       stdin=subprocess.DEVNULL)
-        # the host as it was: slurm-down.sh removed what slurm-up.sh created
-        assert not Path("/etc/slurm/slurm.conf").exists() and not (state / "slurmctld.pid").exists()
 
 
 def snakemake_command(workdir, data_dir, *args, config_files=()):
@@ -83,38 +67,11 @@ def run_snakemake(workdir, data_dir, *args, config_files=()):
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def jobcomp(state, wait_for=()):
-    """Finished Slurm jobs from the jobcomp/filetxt log: {job id: {field: value}}. ``wait_for``: job ids to wait
-    for (up to 2 minutes): slurmctld records a job after it ends, which on a busy machine can be seconds after
-    Snakemake has seen the job leave the queue."""
-    path = state / "log" / "jobcomp.txt"
-    deadline = time.monotonic() + 120
-    while True:
-        jobs = {}
-        for line in (path.read_text().splitlines() if path.exists() else []):
-            fields = dict(re.findall(r"(\w+)=(\S*)", line))
-            jobs[fields["JobId"]] = fields
-        if set(wait_for) <= set(jobs) or time.monotonic() > deadline:
-            return jobs
-        time.sleep(0.5)
-
-
 @pytest.fixture(scope="session")
 def fast_config(tmp_path_factory):
     path = tmp_path_factory.mktemp("config") / "fast.yaml"
     path.write_text(yaml.safe_dump(FAST))
     return path
-
-
-@pytest.fixture(scope="session")
-def workflow_run(slurm_cluster, fmnist_dir, fast_config, tmp_path_factory):
-    """The test config's whole pipeline through Slurm, once: (exit code, output, work directory)."""
-    workdir = tmp_path_factory.mktemp("workdir")
-    start = time.monotonic()
-    rc, output = run_snakemake(workdir, fmnist_dir, "results/runs.csv", "results/selected.csv",
-                               config_files=[fast_config])
-    print(f"workflow on Slurm: exit {rc} after {time.monotonic() - start:.0f} s")
-    return rc, output, workdir
 
 
 def expected_runs():
@@ -141,39 +98,6 @@ def test_cluster_script_never_replaces_a_slurm_conf_it_did_not_write(tmp_path):
             conf.parent.rmdir()
 
 
-def test_training_jobs_run_as_slurm_jobs(workflow_run, slurm_cluster):
-    rc, output, workdir = workflow_run
-    assert rc == 0, output[-6000:]
-    assert "Using profiles slurm and workflow specific profile profiles/default" in output
-    runs = expected_runs()
-    assert len(runs) == 10
-
-    with open(workdir / "results" / "runs.csv", newline="") as f:
-        table = list(csv.DictReader(f))
-    assert sorted(r["run_dir"] for r in table) == sorted(f"results/runs/{run_id}" for run_id in runs)
-    assert all(r["best_val_acc"] and r["test_acc"] for r in table)
-    assert (workdir / "results" / "selected.csv").stat().st_size > 0
-
-    finished = jobcomp(slurm_cluster, wait_for=[
-        json.loads((workdir / "results/runs" / run_id / "job.json").read_text())["slurm_job_id"] for run_id in runs])
-    job_ids = []
-    for run_id in runs:
-        run_dir = workdir / "results" / "runs" / run_id
-        assert (run_dir / "metrics.json").exists(), run_id
-        job = json.loads((run_dir / "job.json").read_text())
-        job_id = job["slurm_job_id"]
-        assert job_id is not None, f"{run_id} did not run inside a Slurm job"
-        job_ids.append(job_id)
-        record = finished.get(job_id)
-        assert record is not None, f"Slurm job {job_id} ({run_id}) is not in jobcomp.txt"
-        assert record["JobState"] == "COMPLETED", record
-        assert record["WorkDir"] == str(workdir)
-        # resources from the config's training section: 1 thread, 1000 MB, 10 min, no GPU (gpus: 0)
-        assert record["TimeLimit"] == "10" and "cpu=1," in record["Tres"] and "mem=1000M" in record["Tres"]
-        assert "gpu" not in record["Tres"]
-    assert len(set(job_ids)) == len(runs), f"Slurm job ids are not distinct: {job_ids}"
-
-
 def _ce_run(workdir, seed):
     row = next(r for r in expected_runs().values() if r["method"] == "ce" and r["seed"] == seed)
     return row, workdir / "results" / "runs" / row["run_id"]
@@ -185,7 +109,7 @@ def _submitted(output, row):
     return re.findall(r"submitted with SLURM jobid (\d+) \(log: \S*" + re.escape(wildcards), output)
 
 
-def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_config, fmnist_dir):
+def test_failures_are_reported_and_retried(slurm_cluster, fast_config, fmnist_dir, tmp_path):
     """One run fails on both attempts, another only on its first: `--retries 1 --keep-going`.
 
     The failure is real and deterministic: corrupt checkpoints (state.pt and state.prev.pt) in the run directory
@@ -194,12 +118,12 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     attempt is submitted only after Snakemake has polled that failure (seconds later, after Slurm's own
     record), so it always starts from a clean run directory.
     """
-    rc, output, workdir = workflow_run
-    assert rc == 0, output[-6000:]
+    workdir = tmp_path / "work"
     bad, bad_dir = _ce_run(workdir, seed=1)
     flaky, flaky_dir = _ce_run(workdir, seed=2)
     checkpoints = ("state.pt", "state.prev.pt")
     for run_dir in (bad_dir, flaky_dir):
+        run_dir.mkdir(parents=True)
         for name in checkpoints:
             (run_dir / name).write_bytes(b"not a checkpoint")
     before = set(jobcomp(slurm_cluster))
@@ -224,7 +148,7 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     watcher.start()
     try:
         rc, output = run_snakemake(workdir, fmnist_dir, f"results/runs/{bad['run_id']}/metrics.json",
-                                   f"results/runs/{flaky['run_id']}/metrics.json", "--force", "--retries", "1",
+                                   f"results/runs/{flaky['run_id']}/metrics.json", "--retries", "1",
                                    "--keep-going", config_files=[fast_config])
     finally:
         done.set()
@@ -254,33 +178,6 @@ def test_failures_are_reported_and_retried(workflow_run, slurm_cluster, fast_con
     for first, second in (bad_jobs, flaky_jobs):
         assert "mem=1000M" in finished[first]["Tres"] and finished[first]["TimeLimit"] == "10"
         assert "mem=2000M" in finished[second]["Tres"] and finished[second]["TimeLimit"] == "15"
-
-
-def test_a_pack_is_one_slurm_job(slurm_cluster, fmnist_dir, fast_config, tmp_path):
-    """training.<dataset>.pack: 4 trains the test config's 10 runs as 3 packs (4 + 2 runs, and the 4 runs that start
-    from a CE run): 3 Slurm jobs, each with the threads and memory of all its members (and a CPU for the pack
-    process) and one job id for all."""
-    packed = tmp_path / "pack.yaml"
-    packed.write_text(yaml.safe_dump({"training": {"fashion_mnist": {"pack": 4}}}))
-    workdir = tmp_path / "work"
-    rc, output = run_snakemake(workdir, fmnist_dir, "results/runs.csv", config_files=[fast_config, packed])
-    assert rc == 0, output[-6000:]
-    runs = expected_runs()
-    job_of = {run_id: json.loads((workdir / "results/runs" / run_id / "job.json").read_text())["slurm_job_id"]
-              for run_id in runs}
-    members = {}
-    for run_id, job_id in job_of.items():
-        assert job_id is not None, run_id
-        members.setdefault(job_id, []).append(run_id)
-    assert sorted(len(m) for m in members.values()) == [2, 4, 4], members
-    finished = jobcomp(slurm_cluster, wait_for=members)
-    for job_id, runs_of_job in members.items():
-        record = finished[job_id]
-        assert record["JobState"] == "COMPLETED", record
-        # the threads of all members and the pack's process, whatever the submitting machine's cores
-        cpus = len(runs_of_job) + 1
-        assert f"cpu={cpus}," in record["Tres"] and f"mem={1000 * len(runs_of_job)}M" in record["Tres"], record
-    assert output.count("submitted with SLURM jobid") == 3, output[-6000:]
 
 
 def test_a_gpu_job_runs_on_the_gpu_resource_and_stops_at_once_without_a_gpu(slurm_cluster, fmnist_dir, fast_config,

@@ -1,10 +1,15 @@
+import csv
 import json
+import os
+import subprocess
+import sys
+import time
 import warnings
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from limit.tracking.client import Tracker, get_or_create_experiment, sync_run
+from limit.tracking.client import Tracker, flatten, get_or_create_experiment, sync_run
 from limit.tracking.uri import redact
 from limit.train import train
 
@@ -34,12 +39,16 @@ def test_run_is_logged_with_params_per_epoch_metrics_tags_and_artifacts(fmnist_d
     for key in ("train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc", "q_loss", "mu_sq_norm"):
         assert [m.step for m in client.get_metric_history(run_id, key)] == [0, 1, 2]
     assert {"history.csv", "metrics.json", "test_outputs.npz"} <= {a.path for a in client.list_artifacts(run_id)}
-    # resuming the same run directory continues the same MLflow run: no duplicate
+    # extended by one epoch: config.json changed (epochs), so MLflow gets a new run holding all 4 epochs, and the
+    # run of the 3-epoch config is deleted (a resumed job of the same config continues its run: see below)
     small_run(fmnist_dir, make_labels(), out, Tracker(out, uri, exp), epochs=4)
     runs = client.search_runs([exp])
     assert len(runs) == 2 and {r.data.tags.get("mlflow.parentRunId") for r in runs} == {None, run.data.tags[
         "mlflow.parentRunId"]}  # the run and the parent of its selection group
-    assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0, 1, 2, 3]
+    new_id = json.loads((out / "mlflow.json").read_text())["run_id"]
+    assert new_id != run_id and client.get_run(run_id).info.lifecycle_stage == "deleted"
+    assert [m.step for m in client.get_metric_history(new_id, "val_acc")] == [0, 1, 2, 3]
+    assert client.get_run(new_id).data.params["epochs"] == "4"
 
 
 def test_unreachable_server_warns_once_then_sync_fills_in_without_duplicates(fmnist_dir, make_labels, tmp_path):
@@ -85,7 +94,8 @@ def _finished_run_dir(run_dir, seed, beta, test_acc, log_checkpoints=True):
     (run_dir / "config.json").write_text(json.dumps(config))
     (run_dir / "job.json").write_text(json.dumps({"slurm_job_id": "4711", "host": "node1", "device": "cpu",
                                                   "device_name": "AMD EPYC", "git_commit": "abc123",
-                                                  "torch_version": "2.14.1", "limit_version": "0.1.0"}))
+                                                  "torch_version": "2.14.1", "limit_version": "0.1.0",
+                                                  "started": "2026-11-30T08:00:00Z"}))
     (run_dir / "history.csv").write_text("epoch,train_acc,val_acc,test_acc\n0,0.3,0.4,0.5\n1,0.4,0.5,0.6\n")
     (run_dir / "metrics.json").write_text(json.dumps({"best_epoch": 1, "best_val_acc": test_acc - 0.1, "test_acc": test_acc}))
     for name in ("test_outputs.npz", "best.pt", "train_scores.npz"):
@@ -129,6 +139,10 @@ def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selec
         tags = child.data.tags
         assert tags["mlflow.source.git.commit"] == "abc123" and tags["slurm_job_id"] == "4711"
         assert tags["torch_version"] == "2.14.1" and tags["device_name"] == "AMD EPYC" and tags["host"] == "node1"
+        # its training's times, though the select stage put it into MLflow
+        run_dir = tmp_path / f"s{tags['seed']}b{float(tags['beta'])}"
+        assert child.info.start_time == 1796025600000  # job.json: 2026-11-30T08:00:00Z
+        assert child.info.end_time == int((run_dir / "metrics.json").stat().st_mtime * 1000)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
         with_checkpoints = child.data.tags["seed"] == "1"
         assert ("best.pt" in artifacts and "train_scores.npz" in artifacts) == with_checkpoints
@@ -142,14 +156,176 @@ def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selec
     assert len(moved) == 5 and len(parents) == 1 and parents[0].data.tags["selected_hparams"] == "beta10"
 
 
-def test_params_are_logged_when_a_run_starts(tmp_path):
+CONFIG = {"method": "ce", "dataset": "mnist", "arch": "cnn", "seed": 42, "clean_validation": False,
+          "hparams": {"lr": 0.001}, "epochs": 400,
+          "run": {"experiment": "main", "variant": "ce", "hparams": ["lr"], "noise": "uniform", "rate": 0.5,
+                  "n": "all"}}
+ROW_KEYS = ("train_loss", "train_acc", "val_acc", "test_acc", "epoch_seconds")
+
+
+def _row(epoch):
+    return {"epoch": epoch, **{k: 0.5 + epoch / 1000 for k in ROW_KEYS}}
+
+
+def _write_run(run_dir, config, rows, finished=False):
+    """What training writes: config.json first, history.csv and metrics.json as it goes and ends."""
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config))
+    lines = ["epoch," + ",".join(ROW_KEYS)] + [",".join(str(r[k]) for k in ("epoch", *ROW_KEYS)) for r in rows]
+    (run_dir / "history.csv").write_text("\n".join(lines) + "\n")
+    if finished:
+        (run_dir / "metrics.json").write_text(json.dumps({"test_acc": 0.5, "epochs_run": len(rows)}))
+
+
+def _timed_epochs(tracker, first, seconds, period=0.01, until=lambda: True):
+    """Epochs every ``period`` s for ``seconds`` and until ``until()`` (at most a minute), as a training loop
+    hands them over; (rows, slowest call)."""
+    rows, slowest, began = [], 0.0, time.monotonic()
+    while time.monotonic() - began < seconds or not until() and time.monotonic() - began < 60:
+        rows.append(_row(first + len(rows)))
+        t0 = time.perf_counter()
+        tracker.log_epoch(rows[-1])
+        slowest = max(slowest, time.perf_counter() - t0)
+        time.sleep(period)
+    return rows, slowest
+
+
+def test_epochs_go_live_in_one_request_per_interval_from_a_background_thread(tmp_path, monkeypatch):
+    """Params while the run trains, its epochs in rounds at most one interval apart, never the loop's time; a job
+    killed and started again (same config) continues its MLflow run without a duplicate epoch."""
+    from limit.tracking import client as tracking
+    uri, run_dir, interval = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run", 0.5
+    rounds = []  # when each request with epoch metrics went out
+    real_client = tracking._client
+
+    class Counted:
+        def __init__(self, client):
+            self.client = client
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        def log_batch(self, run_id, metrics=(), **kwargs):
+            if metrics and metrics[0].key in ROW_KEYS:
+                rounds.append(time.monotonic())
+            return self.client.log_batch(run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(tracking, "_client", lambda u: Counted(real_client(u)))
+    _write_run(run_dir, CONFIG, [])
+    tracker = Tracker(run_dir, uri, interval=interval)
+    began = time.monotonic()
+    tracker.start(CONFIG, [])
+    rows, slowest = _timed_epochs(tracker, 0, 3.0, until=lambda: len(rounds) >= 3)
+    elapsed = time.monotonic() - began
+    info = json.loads((run_dir / "mlflow.json").read_text())
+    client = MlflowClient(uri)
+    run = client.get_run(info["run_id"])
+    assert run.info.status == "RUNNING" and run.data.params["hparams.lr"] == "0.001"
+    assert run.data.params["epochs"] == "400"
+    steps = [m.step for m in client.get_metric_history(info["run_id"], "val_acc")]
+    assert steps == list(range(len(steps))) and 0 < len(steps) < len(rows)  # oldest first, while it trains
+    # one round per interval; a round sends more than one request only for more than 80 rows (1000 metrics)
+    continued = [b - a for a, b in zip(rounds, rounds[1:]) if b - a < interval * 0.95]
+    assert len(continued) <= len(rows) / 80 and len(rounds) - len(continued) <= elapsed / interval + 1
+    assert len(rows) > 10 * len(rounds)  # requests follow the interval, not the epochs
+    assert slowest < 0.1, f"log_epoch took {slowest * 1e3:.1f} ms"  # (a loaded 2-core machine: microseconds idle)
+
+    # the job is killed (no finish) and started again from its last checkpoint. At the last epoch it logged: the
+    # same MLflow run goes on, no epoch twice. Before it: a new run with the directory's epochs, the old one deleted.
+    for checkpoint, same_run in ((len(rows), True), (10, False)):
+        tracker.stopping.set()
+        tracker.thread.join()
+        tracker = Tracker(run_dir, uri, interval=interval)
+        tracker.start(CONFIG, rows[:checkpoint])
+        more, _ = _timed_epochs(tracker, checkpoint, 1.0, until=lambda: tracker.run is not None)
+        rows = rows[:checkpoint] + more
+        assert (tracker.run.info.run_id == info["run_id"]) == same_run
+    _write_run(run_dir, CONFIG, rows, finished=True)
+    tracker.finish(run_dir)
+    run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+    assert run_id != info["run_id"] and client.get_run(info["run_id"]).info.lifecycle_stage == "deleted"
+    for key in ROW_KEYS:
+        assert [m.step for m in client.get_metric_history(run_id, key)] == list(range(len(rows)))
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["final_test_acc"] == 0.5
+
+
+def test_a_server_that_never_answers_never_stalls_an_epoch(tmp_path, monkeypatch):
+    from mlflow_helpers import HungServer
+    from limit.tracking.server import free_port
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    port, run_dir = free_port(), tmp_path / "run"
+    _write_run(run_dir, CONFIG, [])
+    hung = HungServer(port)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tracker = Tracker(run_dir, f"http://127.0.0.1:{port}", interval=0.2)
+            tracker.start(CONFIG, [])
+            rows, slowest = _timed_epochs(tracker, 0, 3.0)
+            _write_run(run_dir, CONFIG, rows, finished=True)
+            tracker.finish(run_dir)
+    finally:
+        hung.close()
+    assert hung.connections and slowest < 0.5, f"log_epoch took {slowest * 1e3:.1f} ms"  # a request: 2 s
+    assert len([w for w in caught if "MLflow tracking to" in str(w.message)]) == 1
+    assert len((run_dir / "history.csv").read_text().splitlines()) == len(rows) + 1
+
+
+def test_retraining_a_run_directory_under_another_config_mirrors_only_the_second(fmnist_dir, make_labels, tmp_path):
+    """Trained with batch 128 and patience 100, then into the same directory with batch 64 and patience 1: MLflow
+    shows that directory's second config, its epochs, final metrics and artifacts, and nothing of the first."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    tracker = Tracker(run_dir, uri)
-    tracker.start({"method": "ce", "dataset": "mnist", "arch": "cnn", "seed": 42, "clean_validation": False,
-                   "hparams": {"lr": 0.001}, "epochs": 400,
-                   "run": {"experiment": "main", "variant": "ce", "hparams": ["lr"], "noise": "uniform", "rate": 0.5,
-                           "n": "all"}}, [])
-    run = MlflowClient(uri).get_run(tracker.run_id)
-    assert run.info.status == "RUNNING" and run.data.params["hparams.lr"] == "0.001" and run.data.params["epochs"] == "400"
+    out, labels = tmp_path / "run", make_labels(n=256, val_size=256)
+    base = {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(labels), "method": "ce",
+            "epochs": 2, "seed": 1, "run": {"experiment": "main", "variant": "ce"}, "test_curve_size": 256}
+    train({**base, "batch_size": 128, "patience": 100}, out, Tracker(out, uri))
+    first = json.loads((out / "mlflow.json").read_text())["run_id"]
+    train({**base, "batch_size": 64, "patience": 1, "epochs": 1}, out, Tracker(out, uri))
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("main").experiment_id
+    [run] = [r for r in client.search_runs([experiment]) if "limit.group" not in r.data.tags]
+    assert run.info.run_id == json.loads((out / "mlflow.json").read_text())["run_id"] != first
+    config = json.loads((out / "config.json").read_text())
+    assert run.data.params == {k: str(v) for k, v in flatten(config).items()}
+    assert run.data.params["batch_size"] == "64" and run.data.params["patience"] == "1"
+    history = list(csv.DictReader(open(out / "history.csv")))
+    for key in ("train_loss", "val_acc", "test_acc"):
+        assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == pytest.approx(
+            [(int(r["epoch"]), float(r[key])) for r in history])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert run.data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
+    for name in ("config.json", "metrics.json", "history.csv"):
+        copy = client.download_artifacts(run.info.run_id, name, str(tmp_path / "artifacts"))
+        assert open(copy).read() == (out / name).read_text(), name
+
+
+@pytest.mark.pipeline
+def test_training_jobs_turn_off_mlflow_telemetry_whose_thread_breaks_os_environ(tmp_path):
+    """MLflow's telemetry, once it cannot download its config (no internet), unsets _MLFLOW_TELEMETRY_SESSION_ID
+    from its own thread; any thread iterating os.environ then (requests does, for proxies, on every call) raised
+    KeyError('_MLFLOW_TELEMETRY_SESSION_ID'). A subprocess: MLflow reads the switch once, at import."""
+    code = f"""
+import os, threading, time
+from limit.tracking.client import Tracker, sync_run
+errors, stop = [], False
+def like_requests():
+    while not stop:
+        try:
+            dict(os.environ.items())
+        except KeyError as exc:
+            errors.append(repr(exc))
+Tracker({str(tmp_path / 'run')!r}, {f'sqlite:///{tmp_path}/mlflow.db'!r})
+import mlflow  # as a training job's sender thread does
+threading.Thread(target=like_requests).start()
+sync_run({str(tmp_path / 'run')!r}, {f'sqlite:///{tmp_path}/mlflow.db'!r})
+time.sleep(3)  # MLflow's telemetry gives up on its config within 1 s
+stop = True
+print(errors)
+"""
+    _write_run(tmp_path / "run", CONFIG, [_row(0)], finished=True)
+    testing = ("PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+    env = {k: v for k, v in os.environ.items() if k not in testing}  # MLflow's telemetry is off under tests
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-3000:]

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from limit.datasets.clothing1m import write_synthetic_release
 from limit.runs.grid import ConfigError, expand_runs, load_config as grid_load_config, pack_runs, recorded_packs
 from pipeline_helpers import git
 
@@ -67,6 +68,37 @@ def test_paper_config_builds_the_full_grid(tmp_path):
     assert (runs[(runs.experiment == "cifar10_uniform") & runs.method.str.startswith("limit")].patience == 200).all()
     assert (runs[runs.experiment == "figure1"].patience == 401).all()
     assert (runs[runs.dataset == "clothing1m"].epochs == 30).all()
+
+
+@pytest.mark.pipeline
+def test_the_paper_grid_without_clothing1m_is_one_switch(tmp_path):
+    """Clothing1M must be requested from its authors: without it, one switch (docs/cluster.md) plans the rest of the
+    grid, and the dry run says in one line what stays empty."""
+    result = snakemake(tmp_path, "-n", "--config", "skip_datasets=[clothing1m]", configfile="config/paper.yaml",
+                       timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = [line for line in result.stdout.splitlines() if "Command:" not in line]  # the header repeats the command
+    assert not [line for line in jobs if "clothing1m" in line]  # neither its data, nor its labels, nor a run
+    counts = job_counts(result.stdout)
+    assert counts["prepare_data"] == 3 and counts["train"] == 375 - 39 and counts["train_pack"] == 307
+    notes = [line for line in result.stderr.splitlines() if "skip_datasets" in line]
+    assert notes == ["note: skip_datasets: no job for clothing1m; these stay empty: Table 2's column Clothing1M, "
+                     "real label noise, all training samples; Figures 3 and A0 of Clothing1M, real label noise, all "
+                     "training samples"]
+
+
+@pytest.mark.pipeline
+def test_prepare_finds_clothing1m_where_the_docs_put_it(tmp_path):
+    """docs/cluster.md and config/paper.yaml put the release in <data_dir>/clothing1m: the prepare rule checks it
+    there."""
+    data = tmp_path / "data"
+    write_synthetic_release(data / "clothing1m")
+    target = "results/data/clothing1m.ready"
+    result = snakemake(tmp_path / "work", "--cores", "1", target, "--config", f"data_dir={data}",
+                       configfile="config/paper.yaml", timeout=300)
+    log = tmp_path / "work/results/logs/prepare/clothing1m.log"
+    assert result.returncode == 0, result.stderr[-2000:] + (log.read_text() if log.exists() else "")
+    assert (tmp_path / "work" / target).exists() and "clothing1m: files present" in log.read_text()
 
 
 def test_a_finished_pack_keeps_its_runs_when_the_config_changes(tmp_path):
@@ -156,6 +188,8 @@ def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
     (lambda c: c["experiments"]["main"]["methods"].update(limit_g={"lamb": [1.0]}), "limit_g.lamb: not a hyperparameter"),
     (lambda c: c["experiments"]["main"].update(noise=["pair"]), "only for cifar10"),
     (lambda c: c["experiments"]["main"]["methods"].pop("ce"), "starts from the CE run"),
+    (lambda c: c.update(skip_datasets=["clothing1m"]), "skip_datasets: 'clothing1m' is in no experiment block"),
+    (lambda c: c.update(skip_datasets="clothing1m"), "skip_datasets: 'clothing1m' is not of type 'array'"),
 ])
 def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, message):
     """The checks the workflow runs when it parses a config (tests/test_bad_input.py runs one through Snakemake)."""

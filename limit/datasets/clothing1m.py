@@ -1,4 +1,4 @@
-"""Clothing1M (Xiao et al. 2015) streamed from a directory in its official release layout.
+"""Clothing1M (Xiao et al. 2015) streamed from a directory in its official release layout, ``<data_dir>/clothing1m``.
 
 Train = ``noisy_train_key_list.txt`` with noisy labels; validation and test = the clean lists with clean
 labels (the authors select models on the clean validation set). JPEGs are decoded and resized
@@ -7,6 +7,7 @@ Each split keeps one loader whose workers persist across epochs. ``decode="torch
 only read the files and decodes, resizes, crops and flips with ``torchvision.io.decode_jpeg`` and tensor
 ops on the training device (the GPU when there is one); its resizing differs from PIL's in the last bits.
 Torch is imported by the loading functions only: checking a release and reading its labels need none.
+The functions here take the release directory; ``release_dir`` finds it in a data directory (``--data-dir``).
 """
 import warnings
 from itertools import islice
@@ -22,6 +23,11 @@ CLEAN_LABELS = "clean_label_kv.txt"
 KEY_LISTS = {"train": "noisy_train_key_list.txt", "val": "clean_val_key_list.txt", "test": "clean_test_key_list.txt"}
 REQUIRED = ["images", NOISY_LABELS, CLEAN_LABELS, *KEY_LISTS.values()]
 IMAGES_CHECKED = 5  # listed images checked per key list: enough to catch a wrong root or an unpacked archive
+
+
+def release_dir(data_dir):
+    """The Clothing1M release in a data directory: its ``clothing1m`` folder, as every dataset has its own."""
+    return Path(data_dir) / "clothing1m"
 
 
 def check_clothing1m_dir(root):
@@ -40,22 +46,23 @@ def check_clothing1m_dir(root):
             problems.append(f"{len(absent)} of the first {len(first)} images in {key_list} are missing: {', '.join(absent)}")
     if problems:
         raise DataError(
-            f"data directory {str(root)!r} is not a complete Clothing1M release: {'; '.join(problems)}. "
-            "Clothing1M must be requested from its authors (https://github.com/Cysu/noisy_label); put it in one "
-            f"directory holding {', '.join(REQUIRED)} (image paths relative to it, as in the release) "
-            "and pass that directory as --data-dir.")
+            f"{str(root)!r} is not a complete Clothing1M release: {'; '.join(problems)}. "
+            "Clothing1M must be requested from its authors (https://github.com/Cysu/noisy_label); unpack it into "
+            f"the clothing1m folder of the data directory (--data-dir, the config's data_dir), which then holds "
+            f"{', '.join(REQUIRED)} (image paths relative to it, as in the release).")
 
 
 def write_synthetic_release(root, per_class=2, eval_per_class=1, image_shape=(12, 20), seed=2,
                             unreadable_per_split=0):
-    """Write a synthetic Clothing1M release in the official layout under ``root``: random-pixel JPEGs of
-    ``image_shape`` (height, width; not square, so resizing squashes), ``per_class`` training images and
-    ``eval_per_class`` validation and test images per class. For tests, the GPU check and rehearsals.
+    """Write a synthetic Clothing1M release in the official layout into ``root`` (a data directory's release is
+    ``release_dir(data_dir)``): random-pixel JPEGs of ``image_shape`` (height, width; not square, so resizing
+    squashes), ``per_class`` training images and ``eval_per_class`` validation and test images per class. For
+    tests, the GPU check and rehearsals.
 
     Training image k of class c is labelled c for even k and c + k (mod 14) for odd k; only even k have a
     clean label, c, except class 3's first image, clean label 4 (a known corrupted label). Validation and test
-    images carry their class as their clean label. The last ``unreadable_per_split`` images of each key list
-    are cut to 100 bytes, as a truncated download leaves them. Returns (split -> relative image paths in
+    images carry their class as their clean label. ``unreadable_per_split`` images from the middle of each key
+    list are cut to 100 bytes, as a truncated download leaves them. Returns (split -> relative image paths in
     key-list order, split -> the unreadable ones).
     """
     from PIL import Image
@@ -81,7 +88,8 @@ def write_synthetic_release(root, per_class=2, eval_per_class=1, image_shape=(12
     unreadable = {}
     for split, name in KEY_LISTS.items():
         (root / name).write_text("\n".join(lists[split]) + "\n")
-        unreadable[split] = lists[split][len(lists[split]) - unreadable_per_split:] if unreadable_per_split else []
+        middle = len(lists[split]) // 2  # neither end: dropping it shifts every later example
+        unreadable[split] = lists[split][middle:middle + unreadable_per_split]
         for rel in unreadable[split]:
             (root / rel).write_bytes((root / rel).read_bytes()[:100])
     return lists, unreadable
@@ -237,13 +245,14 @@ class Clothing1MSplit:
     def __init__(self, root, split, device, normalisation, augment=False, num_workers=4, image_size=224,
                  decode="pil"):
         import torch
+        self.root = Path(root)
         self.paths, self.labels, self.true_labels = read_clothing1m_split(root, split)
         self.device = torch.device(device)
         self.augment = augment
         self.decode = decode
         self.mean, self.std = (t.to(self.device) for t in normalisation)  # limit.data.normalisation
         self.image_size, self.resize_size = image_size, round(image_size * 256 / 224)
-        dataset = _JpegDataset([str(Path(root) / p) for p in self.paths], self.image_size, self.resize_size,
+        dataset = _JpegDataset([str(self.root / p) for p in self.paths], self.image_size, self.resize_size,
                                raw=decode == "torchvision")
         self.keys = _EpochKeys()
         self.unreadable = {}

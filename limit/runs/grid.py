@@ -15,7 +15,7 @@ from limit.datasets.images import check_sources
 from limit.noise import HUMAN_NOISE, check_noise
 from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, check_arch, dataset_info, get_method, hparam_problem,
                             is_limit, method_name, named_dataset, unknown_name)
-from limit.runs.rundir import group_key, hparams_label, run_id
+from limit.runs.rundir import group_key, hparams_label, run_id, setting_text
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data: an installed package finds it too
 VARIANT_SETTINGS = ("method", "epochs", "patience")  # non-grid keys of a method entry
@@ -145,8 +145,12 @@ def expand_runs(config):
     except ValueError as exc:
         raise ConfigError(exc) from None
     image_datasets = check_image_datasets(config)
+    skipped = skipped_datasets(config)
     rows = []
     for name, exp in config["experiments"].items():
+        exp = {**exp, "datasets": [d for d in exp["datasets"] if d not in skipped]}
+        if not exp["datasets"]:
+            continue
         _check_experiment(name, exp, config, image_datasets)
         for dataset, noise, rate, n, seed in itertools.product(
                 exp["datasets"], exp["noise"], exp["rates"], exp["n"], exp["seeds"]):
@@ -187,6 +191,51 @@ def expand_runs(config):
                     rows.append({"run_id": run_id(row), **row})
     _link_ce_runs(rows)
     return rows
+
+
+def skipped_datasets(config):
+    """The datasets that ``skip_datasets`` leaves out of every experiment block; each must be one of them."""
+    skipped = set(config.get("skip_datasets", []))
+    named = {d for exp in config["experiments"].values() for d in exp["datasets"]}
+    unknown = sorted(skipped - named)
+    if unknown:
+        raise ConfigError(f"skip_datasets: {unknown[0]!r} is in no experiment block (they use "
+                          f"{', '.join(sorted(named))})")
+    return skipped
+
+
+def skipped_outputs(config):
+    """One line: what the runs that ``skip_datasets`` leaves out would have filled, and so stays empty (the paper
+    tables' columns; Figure 1; Figures 3 and A0 of each setting at its noisiest rate, as ``limit.report.render``)."""
+    from limit.report.paper import PAPER_TABLES, paper_numbers  # pandas: only when datasets are skipped
+    def key(dataset, noise, rate, n):  # a setting as the paper numbers list it: real noise has no rate
+        return dataset, noise, None if noise == "real" else float(rate), str(n)
+    skipped = skipped_datasets(config)
+    settings, curves, figure1 = set(), {}, False
+    for exp in config["experiments"].values():
+        with_limit = any(is_limit(method_name(spec.get("method", v))) for v, spec in exp["methods"].items())
+        for setting in itertools.product(skipped & set(exp["datasets"]), exp["noise"], exp["rates"], exp["n"]):
+            if exp.get("figure1"):
+                figure1 = True
+                continue
+            dataset, noise, rate, n = key(*setting)
+            settings.add((dataset, noise, rate, n))
+            curves.setdefault((dataset, noise, n), []).append((rate, with_limit))
+    empty = ["Figure 1"] if figure1 else []
+    for table in PAPER_TABLES:
+        numbers = paper_numbers(table)
+        columns = {key(*c) for c in zip(numbers["dataset"], numbers["noise"], numbers["rate"], numbers["n"])}
+        if columns <= settings:
+            empty.append(f"Table {table[5:]}")
+        else:
+            empty += [f"Table {table[5:]}'s column {setting_text(*c, style='title')}"
+                      for c in sorted(columns & settings, key=str)]
+    for (dataset, noise, n), entries in sorted(curves.items()):
+        rate = None if noise == "real" else max(r for r, _ in entries)
+        figures = "Figures 3 and A0" if any(w for _, w in entries) else "Figure 3"
+        empty.append(f"{figures} of {setting_text(dataset, noise, rate, n, style='title')}")
+    return (f"skip_datasets: no job for {', '.join(sorted(skipped))}; these stay empty: "
+            f"{'; '.join(empty) or 'none of the paper tables and figures'}")
 
 
 def _link_ce_runs(rows):

@@ -73,7 +73,8 @@ def cross_validated_probabilities(arrays, labels_meta, base, out, folds, device)
         train({**base, "method": "ce", "labels": str(labels)}, run_dir)
         cfg, classifier, _ = load_models(run_dir, device)
         split = D.InMemorySplit(images[arrays["train_idx"][held_out]], DATASET, device)
-        probs[held_out] = predict(classifier, split, cfg["batch_size"]).softmax(1).cpu().numpy()
+        idx, logits = predict(classifier, split, cfg["batch_size"])
+        probs[held_out[idx.cpu().numpy()]] = logits.softmax(1).cpu().numpy()
     return probs
 
 

@@ -46,14 +46,16 @@ def load_models(run_dir, device):
 
 @torch.no_grad()
 def selected_scores(classifier, q, split, labels, batch_size, num_classes):
-    """One pass of the selected networks over a split: predicted label, CE loss, margin, ||mu - g_CE||."""
+    """One pass of the selected networks over a split: the position of each example it could read, its predicted
+    label, CE loss, margin and ||mu - g_CE||."""
     classifier.eval()
     if q is not None:
         q.eval()
-    out = {"predicted_label": [], "ce_loss": [], "margin": [], "grad_distance": []}
+    out = {"position": [], "predicted_label": [], "ce_loss": [], "margin": [], "grad_distance": []}
     for idx, x in split.batches(batch_size):
         logits, y = classifier(x).float(), labels[idx]
         loss, margin = loss_and_margin(logits, y)
+        out["position"].append(idx)
         out["predicted_label"].append(logits.argmax(1))
         out["ce_loss"].append(loss)
         out["margin"].append(margin)
@@ -78,9 +80,10 @@ def within_split(values, split):
 
 
 def example_scores(run_dir, device="cpu"):
-    """Per labelled example of a finished run (training examples first, then validation): split, index into the
-    dataset's training images, given/true/predicted label, is_corrupted, and the raw value of every score the
-    run has (see ``SCORES``; ``rank_average`` from within-split ranks)."""
+    """Per labelled example of a finished run (training examples first, then validation; an image the split cannot
+    read has no prediction and is left out): split, index into the dataset's training images, given/true/predicted
+    label, is_corrupted, and the raw value of every score the run has (see ``SCORES``; ``rank_average`` from
+    within-split ranks)."""
     device = pick_device(device)
     cfg, classifier, q = load_models(run_dir, device)
     run_data = D.load_run_data({**cfg, "device": str(device)}, device)
@@ -90,17 +93,18 @@ def example_scores(run_dir, device="cpu"):
     for name, split in zip(SPLITS, (run_data.train, run_data.val)):
         labels = torch.as_tensor(given[name], dtype=torch.int64, device=device)
         part = selected_scores(classifier, q, split, labels, cfg["batch_size"], run_data.num_classes)
-        part.update(split=np.full(len(split), name), index=arrays[f"{name}_idx"], given_label=given[name],
-                    true_label=arrays[f"{name}_true"], is_corrupted=arrays[f"{name}_corrupted" if name == "val"
-                                                                         else "is_corrupted"].astype(bool),
-                    position=np.arange(len(split)))
+        at = part["position"]
+        part.update(split=np.full(len(at), name), index=arrays[f"{name}_idx"][at], given_label=given[name][at],
+                    true_label=arrays[f"{name}_true"][at], is_corrupted=arrays[f"{name}_corrupted" if name == "val"
+                                                                             else "is_corrupted"][at].astype(bool))
         parts.append(part)
     scores = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     epoch_scores = Path(run_dir) / rundir.EPOCH_SCORES
     if epoch_scores.exists():  # runs trained before epoch scores existed have none
         with np.load(epoch_scores) as f:
             for score, kind in (("ce_loss_avg", "loss"), ("margin_avg", "margin")):
-                scores[score] = np.concatenate([f[f"{name}_{kind}"] for name in SPLITS])
+                scores[score] = np.concatenate([f[f"{name}_{kind}"][part["position"]]
+                                                for name, part in zip(SPLITS, parts)])
     components = [name for name in SCORES if name in scores]
     scores["rank_average"] = np.mean([within_split(scores[name], scores["split"]) for name in components], axis=0)
     return cfg, run_data, scores
@@ -129,8 +133,8 @@ def image_paths(cfg, run_data):
         paths = read_cache(cfg["dataset"]).train_paths
         val_idx = D.read_labels_file(cfg["labels"])[0]["val_idx"]
         return {name: [paths[i] for i in idx] for name, idx in (("train", run_data.train_idx), ("val", val_idx))}
-    if hasattr(run_data.train, "paths"):  # streamed from disk (Clothing1M): relative to the data directory
-        return {name: [str(Path(cfg["data_dir"]) / p) for p in split.paths]
+    if hasattr(run_data.train, "paths"):  # streamed from disk (Clothing1M): relative to the release
+        return {name: [str(split.root / p) for p in split.paths]
                 for name, split in zip(SPLITS, (run_data.train, run_data.val))}
     return None
 

@@ -1,20 +1,28 @@
 """MLflow tracking of training runs. The run directory is the source of truth: MLflow mirrors it.
 
-Training never fails because of tracking: the first error (server down, database locked) is warned
-about once and tracking stops for that run; ``sync_run`` (``python -m limit mlflow-sync``) later puts
-whatever is missing into MLflow, idempotently, continuing the same MLflow run (or creating it, in its experiment,
-with its name and tags derived from config.json, if the job never reached MLflow). ``RUN_DIR/mlflow.json`` records
-the run id, store, experiment, name and tags, including the ``selected`` tag of the select stage and the summary it
-gives the parent run.
+Training never waits for tracking and never fails because of it. A ``Tracker`` puts each epoch's row into a
+bounded queue; one background thread per run creates its MLflow run and sends the queued rows, at most one round
+of requests per ``live_interval`` seconds (whole rows, up to 1000 metrics a request). A slow or dead server only
+delays that thread: rows wait in the queue, a failure is warned about once and retried next round, and ``finish``
+ends the thread and syncs the finished run directory (``sync_run``, also ``python -m limit mlflow-sync``), which
+puts whatever is missing into MLflow, idempotently. ``RUN_DIR/mlflow.json`` records the run id, store,
+experiment, name and tags, including the ``selected`` tag of the select stage and the summary it gives the parent
+run.
+
+An MLflow run holds exactly one config: its params are the run directory's ``config.json``. A run directory
+trained again under another config (any change to config.json) gets a new MLflow run, with only the new
+directory's epochs, metrics and artifacts; the old MLflow run is deleted. A run's start and end times are its
+training's: the first attempt's start (``job.json``) and the time ``metrics.json`` was written.
 
 The workflow's training jobs track as they train (``Tracker``) when the config's ``mlflow.live`` is true; either way
 the select stage (``tag_selection``) syncs every run of its group, so a run whose job did not track reaches MLflow
 then.
 
 Every grid run is nested (``mlflow.parentRunId``) under one parent run per selection group (experiment block,
-data setting, method variant), found by its ``limit.group`` tag; ``mlflow-init`` creates the parents before any
-job starts (parallel jobs would race), the first child to start gives it the group's grid tags, and the select
-stage gives it the selected hyperparameters and the selected runs' test accuracy.
+data setting, method variant), found by its ``limit.group`` tag, created by the group's first run to reach
+MLflow (``get_or_create_parent`` settles races), which gives it the group's grid tags; the select stage gives it
+the selected hyperparameters and the selected runs' test accuracy and ends it. A parent also ends
+when none of its runs is running any more (runs trained by hand are never selected).
 
 A password in a tracking URI (``http://user:password@host``) is a secret: it is read only from
 ``MLFLOW_TRACKING_URI``, and every URI or message this module writes or prints shows ``user:***@host``.
@@ -22,6 +30,9 @@ A password in a tracking URI (``http://user:password@host``) is a secret: it is 
 import json
 import math
 import os
+import queue
+import random
+import threading
 import time
 import uuid
 import warnings
@@ -54,6 +65,9 @@ VIEW_COLUMNS = (["tags.`selected`", "tags.`selected_hparams`"]
 VIEW_STATE = {"selectedColumns": VIEW_COLUMNS, "columnOrder": ["attributes.`Run Name`"],
               "columnWidths": {"attributes.`Run Name`": 430}}
 MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
+LIVE_INTERVAL = 30  # seconds between a live run's rounds of requests (mlflow.live_interval)
+QUEUE_ROWS = 10_000  # epoch rows a run keeps for MLflow; older ones wait in history.csv for finish's sync
+ROWS_PER_REQUEST = 80  # whole epoch rows (up to 12 metrics each) per log_batch: MLflow takes 1000 metrics
 
 
 
@@ -90,35 +104,58 @@ def get_or_create_experiment(client, name, uri):
 
 
 def get_or_create_parent(client, experiment_id, group):
-    """Run id of the parent run of a selection group (``experiment/setting/variant``); created if missing."""
-    found = client.search_runs([experiment_id], f"tags.`{GROUP_TAG}` = '{group}'", max_results=1)
-    if found:
-        return found[0].info.run_id
-    return client.create_run(experiment_id, run_name=group.split("/", 1)[-1], tags={GROUP_TAG: group}).info.run_id
+    """Run id of the parent run of a selection group (``experiment/setting/variant``); created if missing. Runs
+    that start together may each create one: the one with the smallest run id is kept, the others are deleted
+    by whoever sees them (a later sync re-parents a run that took one of those)."""
+    def parents():
+        return sorted(r.info.run_id for r in client.search_runs([experiment_id], f"tags.`{GROUP_TAG}` = '{group}'",
+                                                                max_results=100))
+    found = parents()
+    if not found:
+        client.create_run(experiment_id, run_name=group.split("/", 1)[-1], tags={GROUP_TAG: group})
+        found = parents()
+    for extra in found[1:]:
+        client.delete_run(extra)
+    return found[0]
 
 
-def _sync_parent(client, parent_id, tags, summary):
-    """Give a parent run its group's grid tags and, once selected, the selection summary (idempotent)."""
+def _sync_parent(client, parent_id, tags, summary, training):
+    """Give a parent run its group's grid tags and, once selected, the selection summary, which ends it
+    (idempotent). ``training``: a run of the group starts training, so the parent runs again."""
     parent = client.get_run(parent_id)
     wanted = {**{k: tags[k] for k in PARENT_TAGS if k in tags}, **summary.get("tags", {})}
+    selected_now = any(parent.data.tags.get(k) != str(v) for k, v in summary.get("tags", {}).items())
     _log_missing(client, parent_id, parent, tags=wanted, metrics=summary.get("metrics", {}))
-    if summary and parent.info.status != "FINISHED":
+    if summary and (selected_now or parent.info.status != "FINISHED"):
+        client.set_terminated(parent_id, "FINISHED")
+    elif training and not summary and parent.info.status != "RUNNING":
+        client.update_run(parent_id, status="RUNNING")
+
+
+def _end_parent_if_idle(client, run, parent_id):
+    """End the parent run of a run that just finished, unless another of its runs is still running."""
+    if not parent_id:
+        return
+    running = client.search_runs([run.info.experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}' and "
+                                 "attributes.status = 'RUNNING'", max_results=1)
+    if not running and client.get_run(parent_id).info.status == "RUNNING":
         client.set_terminated(parent_id, "FINISHED")
 
 
 def _log_missing(client, run_id, run, params=None, tags=None, metrics=None):
     """Log the params a run lacks (params never change), and the tags and final (step 0) metrics whose value
-    differs from the run's."""
+    differs from the run's: one request unless there are more than 100 params."""
     from mlflow.entities import Metric, Param, RunTag
     params = [Param(k, str(v)[:6000]) for k, v in (params or {}).items() if k not in run.data.params]
     tags = [RunTag(k, str(v)) for k, v in (tags or {}).items() if run.data.tags.get(k) != str(v)]
     now = int(time.time() * 1000)
     metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
                if v is not None and not math.isnan(float(v)) and run.data.metrics.get(k) != float(v)]
-    for start in range(0, len(params), 100):
-        client.log_batch(run_id, params=params[start:start + 100])
-    if tags or metrics:
-        client.log_batch(run_id, metrics=metrics, tags=tags)
+    for start in range(0, max(len(params), 1), 100):
+        first = start == 0
+        if params[start:start + 100] or (first and (tags or metrics)):
+            client.log_batch(run_id, params=params[start:start + 100], metrics=metrics if first else [],
+                             tags=tags if first else [])
 
 
 def _group(tags):
@@ -136,16 +173,27 @@ def _job_tags(run_dir):
     return {tag: str(job[key]) for key, tag in JOB_TAGS.items() if job.get(key) is not None}
 
 
-def _run_metadata(client, run_dir, uri, experiment, tags):
+def _run_metadata(client, run_dir, uri, experiment, tags, training=False):
     """(experiment id, tags) of a run: its grid tags, the job's tags and its parent run (created if missing)."""
     experiment_id = experiment.get("id") or get_or_create_experiment(client, experiment["name"], uri)
     tags = {**tags, **_job_tags(run_dir)}
     group = _group(tags)
     if group:
         parent_id = get_or_create_parent(client, experiment_id, group)
-        _sync_parent(client, parent_id, tags, rundir.read_mlflow(run_dir).get("parent", {}))
+        _sync_parent(client, parent_id, tags, rundir.read_mlflow(run_dir).get("parent", {}), training)
         tags[PARENT_TAG] = parent_id
     return {"id": experiment_id, "name": experiment.get("name")}, tags
+
+
+def _started_ms(run_dir):
+    """When the run directory's training started (its first attempt, job.json), in ms; None if unknown."""
+    from datetime import datetime, timezone
+    path = Path(run_dir) / rundir.JOB
+    job = rundir.read_json(path) if path.exists() else {}
+    started = (job.get("attempts") or [job])[0].get("started")
+    if not started:
+        return None
+    return int(datetime.strptime(started, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp() * 1000)
 
 
 def flatten(d, prefix=""):
@@ -159,18 +207,24 @@ def flatten(d, prefix=""):
     return out
 
 
-# Fail fast enough that a dead server costs a job seconds, not minutes; set in ``_client``, before MLflow
-# reads them, unless the user set them.
-HTTP_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+# Set before MLflow is imported, unless the user set them. HTTP: fail fast enough that a dead server costs a
+# round seconds, not minutes. Telemetry: MLflow's client telemetry, once its config download fails (no internet
+# on compute nodes), unsets _MLFLOW_TELEMETRY_SESSION_ID from a thread of its own while requests iterates
+# os.environ on every call: that call then raises KeyError('_MLFLOW_TELEMETRY_SESSION_ID').
+MLFLOW_SETTINGS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                   "MLFLOW_HTTP_REQUEST_TIMEOUT": "30", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+def _mlflow_environment(uri):
+    for name, value in MLFLOW_SETTINGS.items():
+        os.environ.setdefault(name, value)
+    if redact(uri) != uri:  # MLflow prints "View run ... at: URI" links, password included
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _client(uri):
-    for name, value in HTTP_SETTINGS.items():
-        os.environ.setdefault(name, value)
+    _mlflow_environment(uri)
     from mlflow.tracking import MlflowClient
-    if redact(uri) != uri:  # MLflow prints "View run ... at: URI" links, password included
-        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     return MlflowClient(tracking_uri=uri)
 
 
@@ -182,8 +236,16 @@ def _metrics_of(row, step):
     return [Metric(k, v, now, step) for k, v in values.items() if not math.isnan(v)]
 
 
-def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
-    """The MLflow run of a run directory: the one recorded there if it still exists, else a new one.
+def _param_values(config):
+    """The MLflow params of a run: its config.json, flattened, as MLflow keeps them."""
+    return {k: str(v)[:6000] for k, v in flatten(config).items()}
+
+
+def _ensure_run(client, run_dir, uri, experiment, run_name, tags, params, epochs):
+    """The MLflow run of a run directory: the one recorded there if it still exists, holds this config (its
+    params are none but ``params``) and no epoch past the ``epochs`` the directory holds (a job killed after
+    logging epochs past its last checkpoint), else a new one. A recorded run that fails either is deleted: no
+    MLflow run mixes two configs or two versions of an epoch. Returns the run.
 
     Before creating a run, a random key is written into mlflow.json and given to the run as the tag
     ``limit.run_key``: if the server created the run but its answer was lost (it died, the request timed out),
@@ -194,25 +256,43 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags):
     same_store = info.get("tracking_uri") == redact(uri)
     if info.get("run_id") and same_store:
         try:
-            client.get_run(info["run_id"])
-            return info["run_id"]
+            run = client.get_run(info["run_id"])
         except MlflowException as exc:
             if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
                 raise  # unreachable: never create a second run because of that
-            # a reset store: create the run afresh
+            run = None  # a reset store: create the run afresh
+        if run is not None and run.info.lifecycle_stage == "active":
+            if all(params.get(k) == v for k, v in run.data.params.items()) and not (
+                    run.data.metrics and any(m.step >= epochs for m in client.get_metric_history(
+                        run.info.run_id, MARKER_METRIC))):
+                return run
+            client.delete_run(run.info.run_id)  # the run directory was trained again, or resumed from before
+        info = {**info, "run_id": None, "run_key": None}
     experiment_id = experiment.get("id") or get_or_create_experiment(client, experiment["name"], uri)
     tags = {**info.get("tags", {}), **tags}  # keeps a ``selected`` tag recorded while MLflow was unreachable
     key = info.get("run_key") if same_store and not info.get("run_id") else None
     found = key and client.search_runs([experiment_id], f"tags.`{RUN_KEY_TAG}` = '{key}'", max_results=1)
     if found:
-        run_id = found[0].info.run_id
+        run = found[0]
     else:
         key = key or uuid.uuid4().hex
         rundir.write_mlflow(run_dir, {**info, "run_id": None, "tracking_uri": redact(uri), "run_key": key, "tags": tags})
-        run_id = client.create_run(experiment_id, run_name=run_name, tags={**tags, RUN_KEY_TAG: key}).info.run_id
-    rundir.write_mlflow(run_dir, {"run_id": run_id, "tracking_uri": redact(uri), "experiment_id": experiment_id,
-                              "run_name": run_name, "tags": tags, "run_key": key})
-    return run_id
+        run = client.create_run(experiment_id, start_time=_started_ms(run_dir), run_name=run_name,
+                                tags={**tags, RUN_KEY_TAG: key})
+    rundir.write_mlflow(run_dir, {"run_id": run.info.run_id, "tracking_uri": redact(uri),
+                                  "experiment_id": experiment_id, "run_name": run_name, "tags": tags, "run_key": key,
+                                  **({"parent": info["parent"]} if "parent" in info else {})})
+    return run
+
+
+def _open_run(client, run_dir, uri, experiment, run_name, tags, config, epochs, training=False):
+    """The MLflow run of a run directory (``_ensure_run``) with its parent, tags and params; returns the run (as
+    it was before these) and its parent's run id (None for a run outside the grid)."""
+    experiment, tags = _run_metadata(client, run_dir, uri, experiment, tags, training)
+    params = _param_values(config)
+    run = _ensure_run(client, run_dir, uri, experiment, run_name, tags, params, epochs)
+    _log_missing(client, run.info.run_id, run, params=params, tags=tags)
+    return run, tags.get(PARENT_TAG)
 
 
 def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
@@ -233,21 +313,19 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
         experiment = {"id": info.get("experiment_id") if same_store else None,
                       "name": rundir.identity(config)["experiment"]}
     run_name = run_name or info.get("run_name") or rundir.run_name(rundir.identity(config))
-    client = _client(uri)
-    experiment, tags = _run_metadata(client, run_dir, uri, experiment, tags)
-    run_id = _ensure_run(client, run_dir, uri, experiment, run_name, tags)
-    run = client.get_run(run_id)
-    _log_missing(client, run_id, run, params=flatten(config), tags=tags)
-    logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)}
     history_path = run_dir / rundir.HISTORY  # every epoch up to the last checkpoint, also of an unfinished run
     rows = []
     if history_path.exists():
         with open(history_path) as f:
             rows = list(csv.DictReader(f))
+    client = _client(uri)
+    run, parent_id = _open_run(client, run_dir, uri, experiment, run_name, tags, config, len(rows))
+    run_id = run.info.run_id
+    logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)} if run.data.metrics else set()
     missing = [r for r in rows if int(r["epoch"]) not in logged]
-    metrics = [m for r in missing for m in _metrics_of(r, int(r["epoch"]))]
-    for start in range(0, len(metrics), 900):
-        client.log_batch(run_id, metrics=metrics[start:start + 900])
+    for start in range(0, len(missing), ROWS_PER_REQUEST):
+        client.log_batch(run_id, metrics=[m for r in missing[start:start + ROWS_PER_REQUEST]
+                                          for m in _metrics_of(r, int(r["epoch"]))])
     final = run_dir / rundir.METRICS
     if final.exists():
         done = rundir.read_json(final)
@@ -260,58 +338,100 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
             if (run_dir / name).exists() and name not in present:
                 client.log_artifact(run_id, str(run_dir / name))
         if run.info.status != "FINISHED":
-            client.set_terminated(run_id, "FINISHED")
+            client.set_terminated(run_id, "FINISHED", end_time=int(final.stat().st_mtime * 1000))
+            _end_parent_if_idle(client, run, parent_id)
     return len(missing)
 
 
 class Tracker:
-    """Mirrors one training run into MLflow while it trains; never raises.
+    """Mirrors one training run into MLflow while it trains; never raises, and never makes the loop wait:
+    ``log_epoch`` only queues the row, a background thread sends (module docstring).
 
     The MLflow experiment is the run's experiment block; its name and tags come from its config (``start``).
     """
 
-    def __init__(self, run_dir, uri=None, experiment_id=None):
+    def __init__(self, run_dir, uri=None, experiment_id=None, interval=LIVE_INTERVAL):
         self.run_dir = Path(run_dir)
         self.uri = tracking_uri(uri)
+        self.interval = interval
         self.experiment_id = experiment_id
-        self.experiment = self.run_name = self.tags = None
-        self.client = self.run_id = None
-        self.failed = False
+        self.experiment = self.run_name = self.tags = self.config = None
+        self.client = self.run = self.thread = None
+        self.rows = queue.Queue(maxsize=QUEUE_ROWS)
+        self.unsent = []  # rows taken from the queue that MLflow does not have yet
+        self.stopping = threading.Event()
+        self.warned = False
+        _mlflow_environment(self.uri)  # here, not in the thread: os.environ is not thread-safe
 
-    def _guard(self, action, *args, retry=False):
-        if self.failed and not retry:
-            return
-        try:
-            action(*args)
-        except Exception as exc:  # any tracking failure: warn once, keep training
-            if self.failed:
-                return
-            self.failed = True
+    def _warn(self, exc):
+        if not self.warned:
+            self.warned = True
             warnings.warn(redact(f"MLflow tracking to {self.uri} failed ({type(exc).__name__}: {exc}); training "
                                  f"goes on and {self.run_dir} stays complete. Later: python -m limit mlflow-sync "
                                  f"{self.run_dir}"), RuntimeWarning, stacklevel=2)
 
     def start(self, config, history):
+        self.config = config
         self.experiment = {"id": self.experiment_id, "name": config["run"]["experiment"]}
         self.run_name = rundir.run_name(rundir.identity(config))
         self.tags = rundir.run_tags(config)
-
-        def begin():
-            self.client = _client(self.uri)
-            experiment, tags = _run_metadata(self.client, self.run_dir, self.uri, self.experiment, self.tags)
-            self.run_id = _ensure_run(self.client, self.run_dir, self.uri, experiment, self.run_name, tags)
-            # params now, so that a long job shows them while it trains
-            _log_missing(self.client, self.run_id, self.client.get_run(self.run_id), params=flatten(config),
-                         tags=tags)
-            self.client.update_run(self.run_id, status="RUNNING")
-        self._guard(begin)
+        self.unsent = [dict(row) for row in history]  # a resumed run's epochs so far (sent unless MLflow has them)
+        self.resumed_at = len(history)
+        self.thread = threading.Thread(target=self._send, name="mlflow-tracker", daemon=True)
+        self.thread.start()
 
     def log_epoch(self, row):
-        self._guard(lambda: self.client.log_batch(self.run_id, metrics=_metrics_of(row, row["epoch"])))
+        try:
+            self.rows.put_nowait(dict(row))
+        except queue.Full:  # the server is far behind: history.csv keeps the row for finish's sync
+            pass
+
+    def _send(self):
+        """One round per interval; the first after a random part of it, so that runs started together (a pack,
+        a job array) do not all ask the server at once."""
+        wait = random.uniform(0, self.interval)
+        while not self.stopping.wait(wait):
+            began = time.monotonic()
+            try:
+                self._round()
+            except Exception as exc:  # any tracking failure: warn once, retry next round, keep training
+                self._warn(exc)
+            wait = max(0.0, self.interval - (time.monotonic() - began))
+
+    def _round(self):
+        """Open the MLflow run if not yet done, then send every queued row, oldest first."""
+        while True:
+            try:
+                self.unsent.append(self.rows.get_nowait())
+            except queue.Empty:
+                break
+        del self.unsent[:-QUEUE_ROWS]  # bounded: what is dropped waits in history.csv for finish's sync
+        if self.run is None:
+            self.client = self.client or _client(self.uri)
+            run, _ = _open_run(self.client, self.run_dir, self.uri, self.experiment, self.run_name, self.tags,
+                               self.config, self.resumed_at, training=True)
+            if run.info.status != "RUNNING":
+                self.client.update_run(run.info.run_id, status="RUNNING")
+            if self.unsent and run.data.metrics:  # a resumed run that continues its MLflow run
+                logged = {m.step for m in self.client.get_metric_history(run.info.run_id, MARKER_METRIC)}
+                self.unsent = [row for row in self.unsent if row["epoch"] not in logged]
+            self.run = run
+        while self.unsent:
+            rows = self.unsent[:ROWS_PER_REQUEST]
+            self.client.log_batch(self.run.info.run_id, metrics=[m for row in rows
+                                                                 for m in _metrics_of(row, row["epoch"])])
+            del self.unsent[:len(rows)]
 
     def finish(self, run_dir):
-        # Params, artifacts and any epoch missed while the store was unreachable, in one idempotent pass.
-        self._guard(sync_run, run_dir, self.uri, self.experiment, self.run_name, self.tags, retry=True)
+        """Stop the sender, then sync the finished run directory: params, final metrics, artifacts and every
+        epoch MLflow lacks, in one idempotent pass."""
+        if self.thread is not None:
+            self.stopping.set()
+            self.thread.join()
+        try:
+            sync_run(run_dir, self.uri, self.experiment, self.run_name, self.tags)
+        except Exception as exc:
+            self._warn(exc)
 
 
 def tag_selection(run_dirs, selected, chosen, uri=None):
@@ -364,17 +484,19 @@ def run_mlflow_sync(args):
 
 def add_mlflow_init_arguments(parser):
     parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
-    parser.add_argument("--groups", nargs="+", required=True,
-                        help="selection groups (experiment/setting/variant): one parent run each, in its experiment")
+    parser.add_argument("--groups", nargs="+", default=[],
+                        help="selection groups (experiment/setting/variant): their experiments and parent runs now "
+                             "(else the first run of each creates them)")
 
 
 def run_mlflow_init(args):
-    """Create the store, the experiments and the groups' parent runs before any job starts (MLflow races
-    otherwise)."""
+    """Create the store (parallel jobs would race in a new SQLite file's schema migration) and the experiments
+    and parent runs of ``--groups``."""
     uri = tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     client = _client(uri)
+    client.search_experiments(max_results=1)  # creates an SQLite store; a server: it answers
     experiments = sorted({group.split("/", 1)[0] for group in args.groups})
     ids = {name: get_or_create_experiment(client, name, uri) for name in experiments}
     for group in args.groups:

@@ -58,8 +58,8 @@ else
   ACCT="AccountingStorageType=accounting_storage/none"
 fi
 
-# CPUs=8 on a 2-core machine (allowed by SlurmdParameters=config_overrides) so that several
-# one-core jobs run at once; MinJobAge=300 keeps finished jobs visible to `squeue` (the profile's
+# CPUs=24 on a 2-core machine (allowed by SlurmdParameters=config_overrides) so that several
+# one-core jobs run at once, and a pack of 16 one-thread runs (17 CPUs) fits the node; MinJobAge=300 keeps finished jobs visible to `squeue` (the profile's
 # status command without slurmdbd); jobcomp/filetxt records every finished job in $S/log/jobcomp.txt.
 [ -d /etc/slurm ] || { mkdir /etc/slurm; created /etc/slurm; }
 created /etc/slurm/slurm.conf
@@ -97,7 +97,7 @@ MinJobAge=300
 KillWait=5
 InactiveLimit=0
 GresTypes=gpu
-NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=8 RealMemory=8000 Gres=gpu:1 State=UNKNOWN
+NodeName=${NODE} NodeAddr=127.0.0.1 CPUs=24 RealMemory=8000 Gres=gpu:1 State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 [ -e "$GPU_DEV" ] || { mknod "$GPU_DEV" c 1 3; created "$GPU_DEV"; }

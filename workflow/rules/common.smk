@@ -21,6 +21,7 @@ from limit.runs.grid import (  # noqa: E402
     pack_runs,
     recorded_packs,
     selection_groups,
+    skipped_outputs,
     train_arguments,
 )
 from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
@@ -73,6 +74,8 @@ except ConfigError as exc:
     print(f"error: invalid config: {exc}", file=sys.stderr)
     sys.exit(2)
 submission_checks(command_line_executor())
+if config["skip_datasets"]:
+    print(f"note: {skipped_outputs(config)}", file=sys.stderr)  # one line, in every run and dry run
 RESULTS = config["results"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
@@ -143,7 +146,8 @@ def data_ready(dataset):
 def tracking_arguments(row):
     """Where a run tracks and what it keeps (MLflow's copy of best.pt, its state once finished): not what it
     computes, so the rules derive them from the output and a change reruns nothing."""
-    return [*(TRACKING_URI_ARGS if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
+    live = [*TRACKING_URI_ARGS, "--live-interval", str(config["mlflow"]["live_interval"])]
+    return [*(live if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
 
 
 def train_inputs(wildcards):

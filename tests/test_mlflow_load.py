@@ -1,0 +1,77 @@
+"""Live tracking at load, against the cluster setup on one machine: 32 simulated runs at 10 epochs/s each log
+through their Trackers to an MLflow server on PostgreSQL, which is killed in the middle and started again on the
+same port. No run spends 1 % of its time in tracking, no epoch waits for the server, every epoch reaches the
+store, and the epochs logged while the server was down arrive after it is back, before the runs finish.
+"""
+import argparse
+import threading
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from limit.runs import rundir
+from limit.tools.tracking_bench import EPOCH_METRICS, simulate_run
+from limit.tracking.server import api, start_server, stop_server
+from mlflow_helpers import postgres  # noqa: F401 (the fixture)
+
+pytestmark = pytest.mark.system
+
+RUNS, INTERVAL = 32, 5.0
+SERVER = ("--workers", "4")  # as docs/cluster.md starts it
+
+
+def _last_epoch(url, run_dir):
+    """The last epoch of a run in the store (-1 if none yet): the step of its latest val_acc."""
+    run_id = rundir.read_mlflow(run_dir).get("run_id")
+    metrics = api(url, "runs/get", run_id=run_id)["run"]["data"].get("metrics", []) if run_id else []
+    return max((m["step"] for m in metrics if m["key"] == "val_acc"), default=-1)
+
+
+def test_32_live_runs_ride_out_a_server_restart_without_waiting_or_losing_an_epoch(postgres, tmp_path):
+    artifacts = tmp_path / "mlartifacts"
+    server, url = start_server(postgres, artifacts, log=tmp_path / "server.log", timeout=180, extra=SERVER)
+    port = int(url.rsplit(":", 1)[1])
+    args = argparse.Namespace(experiment="load", interval=INTERVAL, epochs_per_second=10.0, seconds=150.0)
+    results, start_at = [], time.time()
+    runs = [threading.Thread(target=simulate_run, args=(tmp_path / f"run{i}", url, i, args, start_at, results))
+            for i in range(RUNS)]
+    try:
+        for run in runs:
+            run.start()
+        time.sleep(10)
+        stop_server(server, sig=9)  # killed: no goodbye to the open connections
+        down = time.time() - start_at
+        time.sleep(5)
+        server, _ = start_server(postgres, artifacts, port=port, log=tmp_path / "server.log", timeout=180,
+                                 extra=SERVER)
+        back = time.time() - start_at
+        # the epochs of the outage go out in the rounds after the restart (a request that failed during it
+        # retried for up to 7 s: MLflow's 3 retries), while the runs still train
+        live = {}
+        while len(live) < RUNS and time.time() - start_at < args.seconds - 2:
+            for i in set(range(RUNS)) - set(live):
+                if _last_epoch(url, tmp_path / f"run{i}") >= back * args.epochs_per_second - 1:
+                    live[i] = time.time() - start_at
+            time.sleep(INTERVAL)
+        for run in runs:
+            run.join()
+    finally:
+        stop_server(server)
+    assert back < args.seconds - 2, "the server took too long to restart for this test"
+    assert len(live) == RUNS, (down, back, live)  # each run had the outage's epochs before it finished
+    assert len(results) == RUNS
+    for result in results:
+        assert result["in_tracking"] / result["wall"] < 0.01, result  # the training loop's time in tracking
+        assert result["worst_call"] < INTERVAL, result  # no epoch waited for the server
+    server, _ = start_server(postgres, artifacts, port=port, log=tmp_path / "server.log", timeout=180, extra=SERVER)
+    try:
+        client = MlflowClient(url)
+        for result in results:
+            run_id = rundir.read_mlflow(result["run_dir"])["run_id"]
+            assert client.get_run(run_id).info.status == "FINISHED"
+            for key in EPOCH_METRICS:
+                steps = [m.step for m in client.get_metric_history(run_id, key)]
+                assert sorted(steps) == list(range(result["epochs"])), (result["run_dir"], key)
+    finally:
+        stop_server(server)
