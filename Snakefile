@@ -27,6 +27,11 @@ onstart:
     create_mlflow_store()
 
 
+# A stopped pipeline (a failed job, Ctrl-C) ends with how to go on: printed at exit, after Snakemake's own lines.
+onerror:
+    atexit.register(print, STOPPED, file=sys.stderr)
+
+
 rule all:
     input:
         all_outputs(),

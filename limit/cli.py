@@ -10,7 +10,7 @@ import importlib.util
 import sys
 import warnings
 
-from limit.registry import unknown_name
+from limit.registry import missing_extra, unknown_name
 from limit.runs.rundir import TrainingError
 from limit.tracking.uri import check_no_password, redact
 
@@ -40,13 +40,6 @@ COMMANDS = {
 ARGUMENTS = {"train": "limit.config"}
 # Commands that need an optional dependency: command -> (its module, the extra of pyproject.toml that installs it)
 NEEDS = {"detect-bench": ("cleanlab", "detect")}
-
-
-def missing_extra(who, module, extra):
-    """The error line when ``module`` (of pyproject.toml's extra ``extra``) is not installed, else None."""
-    if importlib.util.find_spec(module) is None:
-        return f"error: {who} needs {module}: pip install 'limit-pipeline[{extra}]'"
-    return None
 
 
 def _function(module, prefix, command):
@@ -108,4 +101,8 @@ def main(argv=None):
     except (ValueError, TrainingError, FileNotFoundError) as exc:
         print(redact(f"error: {exc}"), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line instead of a traceback (a run keeps its last checkpoint)
+        print(f"limit {args.command}: interrupted; the same command again goes on from where it stopped",
+              file=sys.stderr)
+        return 130
     return 0

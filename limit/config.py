@@ -148,6 +148,8 @@ FIELD = {f.name: f for f in FIELDS}
 # ``hparams``: the method's hyperparameters (limit.registry.HPARAMS); ``run``: the run's place in the grid.
 DEFAULTS = {**{f.name: f.default for f in FIELDS}, "hparams": {}, "run": {}}
 NON_SEMANTIC = {f.name for f in FIELDS if not f.semantic} | {"run"}
+# What a run's config.json holds besides its config: its fingerprint and the sha256 of its inputs (limit.train).
+RECORDED = ("fingerprint", "input_sha256")
 # The name a field had when run directories were first fingerprinted: their state keeps resuming.
 FINGERPRINT_NAMES = {"test_curve": "eval_test_each_epoch"}
 
@@ -195,7 +197,7 @@ def resolve_config(config):
 
     ``run`` records the run's place in the grid (default: experiment "manual", variant = the method) and the
     hyperparameters given, before the defaults fill in the others; ``train`` adds the data setting."""
-    config = {k: v for k, v in config.items() if k != "fingerprint"}  # a run's config.json may be given back
+    config = {k: v for k, v in config.items() if k not in RECORDED}  # a run's config.json may be given back
     unknown = set(config) - set(DEFAULTS)
     if unknown:
         key = sorted(unknown)[0]
@@ -248,10 +250,12 @@ def init_checkpoint_sha256(cfg):
     return file_sha256(ce_path)
 
 
-def fingerprint(cfg, labels_sha256, init_sha256=None):
-    """What a run computes: its semantic settings, its labels and the CE model it starts from."""
+def fingerprint(cfg, labels_sha256, init_sha256=None, data_sha256=None):
+    """What a run computes: its semantic settings, its labels, the data they index (where the labels file records
+    it) and the CE model it starts from; not where the files are."""
     semantic = {FINGERPRINT_NAMES.get(k, k): v for k, v in cfg.items() if k not in NON_SEMANTIC}
-    inputs = {"config": semantic, "labels": labels_sha256, **({"init": init_sha256} if init_sha256 else {})}
+    inputs = {"config": semantic, "labels": labels_sha256, **({"init": init_sha256} if init_sha256 else {}),
+              **({"data": data_sha256} if data_sha256 else {})}
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -260,6 +264,9 @@ def add_train_arguments(parser):
                           "from its last complete epoch.")
     add_arguments(parser)
     parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run directory that holds a run of another config (finished or not); "
+                             "without it such a directory is refused and left as it is")
     parser.add_argument("--experiment", default="manual",
                         help="the config's experiment block, also the MLflow experiment")
     parser.add_argument("--variant", help="the block's method variant (default: the method)")

@@ -21,7 +21,7 @@ import torch
 
 from limit import noise as noise_models
 from limit.config import positive_int
-from limit.registry import DATASETS, DataError, dataset_info, dataset_name
+from limit.registry import DATASETS, DataError, dataset_info, dataset_name, split_sizes
 from limit.runs.rundir import save_npz, write_atomic
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -56,28 +56,32 @@ def normalisation(name):
 
 
 def _install_debian_files(dataset, data_dir):
-    """Decompress a Debian package's files of ``dataset`` into torchvision's raw layout, if present."""
+    """Decompress a Debian package's files of ``dataset`` into torchvision's raw layout, if present. Returns the
+    files it wrote."""
     raw = Path(data_dir) / DATASETS[dataset].torchvision_class / "raw"
+    written = []
     for name in _MNIST_FILES:
         src = DEBIAN_PACKAGES[dataset][1] / f"{name}.gz"
         if (raw / name).exists() or not src.exists():
             continue
         with gzip.open(src, "rb") as fin:
             write_atomic(raw / name, lambda fout: shutil.copyfileobj(fin, fout))
+        written.append(raw / name)
+    return written
 
 
 def prepare_dataset(name, data_dir, download=False):
-    """Make sure a torchvision dataset's files are in ``data_dir``; download them if allowed.
+    """Make sure a torchvision dataset's files are in ``data_dir``; download them if allowed. Returns the files
+    decompressed from a Debian package into ``data_dir`` (none if they were there).
 
     Raises DataError naming the missing files and how to get them. (Clothing1M: ``check_clothing1m_dir``.)
     """
     dataset_info(name)
     if name not in DATASETS:
-        return  # an image cache: dataset_info has checked it
+        return []  # an image cache: dataset_info has checked it
     if name not in _REQUIRED_FILES:
         raise DataError(f"{name} is not a torchvision dataset")
-    if name in DEBIAN_PACKAGES:
-        _install_debian_files(name, data_dir)
+    copied = _install_debian_files(name, data_dir) if name in DEBIAN_PACKAGES else []
     missing = [f for f in _REQUIRED_FILES[name] if not (Path(data_dir) / f).exists()]
     if missing and download:
         import torchvision
@@ -90,6 +94,7 @@ def prepare_dataset(name, data_dir, download=False):
         raise DataError(
             f"data directory {str(data_dir)!r} lacks {name} files: {', '.join(missing)}. To get them, {hint}run "
             f"`python -m limit prepare --dataset {name} --data-dir {data_dir} --download` on a machine with internet.")
+    return copied
 
 
 @dataclass
@@ -119,14 +124,14 @@ def load_arrays(name, data_dir):
     return ImageArrays(*out, classes=list(ds.classes))
 
 
-def split_indices(num_train, rng, n=None, val_size=None, val_ratio=0.2):
-    """The authors' split: seeded permutation, first 80% train, rest validation,
+def split_indices(num_train, rng, n=None, val_size=None):
+    """The authors' split: seeded permutation, first 80% train, rest validation (``registry.split_sizes``),
     then an n-subset of train drawn without replacement from the same stream.
 
     ``val_size`` optionally keeps only the first ``val_size`` validation indices (laptop configs).
     """
     perm = rng.permutation(num_train)
-    cut = int((1.0 - val_ratio) * num_train)
+    cut = split_sizes(num_train)[0]
     train_idx, val_idx = perm[:cut], perm[cut:]
     if n is not None:
         if n > len(train_idx):
@@ -174,6 +179,12 @@ def labels_hash(arrays):
         h.update(key.encode())
         h.update(np.ascontiguousarray(arrays[key]).tobytes())
     return h.hexdigest()
+
+
+def data_sha256(images):
+    """The identity of an in-memory dataset's content, not of its path: sha256 of its images and labels."""
+    return labels_hash({"train_x": images.train_x.numpy(), "train_y": images.train_y.numpy(),
+                        "test_x": images.test_x.numpy(), "test_y": images.test_y.numpy()})
 
 
 def write_labels_file(path, arrays, meta):
@@ -298,6 +309,9 @@ def load_run_data(cfg, device):
         splits.append(splits[2])
     else:
         images = load_arrays(cfg["dataset"], cfg["data_dir"])
+        if meta.get("data_sha256") and meta["data_sha256"] != data_sha256(images):  # (older files: no record)
+            raise DataError(f"labels file {cfg['labels']} was made from other {meta['dataset']} data than "
+                            f"{cfg['data_dir']} holds; write it again with `limit corrupt`")
         if len(images.test_x) == 0:  # your own images without a test set: the validation images, labels as given
             images.test_x, images.test_y = images.train_x[arrays["val_idx"]], t(arrays["val_true"]).cpu()
         curve_size = cfg["test_curve_size"] or len(images.test_x)
@@ -319,12 +333,17 @@ def add_prepare_arguments(parser):
 
 
 def run_prepare(args):
+    copied = []
     if dataset_info(args.dataset).streamed:
         from limit.datasets.clothing1m import check_clothing1m_dir, release_dir
         check_clothing1m_dir(release_dir(args.data_dir))
     else:
-        prepare_dataset(args.dataset, args.data_dir, download=args.download)
-    print(f"{args.dataset}: files present in {args.data_dir}")
+        copied = prepare_dataset(args.dataset, args.data_dir, download=args.download)
+    if copied:
+        print(f"{args.dataset}: {len(copied)} files decompressed from Debian's package "
+              f"({DEBIAN_PACKAGES[args.dataset][1]}) into {copied[0].parent}")
+    else:
+        print(f"{args.dataset}: files present in {args.data_dir}")
 
 
 def _count(text):
@@ -356,8 +375,10 @@ def run_corrupt(args):
     if info.streamed:
         from limit.datasets.clothing1m import clothing1m_labels, release_dir
         arrays = clothing1m_labels(release_dir(args.data_dir))
+        data = labels_hash(arrays)  # its label lists: a million images are not read to write labels
     else:
-        train_labels = load_arrays(args.dataset, args.data_dir).train_y.numpy()
+        images = load_arrays(args.dataset, args.data_dir)
+        train_labels = images.train_y.numpy()
         human = None
         if args.noise in noise_models.HUMAN_NOISE:
             from limit.datasets.cifar_n import human_labels
@@ -365,8 +386,10 @@ def run_corrupt(args):
         arrays = make_noisy_labels(train_labels, info.num_classes, args.dataset, args.noise, args.rate, args.seed,
                                    n=None if args.n == "all" else int(args.n), val_size=args.val_size,
                                    human_labels=human)
+        data = data_sha256(images)
+    # What made it: the workflow refuses a labels file its rule would make otherwise (grid.labels_difference)
     meta = {"dataset": dataset_name(args.dataset), "noise": args.noise, "rate": args.rate, "n": args.n,
-            "seed": args.seed, "val_size": args.val_size}
+            "seed": args.seed, "val_size": args.val_size, "data_sha256": data}
     meta = write_labels_file(args.out, arrays, meta)
     print(f"{args.out}: {len(arrays['train_idx'])} train ({arrays['is_corrupted'].mean():.3f} corrupted), "
           f"{len(arrays['val_idx'])} validation, sha256 {meta['sha256'][:12]}")

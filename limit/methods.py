@@ -213,6 +213,28 @@ def loss_and_margin(logits, labels):
     return F.cross_entropy(logits.float(), labels, reduction="none"), others - given
 
 
+def noise_transition(probs, labels):
+    """The noise transition T (rows: clean class, columns: given label) from a classifier's probabilities on its
+    training examples and their given labels: the mean of FW's anchor estimate (noise the classifier learned shows
+    in its own predictions) and the confusion of its predicted class with the given label (noise it did not learn
+    shows as disagreement). A class it never predicts keeps its label."""
+    k = probs.shape[1]
+    confusion = np.eye(k)[np.asarray(probs).argmax(1)].T @ np.eye(k)[labels]
+    counts = confusion.sum(1, keepdims=True)
+    confusion = np.where(counts > 0, confusion / np.maximum(counts, 1), np.eye(k))
+    return (forward_correction_matrix(probs) + confusion) / 2
+
+
+def mislabel_posterior(probs, labels, transition):
+    """Per example, the posterior that its clean class differs from its given label y, under class-dependent
+    noise: 1 - p(y|x) T[y, y] / sum_c p(c|x) T[c, y], with T (rows: clean class, columns: given label) the noise
+    transition and p(.|x) the classifier's probabilities taken as clean-class probabilities."""
+    probs, transition = np.asarray(probs, dtype=np.float64), np.asarray(transition, dtype=np.float64)
+    given = probs[np.arange(len(labels)), labels] * transition[labels, labels]
+    total = (probs * transition[:, labels].T).sum(1)
+    return 1.0 - given / np.maximum(total, np.finfo(np.float64).tiny)
+
+
 @torch.no_grad()
 def limit_train_scores(ctx, run_data, batch_size):
     """Per training example: ||mu|| and ||mu - g_CE|| = ||y - s(q(x))|| (the mislabel detector). Every array is

@@ -3,7 +3,9 @@
 Torch-free, so that the workflow (grid expansion, config checks) parses without the scientific stack.
 The losses live in ``limit.methods``, the data loaders in ``limit.data`` and ``limit.datasets.clothing1m``.
 """
+import csv
 import difflib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -85,6 +87,15 @@ def named_dataset(name):
     """The facts of a dataset as a config or a run table names it: a built-in one's, or else your own images' (in
     memory, synthetic noise, the "seeds" table layout, labelled by their name)."""
     return DATASETS.get(name) or DatasetInfo(name, 0, 0, 0)
+
+
+VAL_RATIO = 0.2  # the authors' split: a seeded permutation, the first 80% train, the rest validation
+
+
+def split_sizes(num_train):
+    """(training, validation) examples of the split of ``num_train`` labelled images (limit.data.split_indices)."""
+    cut = int((1.0 - VAL_RATIO) * num_train)
+    return cut, num_train - cut
 
 
 def check_arch(arch, size):
@@ -186,6 +197,7 @@ def hparam_problem(method, name, value):
 
 # The mislabel scores of ``limit find-label-issues`` (higher = more suspect), named for --score.
 SCORES = {
+    "mislabel_posterior": "P(clean class ≠ given label)",
     "grad_distance": "‖μ − g_CE‖",
     "ce_loss": "CE loss (selected epoch)",
     "margin": "margin (selected epoch)",
@@ -193,5 +205,25 @@ SCORES = {
     "margin_avg": "margin averaged over epochs",
     "rank_average": "rank average",
 }
-# Chosen once, by detect-bench, on the development setting (uniform 0.3, n = 5,000, seed 41): docs/label-issues.md.
-DEFAULT_SCORE = "ce_loss"
+# Chosen by detect-bench --dev on the development settings (seed 41: uniform 0.3, n = 5,000; asymmetric 0.4,
+# n = 1,000): docs/label-issues.md.
+DEFAULT_SCORE = "mislabel_posterior"
+
+
+def missing_extra(who, module, extra):
+    """The error line when ``module`` (of pyproject.toml's extra ``extra``) is not installed, else None."""
+    if importlib.util.find_spec(module) is None:
+        return f"error: {who} needs {module}: pip install 'limit-pipeline[{extra}]'"
+    return None
+
+
+# The paper's reported numbers, one CSV per table (method, dataset, noise, rate, n, mean, std); limit.report.paper
+# reads them whole.
+PAPER_NUMBERS_DIR = Path(__file__).parent / "report" / "paper_numbers"
+PAPER_TABLES = ("table1", "table2", "table4", "table5", "table6", "table7")
+
+
+def paper_table_settings(table):
+    """The settings (dataset, noise, rate, n) of a paper table's cells, as strings; the csv module, no pandas."""
+    with open(PAPER_NUMBERS_DIR / f"{table}.csv", newline="") as f:
+        return {(row["dataset"], row["noise"], row["rate"], row["n"]) for row in csv.DictReader(f)}

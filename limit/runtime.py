@@ -331,15 +331,14 @@ def save_state(run_dir, state):
 
 
 def load_state(run_dir):
-    """The training state to resume from (None if there is none): state.pt, else state.prev.pt (one checkpoint
-    older) with a warning."""
+    """The training state to resume from, its file, and why state.pt was not read: (state.pt's, state.pt, None),
+    or (state.prev.pt's, state.prev.pt, the error) when state.pt is torn; (None, None, None) when there is none."""
     path, prev = Path(run_dir) / rundir.STATE, Path(run_dir) / rundir.STATE_PREV
     if not path.exists() and not prev.exists():
-        return None
+        return None, None, None
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path), path, None
     except rundir.TrainingError as exc:
         if not prev.exists():
             raise
-        warnings.warn(f"{exc}; resuming from {prev}, one checkpoint earlier", RuntimeWarning)
-        return load_checkpoint(prev)
+        return load_checkpoint(prev), prev, exc

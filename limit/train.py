@@ -56,13 +56,68 @@ def add_epoch_scores(sums, split, idx, logits, labels):
 
 def finished_metrics(out, cfg, fp):
     """The metrics of a run directory that completed with this fingerprint and epoch budget, else None."""
-    try:
-        done = rundir.read_json(Path(out) / rundir.CONFIG)
-        if (done.get("fingerprint"), done.get("epochs")) == (fp, cfg["epochs"]):
+    done = recorded_config(out)
+    if done is not None and (done.get("fingerprint"), done.get("epochs")) == (fp, cfg["epochs"]):
+        try:
             return rundir.read_json(Path(out) / rundir.METRICS)
-    except (OSError, ValueError):
-        pass
+        except (OSError, ValueError):
+            pass
     return None
+
+
+def recorded_config(out):
+    """A run directory's config.json (None if it has none, or an unreadable one)."""
+    try:
+        return rundir.read_json(Path(out) / rundir.CONFIG)
+    except (OSError, ValueError):
+        return None
+
+
+INPUT_NAMES = {"labels": "labels file", "data": "data", "init": "CE model (init_from)"}
+
+
+def config_differences(old, cfg, input_sha256):
+    """How a run directory's recorded config differs from this run's, in what it computes: 'lr: 0.001 there, 0.01
+    here; ...' (the settings first, then the inputs by sha256)."""
+    def settings(c):
+        semantic = {k: v for k, v in c.items() if k not in config.NON_SEMANTIC | {"hparams", *config.RECORDED}}
+        return json.loads(json.dumps({**semantic, **c.get("hparams", {})}, default=str))
+    there, here = settings(old), settings(cfg)
+    diffs = [f"{k}: {there.get(k)} there, {here.get(k)} here" for k in [*here, *(k for k in there if k not in here)]
+             if there.get(k) != here.get(k)]
+    old_inputs = old.get("input_sha256", {})
+    diffs += [f"{INPUT_NAMES[k]}: sha256 {str(old_inputs.get(k))[:12]} there, {str(v)[:12]} here"
+              for k, v in input_sha256.items() if k in old_inputs and old_inputs[k] != v]
+    return "; ".join(diffs) or "its labels file, data or CE model"
+
+
+def start_state(out, cfg, fp, input_sha256, overwrite):
+    """The training state to resume from, its file and why state.pt was not read (``runtime.load_state``), or
+    (None, None, None) to start from the first epoch.
+
+    A run directory that holds a run of another config, finished (metrics.json) or in progress (state.pt), is
+    refused here, before anything is written, naming what differs; ``overwrite`` removes its files instead. One
+    that differs only by the CE model it started from (retrained since) starts over with a warning."""
+    state, path, torn = runtime.load_state(out)
+    old = recorded_config(out) or {}
+    held = []  # what the directory holds of another config: (what, its fingerprint, the CE model it started from)
+    if (out / rundir.METRICS).exists() and old.get("fingerprint") != fp:
+        held.append(("a finished run", old.get("fingerprint"), old.get("input_sha256", {}).get("init")))
+    if state is not None and state.get("fingerprint") != fp:
+        held.append((f"a run in progress ({path.name})", state.get("fingerprint"), state.get("init_sha256")))
+    if not held:
+        return (state, path, torn) if state is not None else (None, None, None)
+    if all(retrained_ce(held_fp, init, cfg, input_sha256) for _, held_fp, init in held):
+        warnings.warn(f"{out}: the CE model in {cfg['init_from']} changed since this run started; "
+                      f"it starts over from the new one", RuntimeWarning)
+        return None, None, None
+    if not overwrite:
+        raise TrainingError(f"{out} holds {held[0][0]} of a different config "
+                            f"({config_differences(old, cfg, input_sha256)}): give another --out, or --overwrite "
+                            f"to replace it")
+    for name in rundir.RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    return None, None, None
 
 
 def _models(ctx):
@@ -129,14 +184,15 @@ def test_accuracy(model, split, labels, batch_size):
     return float((logits.argmax(1) == labels[idx]).float().mean()), idx, logits
 
 
-def stale_initialisation(state, cfg, labels_sha256, init_sha256):
-    """Whether a saved state differs from this run only by the CE model it started from."""
-    old = state.get("init_sha256")
-    return bool(old) and old != init_sha256 and state["fingerprint"] == fingerprint(cfg, labels_sha256, old)
+def retrained_ce(held_fingerprint, held_init_sha256, cfg, input_sha256):
+    """Whether a run held in a run directory differs from this one only by the CE model it started from."""
+    return bool(held_init_sha256) and held_init_sha256 != input_sha256["init"] and held_fingerprint == fingerprint(
+        cfg, input_sha256["labels"], held_init_sha256, input_sha256["data"])
 
 
-def train(run_config, out_dir, tracker=None):
-    """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics."""
+def train(run_config, out_dir, tracker=None, overwrite=False):
+    """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics. A run directory of
+    another config is refused before anything is written (``overwrite``: replaced)."""
     cfg = resolve_config(run_config)
     out = Path(out_dir)
     device = pick_device(cfg["device"])  # a GPU that cannot run stops here, in seconds
@@ -145,13 +201,18 @@ def train(run_config, out_dir, tracker=None):
     torch.manual_seed(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
     run_data = load_run_data(cfg, device)  # bad input stops here, before anything is written
-    init_sha256 = init_checkpoint_sha256(cfg)
     meta = run_data.labels_meta
+    input_sha256 = {"labels": meta["sha256"], "data": meta.get("data_sha256"), "init": init_checkpoint_sha256(cfg)}
     cfg["run"].update(noise=meta["noise"], rate=meta["rate"], n=str(meta["n"]))
-    fp = fingerprint(cfg, meta["sha256"], init_sha256)
+    fp = fingerprint(cfg, input_sha256["labels"], input_sha256["init"], input_sha256["data"])
     finished = finished_metrics(out, cfg, fp)
     if finished is not None:  # complete with this very config (a pack started again): nothing to train
         return finished
+    state, state_path, torn = start_state(out, cfg, fp, input_sha256, overwrite)  # a refusal writes nothing
+    if state is not None:
+        print(f"{out}: resuming at epoch {len(state['history'])} of {cfg['epochs']} from {state_path}", flush=True)
+    if torn is not None:
+        warnings.warn(f"{torn}; resuming from {state_path}, one checkpoint earlier", RuntimeWarning)
     out.mkdir(parents=True, exist_ok=True)
     (out / rundir.METRICS).unlink(missing_ok=True)  # a run directory with metrics.json is complete: not any more
     runtime.record_attempt(out, device)
@@ -167,15 +228,6 @@ def train(run_config, out_dir, tracker=None):
     for model in _models(ctx).values():
         runtime.set_precision(model, cfg["precision"], device)
 
-    state = runtime.load_state(out)
-    if state is not None and state.get("fingerprint") != fp:
-        if stale_initialisation(state, cfg, meta["sha256"], init_sha256):
-            warnings.warn(f"{out}: the CE model in {cfg['init_from']} changed since this run started; "
-                          f"it starts over from the new one", RuntimeWarning)
-            state = None
-        else:
-            raise TrainingError(f"{out / 'state.pt'} belongs to a different config or labels file; "
-                                f"remove the run directory {out} to start over")
     if state is not None:
         for name, model in _models(ctx).items():
             model.load_state_dict(state["models"][name])
@@ -192,7 +244,7 @@ def train(run_config, out_dir, tracker=None):
         history, best = [], {"val_acc": -1.0, "epoch": 0, "models": None}
         epoch_sums = new_epoch_sums(run_data)
     # The config of the latest invocation (a resumed run may extend its epochs), and its fingerprint.
-    rundir.write_json(out / rundir.CONFIG, {**cfg, "fingerprint": fp})
+    rundir.write_json(out / rundir.CONFIG, {**cfg, "fingerprint": fp, "input_sha256": input_sha256})
 
     if tracker is not None:
         tracker.start(cfg, history)
@@ -228,7 +280,7 @@ def train(run_config, out_dir, tracker=None):
             save_best(best, out)
         stopped = epoch - best["epoch"] >= cfg["patience"]
         if cadence.due(epoch - start_epoch + 1) or stopped or epoch == cfg["epochs"] - 1:
-            runtime.save_state(out, {"fingerprint": fp, "init_sha256": init_sha256,
+            runtime.save_state(out, {"fingerprint": fp, "init_sha256": input_sha256["init"],
                                     "models": {k: m.state_dict() for k, m in _models(ctx).items()},
                                     "optimizer": optimizer.state_dict(), "rng": runtime.rng_state(generator),
                                     "history": history, "best": best,
@@ -291,5 +343,5 @@ def run_train(args):
     from limit.tracking.client import Tracker
     cfg = {**config.from_args(args), "run": {"experiment": args.experiment, "variant": args.variant or args.method}}
     tracker = None if args.no_tracking else Tracker(args.out, args.tracking_uri, interval=args.live_interval)
-    metrics = train(cfg, args.out, tracker)
+    metrics = train(cfg, args.out, tracker, overwrite=args.overwrite)
     print(json.dumps(metrics))

@@ -67,6 +67,11 @@ CASES = [
      "training.fashion_mnist.epochs"),
     ("config: patience 0", config_edit(lambda c: c["experiments"]["main"].update(patience=0)),
      "experiments.main.patience"),
+    ("config: n larger than the training split", config_edit(lambda c: c["experiments"]["main"].update(n=[100000])),
+     "experiments.main.n: n = 100000 is larger than the training split of fashion_mnist (48000 examples)"),
+    ("config: val_size larger than the validation split",
+     config_edit(lambda c: c["training"]["fashion_mnist"].update(val_size=20000)),
+     "training.fashion_mnist.val_size: 20000 is larger than the validation split of fashion_mnist"),
     ("config: password in the tracking URI",
      config_edit(lambda c: c["mlflow"].update(tracking_uri="http://me:hunter2@127.0.0.1:5000")), "mlflow.tracking_uri"),
     # the command line
@@ -101,6 +106,8 @@ CASES = [
     ("labels file truncated", train(labels="truncated"), "truncated.npz"),
     ("labels file of another program", train(labels="foreign"), "foreign.npz"),
     ("labels file of another dataset", train(labels="mnist"), "mnist.npz"),
+    ("labels file made from other data", train(labels="other_data"),
+     "other_data.npz was made from other fashion_mnist data than"),
 ]
 
 
@@ -114,7 +121,8 @@ def inputs(fmnist_dir, make_labels, tmp_path_factory):
     (root / "truncated.npz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     np.savez(root / "foreign.npz", weights=np.arange(10))
     D.write_labels_file(root / "mnist.npz", arrays, {**meta, "dataset": "mnist"})
-    files = {name: root / f"{name}.npz" for name in ("empty", "truncated", "foreign", "mnist", "missing")}
+    D.write_labels_file(root / "other_data.npz", arrays, {**meta, "data_sha256": "0" * 64})
+    files = {name: root / f"{name}.npz" for name in ("empty", "truncated", "foreign", "mnist", "missing", "other_data")}
     return {"data": fmnist_dir, "labels": good, **files}
 
 
@@ -163,7 +171,7 @@ def test_bad_input_gives_one_error_line_and_writes_nothing(case, command, names,
 
 
 # Once more as a user runs them: Snakemake on a bad config, and `python -m limit` with a bad argument and a bad file.
-END_TO_END = ["config: lr 0", "train: --epochs 0", "labels file truncated"]
+END_TO_END = ["config: lr 0", "config: n larger than the training split", "train: --epochs 0", "labels file truncated"]
 
 
 @pytest.mark.pipeline

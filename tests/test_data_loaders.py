@@ -104,6 +104,19 @@ def test_fashion_mnist_from_debian(tmp_path):
     assert torch.bincount(arrays.test_y).tolist() == [1000] * 10
 
 
+def test_prepare_says_where_the_files_came_from(tmp_path, capsys):
+    """Into a directory that does not exist, `limit prepare` copies Debian's files and says so; it does not claim
+    they were there."""
+    if not D.DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({D.DEBIAN_FASHION_MNIST} absent)")
+    target = tmp_path / "nonexistent"
+    assert cli.main(["prepare", "--dataset", "fashion_mnist", "--data-dir", str(target)]) == 0
+    assert capsys.readouterr().out == (f"fashion_mnist: 4 files decompressed from Debian's package "
+                                       f"({D.DEBIAN_FASHION_MNIST}) into {target / 'FashionMNIST' / 'raw'}\n")
+    assert cli.main(["prepare", "--dataset", "fashion_mnist", "--data-dir", str(target)]) == 0
+    assert capsys.readouterr().out == f"fashion_mnist: files present in {target}\n"
+
+
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
 def test_incomplete_dir_names_each_missing_file(tmp_path, name):
     required = D._REQUIRED_FILES[name]

@@ -68,3 +68,23 @@ def test_each_detector_ranks_planted_mislabels_on_the_right_side():
     flagged, suspicion = cleanlab_ranking(given, probs)
     assert set(flagged) == set(range(10))
     assert detection_metrics(suspicion, is_corrupted)["roc_auc"] == 1.0
+
+
+def test_planted_labels_give_k_of_n_images_another_class():
+    from limit.tools.detect_bench import planted_labels
+    arrays = planted_labels(np.arange(2000) % 10, 10, 300, 42)
+    assert len(arrays["train_idx"]) + len(arrays["val_idx"]) == 300 and len(arrays["val_idx"]) == 60
+    wrong = np.concatenate([arrays["train_noisy"] != arrays["train_true"], arrays["val_noisy"] != arrays["val_true"]])
+    assert wrong.sum() == 10
+    np.testing.assert_array_equal(wrong, np.concatenate([arrays["is_corrupted"], arrays["val_corrupted"]]))
+
+
+def test_the_default_score_rule_keeps_uniform_noise_within_a_point():
+    from limit.tools.detect_bench import choose_default
+    cell = lambda **scores: {"limit": {"scores": {name: {"roc_auc": a, "average_precision": p}
+                                                  for name, (a, p) in scores.items()}}}
+    uniform = cell(ce_loss=(0.987, 0.977), posterior=(0.985, 0.974), fw=(0.972, 0.930))
+    asymmetric = cell(ce_loss=(0.63, 0.15), posterior=(0.77, 0.22), fw=(0.81, 0.26))
+    # fw gains most on the asymmetric setting but loses 4.7 points of AP on the uniform one
+    assert choose_default([uniform, asymmetric]) == "posterior"
+    assert choose_default([uniform]) == "ce_loss"

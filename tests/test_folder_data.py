@@ -125,7 +125,7 @@ def test_workflow_plans_import_training_and_label_issues_for_own_images(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     for rule in ("import_images", "corrupt_labels", "train", "find_label_issues"):
         assert f"rule {rule}:" in result.stdout or f"localrule {rule}:" in result.stdout, rule
-    assert "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/beta1/label_issues.csv" in result.stdout
+    assert "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv" in result.stdout
     assert "--dataset results/data/shapes" in result.stdout or "results/data/shapes/dataset.json" in result.stdout
 
 
@@ -148,7 +148,7 @@ def test_the_documented_own_images_route_runs_to_its_report_under_the_datasets_n
     assert set(runs.dataset) == {"shapes"}  # the name, not the cache's path
     assert all(run_id.startswith("own/shapes/given-0/nall/seed1/") for run_id in runs.run_id)
     assert (work / "results/tables/shapes_given.md").exists()
-    assert (work / "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/beta1/label_issues.csv").exists()
+    assert (work / "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv").exists()
 
 
 def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp_path, monkeypatch):
@@ -160,8 +160,8 @@ def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp
     opened = []
     real_open = PILImage.open
     monkeypatch.setattr(PILImage, "open", lambda path, *a, **k: (opened.append(path), real_open(path, *a, **k))[1])
-    assert check_image_datasets(config) == {"shapes": (2, 28)} and len(opened) == 6
-    assert check_image_datasets(config) == {"shapes": (2, 28)} and len(opened) == 6  # from the cache
+    assert check_image_datasets(config) == {"shapes": (2, 28, (4, 2, None))} and len(opened) == 6
+    assert check_image_datasets(config) == {"shapes": (2, 28, (4, 2, None))} and len(opened) == 6  # from the cache
     save(root / "b" / "3.png", np.zeros((30, 30), dtype=np.uint8), "L")  # a new image of another size
     with pytest.raises(ValueError, match="mixed image sizes"):
         check_image_datasets(config)

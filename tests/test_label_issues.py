@@ -13,7 +13,7 @@ from limit.cli import main
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
 from limit.tools import label_issues as LI
-from limit.tools.label_issues import SPLITS
+from limit.tools.label_issues import SPLITS, within_split
 
 CLASSES = ["bottom", "left", "top"]
 
@@ -209,3 +209,101 @@ def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_dis
     assert len(opened) == 5 and all(p == r["path"] for p, r in zip(opened, rows))  # the top 5, read from disk
     assert (out / "gallery.png").stat().st_size > 0
     assert "the top 5 in" in capsys.readouterr().out
+
+
+def class_dependent_noise(rng, per_class=100, flip=0.4):
+    """Four classes; 40% of class 0 is labelled 1 (the annotators' confusion). Classes 0 and 1 look distinct, 2 and
+    3 alike. The probabilities are a classifier's trained on the noisy labels: its clean-class beliefs passed
+    through the noise, so a flipped example keeps 40% on its given label while hard clean examples of classes 2
+    and 3 get less on theirs."""
+    true = np.repeat(np.arange(4), per_class)
+    given = true.copy()
+    flipped = np.flatnonzero(true == 0)[:int(flip * per_class)]
+    given[flipped] = 1
+    own = np.where(true < 2, rng.uniform(0.85, 1.0, len(true)), rng.uniform(0.3, 1.0, len(true)))
+    clean = np.zeros((len(true), 4))
+    clean[np.arange(len(true)), true] = own
+    other = np.array([1, 0, 3, 2])[true]  # the rest of the belief goes to the look-alike class
+    clean[np.arange(len(true)), other] += 1 - own
+    transition = np.eye(4)
+    transition[0] = [1 - flip, flip, 0, 0]
+    return clean @ transition, given, given != true
+
+
+def test_the_default_score_ranks_class_dependent_flips_above_the_given_label_loss():
+    probs, given, is_flipped = class_dependent_noise(np.random.default_rng(0))
+    split = np.where(np.arange(len(given)) % 5 == 0, "val", "train")
+    scores = {"ce_loss": -np.log(probs[np.arange(len(given)), given]),
+              **LI.class_noise_scores(probs, given, split)}  # what find-label-issues computes from the probabilities
+    by_loss, by_default = (detection_metrics(within_split(scores[name], split), is_flipped)
+                           for name in ("ce_loss", DEFAULT_SCORE))
+    # the loss puts hard clean examples of classes 2 and 3 above the flips; the default score weighs each
+    # confusion by how often the labels make it
+    assert by_loss["roc_auc"] < 0.9 and by_default["roc_auc"] > by_loss["roc_auc"] + 0.05, (by_loss, by_default)
+    assert by_default["average_precision"] > by_loss["average_precision"] + 0.3, (by_loss, by_default)
+
+
+def test_noise_transition_reads_the_flips_and_uniform_noise_keeps_the_loss_ranking():
+    from limit.methods import mislabel_posterior, noise_transition
+    probs, given, _ = class_dependent_noise(np.random.default_rng(0))
+    transition = noise_transition(probs, given)
+    assert transition[0, 1] == pytest.approx(0.4, abs=0.05) and transition[1, 0] < 0.05
+    np.testing.assert_allclose(transition.sum(1), 1)
+    # uniform noise (no class pattern): the posterior ranks as the loss, example by example
+    uniform = np.full((4, 4), 0.1) + 0.6 * np.eye(4)
+    noisy = np.random.default_rng(1).dirichlet(np.ones(4), 50)
+    labels = np.arange(50) % 4
+    np.testing.assert_array_equal(rankdata(mislabel_posterior(noisy, labels, uniform)),
+                                  rankdata(-noisy[np.arange(50), labels]))
+
+
+def test_folds_rank_every_label_by_the_run_that_held_it_out(image_tree, tmp_path, capsys):
+    cache, labels, runs, out = tmp_path / "cache", tmp_path / "labels.npz", tmp_path / "folds", tmp_path / "issues"
+    main(["import-images", str(image_tree), "--out", str(cache)])
+    main(["corrupt", "--dataset", str(cache), "--noise", "given", "--rate", "0", "--seed", "3", "--out", str(labels)])
+    config = tmp_path / "train.yaml"
+    config.write_text(json.dumps({"dataset": str(cache), "labels": str(labels), "method": "limit_l",
+                                  "hparams": {"beta": 1}, "epochs": 8, "batch_size": 32, "seed": 1}))
+    capsys.readouterr()
+    assert main(["find-label-issues", str(runs), "--config", str(config), "--folds", "3", "--out", str(out)]) == 0
+    assert "ranked by 3 fold runs" in capsys.readouterr().out
+    rows = read_rows(out / "label_issues.csv")
+    arrays = np.load(labels)
+    assert sorted(int(r["index"]) for r in rows) == sorted([*arrays["train_idx"], *arrays["val_idx"]])
+    for k in range(3):  # each example comes from the run that held it out
+        held_out = np.load(runs / f"fold{k}.npz")["val_idx"]
+        assert sorted(int(r["index"]) for r in rows if r["split"] == f"fold{k}") == sorted(held_out)
+    ranks = [int(r["rank"]) for r in rows if is_planted(r["path"])]
+    assert len(ranks) == PLANTED and max(ranks) <= 2 * PLANTED, ranks
+    assert json.loads((out / "summary.json").read_text())["folds"] == 3
+    capsys.readouterr()
+    assert main(["find-label-issues", str(runs), "--folds", "3", "--out", str(out)]) == 2
+    assert "give --config" in capsys.readouterr().err
+
+
+def test_several_runs_rank_with_the_one_noisy_validation_selects(tmp_path, capsys):
+    runs = []
+    for beta, accuracy in ((0.1, 0.61), (1, 0.7), (10, 0.7)):
+        runs.append(tmp_path / f"beta{beta:g}")
+        runs[-1].mkdir()
+        (runs[-1] / "metrics.json").write_text(json.dumps({"best_val_acc": accuracy}))
+    assert LI.select_run(runs) == (str(runs[1]), {str(r): a for r, a in zip(runs, (0.61, 0.7, 0.7))})  # first of equals
+    assert main(["find-label-issues", *map(str, runs), str(tmp_path / "unfinished"), "--out", str(tmp_path / "o")]) == 2
+    assert "unfinished is not a finished run" in capsys.readouterr().err
+
+
+@pytest.mark.pipeline
+def test_the_workflow_ranks_each_seed_once_with_the_run_noisy_validation_selects(tmp_path):
+    import yaml
+    from test_folder_data import grey_tree, own_config
+    from test_workflow import snakemake
+    path = own_config(tmp_path, grey_tree(tmp_path / "tree"))
+    config = yaml.safe_load(path.read_text())
+    config["experiments"]["own"]["methods"]["limit_l"] = {"beta": [1, 10]}
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path / "work", "-n", "-p", "label_issues", configfile=str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = "results/runs/own/shapes/given-0/nall/seed1/limit_l"
+    assert result.stdout.count("python -m limit find-label-issues") == 1
+    assert (f"find-label-issues {runs}/beta1 {runs}/beta10 --out $(dirname "
+            "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv)") in result.stdout

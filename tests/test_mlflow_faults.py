@@ -227,8 +227,9 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
 
 
 def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, make_labels, tmp_path):
-    """Each MLflow call waits MLFLOW_HTTP_REQUEST_TIMEOUT x (retries + 1); a job makes at most two such calls
-    (the first fails and stops live tracking, the final sync tries once more), then finishes with a warning.
+    """Each MLflow call waits MLFLOW_HTTP_REQUEST_TIMEOUT x (retries + 1). The training loop waits for none: the
+    job's background sender tries once per live interval (30 s); at its end the job waits for at most the round
+    in flight and its final sync, then finishes with one warning.
     A password in the URI (from the environment only) appears nowhere: not in output, not in the run directory."""
     port, timeout_s = free_port(), 3
     uri = f"http://me:hunter2@127.0.0.1:{port}"
@@ -239,15 +240,17 @@ def test_a_server_that_never_answers_delays_a_job_by_a_bounded_time(fmnist_dir, 
              "--labels", str(make_labels(n=256, val_size=256)), "--method", "ce", "--epochs", "2", "--batch-size",
              "128", "--device", "cpu", "--out", str(run_dir), "--experiment", "main"]
     hung = HungServer(port)
+    began = time.monotonic()
     try:
         done = subprocess.run(train, env=env, capture_output=True, text=True, timeout=300)
     finally:
         hung.close()
+    elapsed = time.monotonic() - began
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert (run_dir / "metrics.json").exists() and (run_dir / "history.csv").exists()
     assert output.count(WARNING) == 1 and "me:***@127.0.0.1" in output, output[-3000:]
-    assert 1 <= len(hung.connections) <= 2  # the bound: two calls of at most timeout_s each, no retries
+    assert 1 <= len(hung.connections) <= 2 + elapsed / 30  # a round per interval, the final sync; no retries
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
     assert "hunter2" not in output and not leaked, leaked
 

@@ -124,8 +124,8 @@ def test_mismatched_or_corrupt_checkpoint_is_refused(fmnist_dir, make_labels, tm
         train(config(fmnist_dir, make_labels(rate=0.8), epochs=1), tmp_path / "run")
     state = tmp_path / "run" / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])
-    with pytest.raises(TrainingError, match="corrupt"):
-        train(config(fmnist_dir, labels, epochs=1), tmp_path / "run")
+    with pytest.raises(TrainingError, match="corrupt"):  # a longer budget resumes from it
+        train(config(fmnist_dir, labels, epochs=2), tmp_path / "run")
 
 
 def test_checkpoints_load_as_data_only(fmnist_dir, make_labels, tmp_path):
@@ -209,3 +209,57 @@ def test_a_complete_run_started_again_trains_nothing_and_a_longer_budget_trains_
     assert (tmp_path / "run" / "history.csv").stat().st_mtime_ns == history
     longer = train({**cfg, "epochs": 3}, tmp_path / "run")  # no state kept: it trains again, to 3 epochs
     assert longer["epochs_run"] == 3
+
+
+def run_files(run_dir):
+    """Every file of a run directory: its bytes and modification time."""
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(run_dir.iterdir())}
+
+
+def test_a_finished_run_of_another_config_is_refused_and_left_as_it_was(fmnist_dir, make_labels, tmp_path, capsys):
+    from limit.cli import main
+    labels, run = make_labels(rate=0.5), tmp_path / "run"
+    train(config(fmnist_dir, labels, epochs=1), run)
+    before = run_files(run)
+    with pytest.raises(TrainingError, match=r"different config \(lr: 0\.001 there, 0\.01 here\)"):
+        train(config(fmnist_dir, labels, epochs=1, hparams={"lr": 0.01}), run)
+    assert run_files(run) == before
+    # the command line: one error line, exit status 2, nothing changed
+    argv = ["train", "--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir), "--labels", str(labels),
+            "--method", "ce", "--epochs", "1", "--batch-size", "128", "--seed", "7", "--out", str(run),
+            "--no-tracking"]
+    capsys.readouterr()
+    assert main([*argv, "--lr", "0.01"]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "lr: 0.001 there, 0.01 here" in errors[0] \
+        and "--overwrite" in errors[0]
+    assert run_files(run) == before
+    # --overwrite replaces it: one config, one attempt
+    assert main([*argv, "--lr", "0.01", "--overwrite"]) == 0
+    assert json.loads((run / "config.json").read_text())["hparams"]["lr"] == 0.01
+    assert len(json.loads((run / "job.json").read_text())["attempts"]) == 1
+
+
+def test_a_refused_run_in_progress_is_left_as_it_was(fmnist_dir, make_labels, tmp_path):
+    labels, run = make_labels(rate=0.5), tmp_path / "run"
+    train(config(fmnist_dir, labels, epochs=2, keep_state=True), run)
+    for finished in (True, False):  # a finished run that kept its state; then one in progress (no metrics.json)
+        if not finished:
+            (run / "metrics.json").unlink()
+        before = run_files(run)
+        with pytest.raises(TrainingError, match="different config") as other_labels:
+            train(config(fmnist_dir, make_labels(rate=0.8), epochs=2), run)
+        assert run_files(run) == before
+        with pytest.raises(TrainingError, match="different config") as other_seed:
+            train(config(fmnist_dir, labels, epochs=2, seed=8), run)
+        assert run_files(run) == before
+        assert "(labels file" in str(other_labels.value) and "(seed: 7 there, 8 here)" in str(other_seed.value)
+
+
+def test_a_resumed_run_says_so_in_its_first_line(fmnist_dir, make_labels, tmp_path, capsys):
+    cfg = config(fmnist_dir, make_labels(rate=0.5), epochs=2, keep_state=True)
+    train(cfg, tmp_path / "run")
+    capsys.readouterr()
+    train({**cfg, "epochs": 3}, tmp_path / "run")  # a longer budget: it trains on from its state
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == f"{tmp_path / 'run'}: resuming at epoch 2 of 3 from {tmp_path / 'run' / 'state.pt'}"

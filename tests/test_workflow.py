@@ -305,3 +305,81 @@ def test_a_failed_report_leaves_the_previous_tables_and_figures(tiny_pipeline, f
     failed = snakemake(work, "--cores", "1", "--config", f"data_dir={fmnist_dir}")
     assert failed.returncode != 0 and "report" in failed.stderr
     assert {p: p.read_bytes() for d in outputs for p in d.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.pipeline
+def test_moving_the_data_trains_nothing_again(tiny_pipeline, fmnist_dir, tmp_path):
+    """A run's identity is its data's content, not its path: the same files at another path plan no job."""
+    work = copy_pipeline(tiny_pipeline, tmp_path / "work")
+    moved = tmp_path / "shared" / "fashion-mnist"
+    moved.parent.mkdir()
+    moved.symlink_to(fmnist_dir, target_is_directory=True)
+    plan = snakemake(work, "-n", "--cores", "1", "--config", f"data_dir={moved}")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    assert "Nothing to be done" in plan.stdout + plan.stderr, plan.stdout[-3000:]
+
+
+@pytest.mark.pipeline
+def test_a_labels_file_made_by_hand_at_the_pipelines_path_is_refused_before_any_job(tiny_pipeline, fmnist_dir,
+                                                                                     tmp_path):
+    from limit.data import read_labels_file
+    work = copy_pipeline(tiny_pipeline, tmp_path / "work")
+    labels = "results/labels/fashion_mnist/uniform-0.5/n256/seed1.npz"
+    by_hand = subprocess.run([sys.executable, "-m", "limit", "corrupt", "--dataset", "fashion_mnist", "--data-dir",
+                              str(fmnist_dir), "--noise", "uniform", "--rate", "0.5", "--n", "256", "--seed", "1",
+                              "--val-size", "300", "--out", str(work / labels)], capture_output=True, text=True)
+    assert by_hand.returncode == 0, by_hand.stderr
+    before = {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()}
+    refused = snakemake(work, "--cores", "1", "--config", f"data_dir={fmnist_dir}")
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("error:")]
+    assert refused.returncode == 2 and errors == [
+        f"error: {labels} was made by another command (val_size 300 (the config: 256)); remove it, and the "
+        f"workflow makes its own"], refused.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in (work / "results").rglob("*") if p.is_file()} == before
+    (work / labels).unlink()
+    plan = snakemake(work, "-n", "--cores", "1", "--config", f"data_dir={fmnist_dir}")
+    counts = job_counts(plan.stdout)
+    assert counts["corrupt_labels"] == 1 and counts["train"] == 5  # the labels, and the 5 runs of seed 1
+    rebuilt = snakemake(work, labels, "--cores", "1", "--config", f"data_dir={fmnist_dir}")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert read_labels_file(work / labels)[1]["val_size"] == 256
+
+
+@pytest.mark.pipeline
+def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_each_attempts_log(fmnist_dir,
+                                                                                                  tmp_path):
+    import signal
+    import time
+    work = tmp_path / "work"
+    work.mkdir()
+    # one CE run of 40 epochs, no MLflow: long enough to be stopped in the middle
+    overlay = tmp_path / "one_run.yaml"
+    overlay.write_text(json.dumps({"mlflow": {"enabled": False}, "training": {"fashion_mnist": {"epochs": 40,
+                                   "patience": 40}}, "experiments": {"main": {"seeds": [1], "methods": {"ce": {}}}}}))
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1", "--configfile",
+               str(REPO / "config/test.yaml"), str(overlay), "--config", f"data_dir={fmnist_dir}"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    pipeline = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+    run = "main/fashion_mnist/uniform-0.5/n256/seed1/ce/default"
+    log, attempts = work / "results/logs/train" / f"{run}.log", work / "results/logs/train" / f"{run}.attempts.log"
+    deadline = time.time() + 600
+    while time.time() < deadline and pipeline.poll() is None and not (
+            attempts.exists() and "default epoch 1:" in attempts.read_text()):  # two epochs, checkpointed
+        time.sleep(0.2)
+    os.killpg(pipeline.pid, signal.SIGINT)  # Ctrl-C: the terminal signals Snakemake and its jobs
+    output = pipeline.communicate(timeout=300)[0]
+    assert pipeline.returncode != 0 and not (work / "results/runs" / run / "metrics.json").exists(), output[-3000:]
+    assert output.rstrip().splitlines()[-1].startswith(
+        "limit-pipeline stopped before the end: run the same command again to go on"), output[-3000:]
+    assert "Traceback" not in output
+    first = attempts.read_text()
+    assert "default epoch 1:" in first and "Traceback" not in first, first
+
+    again = subprocess.run([*command[:5], f"results/runs/{run}/metrics.json", *command[5:]], capture_output=True,
+                           text=True, env=env, timeout=900)  # the same command, for that run's result alone
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = log.read_text().splitlines()
+    assert re.fullmatch(rf"results/runs/{run}: resuming at epoch [1-9]\d* of 40 from results/runs/{run}/state\.pt",
+                        resumed[0]), resumed[:3]
+    assert attempts.read_text().startswith(first) and resumed[0] in attempts.read_text()  # both attempts kept

@@ -1,13 +1,10 @@
 """The paper's reported numbers (Tables 1, 2, 4-7) and the display names used in every table and figure."""
 import re
-from pathlib import Path
 
 import pandas as pd
 
-from limit.registry import HPARAMS
+from limit.registry import HPARAMS, PAPER_NUMBERS_DIR, PAPER_TABLES
 
-PAPER_NUMBERS_DIR = Path(__file__).parent / "paper_numbers"
-PAPER_TABLES = ("table1", "table2", "table4", "table5", "table6", "table7")
 
 # Registry name -> label, in the paper's row order. "-S" is LIMIT without sampling (the primary variant);
 # the CIFAR/Clothing1M tables write it without the suffix.

@@ -13,8 +13,9 @@ from pathlib import Path
 from limit.config import FIELD, FIELDS, JOB_DEFAULTS, argument
 from limit.datasets.images import check_sources
 from limit.noise import HUMAN_NOISE, check_noise
-from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, check_arch, dataset_info, get_method, hparam_problem,
-                            is_limit, method_name, named_dataset, unknown_name)
+from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, PAPER_TABLES, check_arch, dataset_info, get_method,
+                            hparam_problem, is_limit, method_name, named_dataset, paper_table_settings, split_sizes,
+                            unknown_name)
 from limit.runs.rundir import group_key, hparams_label, run_id, setting_text
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data: an installed package finds it too
@@ -27,7 +28,8 @@ class ConfigError(ValueError):
 
 
 def check_image_datasets(config):
-    """Check every image of the config's own datasets (headers only) before any job: name -> (classes, side).
+    """Check every image of the config's own datasets (headers only) before any job: name -> (classes, side,
+    (training, validation, test) examples; test None when they have no test images).
     The headers read are remembered under the results directory: an unchanged source is not opened again."""
     checked = {}
     headers = Path(config.get("results", "results")) / "data" / ".image_headers"
@@ -35,32 +37,50 @@ def check_image_datasets(config):
         if name in DATASETS:
             raise ConfigError(f"image_datasets.{name}: the name of a built-in dataset; choose another")
         try:
-            train, _, _, size = check_sources(spec["source"], spec.get("test"), spec.get("classes"),
+            train, test_source, _, size = check_sources(spec["source"], spec.get("test"), spec.get("classes"),
                                               spec.get("size"), spec.get("channels"), headers)
         except ValueError as exc:
             raise ConfigError(f"image_datasets.{name}: {exc}") from None
-        checked[name] = (len(train.classes), size)
+        test = len(test_source.paths) if test_source else None  # none: the validation images stand in
+        checked[name] = (len(train.classes), size, (*split_sizes(len(train.paths)), test))
     return checked
+
+
+def _check_sizes(where, dataset, sizes_n, train, sizes):
+    """Training-set sizes ``n``, ``val_size`` and ``test_curve_size`` against the dataset's (training, validation,
+    test) examples, as ``limit corrupt`` and ``limit train`` would find them, before any job."""
+    if not sizes:
+        return
+    n_train, n_val, n_test = sizes
+    for n in sizes_n:
+        if str(n) != "all" and int(n) > n_train:
+            raise ConfigError(f"{where}.n: n = {n} is larger than the training split of {dataset} "
+                              f"({n_train} examples)")
+    for key, most, split in (("val_size", n_val, "validation split"), ("test_curve_size", n_test, "test set")):
+        if train.get(key) is not None and most is not None and train[key] > most:
+            raise ConfigError(f"training.{dataset}.{key}: {train[key]} is larger than the {split} of {dataset} "
+                              f"({most} examples)")
 
 
 def _check_experiment(name, exp, config, image_datasets):
     where = f"experiments.{name}"
     for dataset in exp["datasets"]:
         if dataset in image_datasets:
-            num_classes, size = image_datasets[dataset]
+            num_classes, size, sizes = image_datasets[dataset]
             try:
                 check_arch(exp.get("arch", config["training"].get(dataset, {}).get("arch", "cnn")), size)
             except ValueError as exc:
                 raise ConfigError(f"{where}.datasets: {dataset}: {exc}") from None
         else:
             try:
-                num_classes = dataset_info(dataset).num_classes
+                num_classes, sizes = dataset_info(dataset).num_classes, dataset_info(dataset).split_sizes
             except ValueError as exc:
                 raise ConfigError(f"{where}.datasets: {exc}") from None
         if dataset not in config["training"]:
             raise ConfigError(f"{where}.datasets: {dataset!r} has no entry under training "
                               f"(epochs, patience, resources)")
         train = config["training"][dataset]
+        _check_sizes(where, dataset, exp["n"], train, sizes)
         if train.get("max_runtime", train["runtime"]) < train["runtime"]:
             raise ConfigError(f"training.{dataset}.max_runtime: {train['max_runtime']} is less than runtime "
                               f"({train['runtime']})")
@@ -207,7 +227,6 @@ def skipped_datasets(config):
 def skipped_outputs(config):
     """One line: what the runs that ``skip_datasets`` leaves out would have filled, and so stays empty (the paper
     tables' columns; Figure 1; Figures 3 and A0 of each setting at its noisiest rate, as ``limit.report.render``)."""
-    from limit.report.paper import PAPER_TABLES, paper_numbers  # pandas: only when datasets are skipped
     def key(dataset, noise, rate, n):  # a setting as the paper numbers list it: real noise has no rate
         return dataset, noise, None if noise == "real" else float(rate), str(n)
     skipped = skipped_datasets(config)
@@ -223,8 +242,7 @@ def skipped_outputs(config):
             curves.setdefault((dataset, noise, n), []).append((rate, with_limit))
     empty = ["Figure 1"] if figure1 else []
     for table in PAPER_TABLES:
-        numbers = paper_numbers(table)
-        columns = {key(*c) for c in zip(numbers["dataset"], numbers["noise"], numbers["rate"], numbers["n"])}
+        columns = {key(*c) for c in paper_table_settings(table)}
         if columns <= settings:
             empty.append(f"Table {table[5:]}")
         else:
@@ -277,6 +295,23 @@ def output_arguments(row):
     nothing."""
     return [a for f in FIELDS if f.workflow == "output" and row[f.name] != f.default
             for a in argument(f.name, row[f.name])]
+
+
+def labels_difference(path, row):
+    """How the provenance an existing labels file records (``limit corrupt``) differs from the data setting of
+    ``row``, which the workflow's rule would write there: 'val_size 2000 (the config: 1000)'; None when there is no
+    file or it is the same."""
+    if not os.path.exists(path):
+        return None
+    import numpy as np
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            made = json.loads(str(f["meta"]))
+    except Exception:  # numpy and zipfile raise many types for torn or foreign files
+        return "an unreadable file (not a labels file of limit corrupt)"
+    wanted = {"dataset": row["dataset"], "noise": row["noise"], "rate": row["rate"], "n": row["n"],
+              "seed": row["seed"], "val_size": row["val_size"]}
+    return ", ".join(f"{k} {made.get(k)} (the config: {v})" for k, v in wanted.items() if made.get(k) != v) or None
 
 
 def check_slurm_submission(config, rows, tracking_uri):

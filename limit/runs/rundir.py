@@ -24,6 +24,7 @@ TRAIN_SCORES = "train_scores.npz"  # LIMIT runs only
 EPOCH_SCORES = "epoch_scores.npz"  # per-example loss and margin averaged over the epochs up to the selected one
 METRICS = "metrics.json"  # written last: a run directory with it is complete
 MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking.client)
+RUN_FILES = (CONFIG, JOB, STATE, STATE_PREV, HISTORY, TEST_OUTPUTS, BEST, TRAIN_SCORES, EPOCH_SCORES, METRICS, MLFLOW)
 
 class TrainingError(RuntimeError):
     """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""

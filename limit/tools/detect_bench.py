@@ -5,7 +5,9 @@ under one budget rule: at most ``--epochs`` epochs, early stopping on noisy vali
 patience scaled to the budget (100 of 400 epochs: a quarter), the best-validation checkpoint.
 
 - (a) LIMIT: one run per beta of a small grid, the run with the best noisy validation accuracy selected (the
-  paper's protocol); its scores (``limit.registry.SCORES``), ranked by ``DEFAULT_SCORE``;
+  paper's protocol); its scores (``limit.registry.SCORES``), ranked by ``DEFAULT_SCORE``; on a planted setting
+  (K wrong labels in N images) the small-data rule instead (``SMALL_DATA``: fold runs, each ranking the examples it
+  holds out), with the count of planted labels in the top 20 of all N;
 - (b) cleanlab: ``cleanlab.filter.find_label_issues`` on K-fold out-of-sample predicted probabilities of CE models
   with the same architecture and budget rule; the full ranking (for ROC AUC, average precision and precision@k) is
   cleanlab's self-confidence label-quality score, the ranking ``find_label_issues`` uses for what it flags;
@@ -15,7 +17,8 @@ Each method's wall time covers all the training it needs and its scoring; LIMIT'
 (its selected run's alone is reported too). Detection is measured on the n training examples, which every method
 ranks. Every training run is an ordinary resumable run directory and a finished setting's ``result.json`` is
 kept, so a killed benchmark continues where it stopped (the wall times of a setting resumed midway cover only
-its rest). ``--dev`` runs the development setting on which the default score was chosen, and the rule.
+its rest). ``--dev`` runs the development settings on which the default score was chosen, and the rule; the
+full table also holds the asymmetric one.
 """
 import json
 import math
@@ -30,18 +33,23 @@ from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
 from limit.runs import rundir
 from limit.runtime import pick_device
-from limit.tools.label_issues import example_scores, load_models
+from limit.tools.label_issues import example_scores, held_out_scores, load_models, train_folds, within_split
 from limit.train import train
 
 DATASET = "fashion_mnist"
-# noise model:rate:n. Three noises in the medium regime (n = 5,000), two in the small one (n = 1,000).
+# noise model:rate:n. Three noises in the medium regime (n = 5,000), two in the small one (n = 1,000), and
+# planted:K:N: K wrong labels planted in N labelled images (training and validation split), the small-data rule.
 SETTINGS = ["uniform:0.2:5000", "uniform:0.5:5000", "asymmetric-fashion-mnist:0.4:5000",
-            "uniform:0.5:1000", "asymmetric-fashion-mnist:0.4:1000"]
+            "uniform:0.5:1000", "asymmetric-fashion-mnist:0.4:1000", "planted:10:300"]
 SEEDS = [42, 43]
-DEV_SETTING, DEV_SEED = "uniform:0.3:5000", 41  # where the default score was chosen; not in the table
+# Where the default score was chosen (the uniform one first); the table also shows the asymmetric one.
+DEV_SETTINGS, DEV_SEED = ["uniform:0.3:5000", "asymmetric-fashion-mnist:0.4:1000"], 41
+# A few hundred images: LIMIT in folds, each run ranking the examples it holds out, by its loss (docs/label-issues.md).
+SMALL_DATA = {"folds": 5, "beta": 1, "batch_size": 32, "score": "ce_loss"}
+TOP = 20  # planted settings: how many planted labels rank in the top 20 of all labelled images
 QUICK = {"settings": ["uniform:0.5:300"], "seeds": [7], "epochs": 4, "folds": 2, "betas": [1, 10]}
 FULL = {"settings": SETTINGS, "seeds": SEEDS, "epochs": 20, "folds": 5, "betas": [1, 10]}
-METHODS = {"limit": "LIMIT, {score} (β grid, 1 selected run)",
+METHODS = {"limit": "LIMIT, {score} (β grid, 1 selected run; planted: {small})",
            "cleanlab": "cleanlab find_label_issues ({folds} folds)", "ce_loss": "CE loss (1 run)"}
 
 
@@ -78,6 +86,21 @@ def cross_validated_probabilities(arrays, labels_meta, base, out, folds, device)
     return probs
 
 
+def selected_limit(base, args, out):
+    """LIMIT's β grid, the run with the best noisy validation accuracy selected: its scores over the training
+    examples, β, the grid's accuracies and times."""
+    grid, grid_seconds = {}, {}
+    for beta in args.betas:  # train the whole grid; only the selected run's scores are needed
+        _, grid_seconds[beta] = timed(lambda: train({**base, "method": args.limit_method, "hparams": {"beta": beta}},
+                                                    out / f"limit-beta{beta:g}"))
+        grid[beta] = json.loads((out / f"limit-beta{beta:g}" / "metrics.json").read_text())["best_val_acc"]
+    beta = max(args.betas, key=lambda b: grid[b])  # noisy validation accuracy; the first of equals
+    scores, scoring_seconds = timed(lambda: training_scores(out / f"limit-beta{beta:g}", args.device))
+    return scores, {"score": DEFAULT_SCORE, "beta": beta, "val_acc": {f"{b:g}": v for b, v in grid.items()},
+                    "seconds": sum(grid_seconds.values()) + scoring_seconds,
+                    "selected_seconds": grid_seconds[beta] + scoring_seconds}
+
+
 def training_scores(run_dir, device):
     """Every score of a finished run over its training examples (what every method ranks)."""
     scores = example_scores(run_dir, device)[2]
@@ -93,6 +116,37 @@ def cleanlab_ranking(given, probs):
     return flagged, 1.0 - cleanlab.rank.get_label_quality_scores(given, probs, method="self_confidence")
 
 
+def planted_labels(train_y, planted, n, seed):
+    """n labelled images (a fifth for validation) with ``planted`` of them, in either split, given another class."""
+    arrays = D.make_noisy_labels(train_y, 10, DATASET, "uniform", 0.0, seed, n=n - n // 5, val_size=n // 5)
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(n, planted, replace=False):
+        split, i = ("train", i) if i < n - n // 5 else ("val", i - (n - n // 5))
+        arrays[f"{split}_noisy"][i] = (arrays[f"{split}_true"][i] + rng.integers(1, 10)) % 10
+        arrays["is_corrupted" if split == "train" else "val_corrupted"][i] = True
+    return arrays
+
+
+def top_count(scores, score, top=TOP):
+    """Wrong labels among the ``top`` most suspect of a ranking of all labelled examples by ``score``."""
+    order = np.lexsort((-scores[score], -within_split(scores[score], scores["split"])))
+    return int(scores["is_corrupted"][order[:top]].sum())
+
+
+def small_data_limit(base, arrays, args, out):
+    """LIMIT under the small-data rule: its scores over the training examples, the top count over all labelled
+    ones, and the rule's total time."""
+    config = {**base, "method": args.limit_method, "hparams": {"beta": SMALL_DATA["beta"]},
+              "batch_size": SMALL_DATA["batch_size"]}
+    (_, scores, _), seconds = timed(lambda: held_out_scores(train_folds(config, out / "limit-folds",
+                                                                        SMALL_DATA["folds"]), args.device))
+    position = {index: i for i, index in enumerate(scores["index"])}
+    train_part = [position[index] for index in arrays["train_idx"]]
+    return ({name: scores[name][train_part] for name in SCORES if name in scores},
+            {"score": SMALL_DATA["score"], "top": top_count(scores, SMALL_DATA["score"]), "beta": SMALL_DATA["beta"],
+             "val_acc": {}, "seconds": seconds, "selected_seconds": seconds})
+
+
 def bench_setting(noise, rate, n, seed, args, out):
     """Run (a), (b), (c) on one data setting; return (and keep) their detection metrics and wall times."""
     result_path = out / "result.json"
@@ -101,9 +155,12 @@ def bench_setting(noise, rate, n, seed, args, out):
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     train_y = D.load_arrays(DATASET, args.data_dir).train_y.numpy()
+    planted = noise == "planted"
     val_size = n // 5
-    arrays = D.make_noisy_labels(train_y, 10, DATASET, noise, rate, seed, n=n, val_size=val_size)
-    meta = {"dataset": DATASET, "noise": noise, "rate": rate, "n": n, "seed": seed, "val_size": val_size}
+    arrays = (planted_labels(train_y, int(rate), n, seed) if planted else
+              D.make_noisy_labels(train_y, 10, DATASET, noise, rate, seed, n=n, val_size=val_size))
+    meta = {"dataset": DATASET, "noise": noise, "rate": rate, "n": len(arrays["train_idx"]), "seed": seed,
+            "val_size": val_size}
     D.write_labels_file(out / "labels.npz", arrays, meta)
     base = {"dataset": DATASET, "data_dir": args.data_dir, "labels": str(out / "labels.npz"), "arch": "cnn",
             "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "seed": seed,
@@ -116,36 +173,34 @@ def bench_setting(noise, rate, n, seed, args, out):
         return training_scores(out / name, args.device)
 
     ce, ce_seconds = timed(lambda: run_and_score("ce", {"method": "ce"}))
-    grid, grid_seconds = {}, {}
-    for beta in args.betas:  # train the whole grid; only the selected run's scores are needed
-        _, grid_seconds[beta] = timed(lambda: train({**base, "method": args.limit_method, "hparams": {"beta": beta}},
-                                                    out / f"limit-beta{beta:g}"))
-        grid[beta] = json.loads((out / f"limit-beta{beta:g}" / "metrics.json").read_text())["best_val_acc"]
-    beta = max(args.betas, key=lambda b: grid[b])  # noisy validation accuracy; the first of equals
-    limit, scoring_seconds = timed(lambda: training_scores(out / f"limit-beta{beta:g}", args.device))
+    if planted:
+        limit, limit_facts = small_data_limit(base, arrays, args, out)
+    else:
+        limit, limit_facts = selected_limit(base, args, out)
 
     (flagged, cleanlab_scores), cleanlab_seconds = timed(lambda: cleanlab_ranking(
         arrays["train_noisy"], cross_validated_probabilities(arrays, meta, base, out, args.folds, device)))
     result = {
         "noise": noise, "rate": rate, "seed": seed, "n": n, "corrupted": int(is_corrupted.sum()),
         "device": str(device), "epochs": args.epochs, "patience": args.patience,
-        "limit": {"scores": metrics(limit), "beta": beta, "val_acc": {f"{b:g}": v for b, v in grid.items()},
-                  "seconds": sum(grid_seconds.values()) + scoring_seconds,
-                  "selected_seconds": grid_seconds[beta] + scoring_seconds},
+        "limit": {"scores": metrics(limit), **limit_facts},
         "cleanlab": {**detection_metrics(cleanlab_scores, is_corrupted), "seconds": cleanlab_seconds,
                      "flagged": len(flagged), "flagged_precision": float(is_corrupted[flagged].mean()),
                      "flagged_recall": float(is_corrupted[flagged].sum() / max(is_corrupted.sum(), 1))},
         "ce_loss": {**detection_metrics(ce["ce_loss"], is_corrupted), "seconds": ce_seconds},
         "ce_scores": metrics(ce),
     }
+    if planted:
+        result["ce_loss"]["top"] = top_count(example_scores(out / "ce", args.device)[2], "ce_loss")
     result_path.write_text(json.dumps(result, indent=2))
     return result
 
 
 def method_metrics(result, method):
-    """A method's metrics and wall time in a result; LIMIT's are those of the default score."""
+    """A method's metrics and wall time in a result; LIMIT's are those of the score it ranks by."""
     if method == "limit":
-        return {**result["limit"]["scores"][DEFAULT_SCORE], "seconds": result["limit"]["seconds"]}
+        score = result["limit"].get("score", DEFAULT_SCORE)  # results from before the small-data rule have none
+        return {**result["limit"]["scores"][score], "seconds": result["limit"]["seconds"]}
     return result[method]
 
 
@@ -164,14 +219,21 @@ def by_setting(results):
             for key in keys}
 
 
+def setting_title(noise, rate, n):
+    if noise == "planted":
+        return f"Fashion-MNIST, {rate:g} planted wrong labels in {n} images"
+    return rundir.setting_text(DATASET, noise, rate, n, style="title")
+
+
 def markdown_table(results, folds):
     """One row per setting and method; each cell lists the seeds' values in seed order; then the goal per cell
     (one cell = one setting and seed) and every LIMIT score of the selected run."""
     lines = ["| setting | method | ROC AUC (%) | average precision (%) | precision@k (%) | wall time (s) |",
              "|---|---|---|---|---|---|"]
-    labels = {m: label.format(score=SCORES[DEFAULT_SCORE], folds=folds) for m, label in METHODS.items()}
+    small = f"{SCORES[SMALL_DATA['score']]}, {SMALL_DATA['folds']} folds"
+    labels = {m: label.format(score=SCORES[DEFAULT_SCORE], folds=folds, small=small) for m, label in METHODS.items()}
     groups = by_setting(results)
-    titles = {key: rundir.setting_text(DATASET, *key, style="title") for key in groups}
+    titles = {key: setting_title(*key) for key in groups}
     for key, rows in groups.items():
         for method, label in labels.items():
             values = [method_metrics(r, method) for r in rows]
@@ -198,14 +260,23 @@ def markdown_table(results, folds):
                             f"{100 * r['limit']['scores'][name]['average_precision']:.1f}" for r in rows)
                  for name in names]
         lines.append(f"| {titles[key]} | " + " | ".join(cells) + " |")
+    planted = {key: rows for key, rows in groups.items() if key[0] == "planted"}
+    if planted:
+        lines += ["", f"Planted wrong labels among the top {TOP} of all labelled images, seeds in order:", "",
+                  "| setting | LIMIT (small-data rule) | CE loss (1 run) |", "|---|---|---|"]
+        lines += [f"| {titles[key]} | " + " / ".join(str(r["limit"]["top"]) for r in rows) + " | " +
+                  " / ".join(str(r["ce_loss"]["top"]) for r in rows) + " |" for key, rows in planted.items()]
     return "\n".join(lines)
 
 
-def choose_default(result):
-    """The rule for the default score: the best mean of ROC AUC and average precision on the development
-    setting, among LIMIT's scores."""
-    scores = result["limit"]["scores"]
-    return max(scores, key=lambda name: scores[name]["roc_auc"] + scores[name]["average_precision"])
+def choose_default(results):
+    """The rule for the default score, over LIMIT's scores on the development settings (the uniform one first):
+    the largest ROC AUC + average precision summed over the settings, among the scores within one point of the
+    uniform setting's best ROC AUC and average precision (class-dependent noise must not cost uniform noise)."""
+    uniform, *_ = scores = [r["limit"]["scores"] for r in results]
+    best = {m: max(v[m] for v in uniform.values()) for m in ("roc_auc", "average_precision")}
+    keep = [name for name, v in uniform.items() if all(v[m] >= best[m] - 0.01 for m in best)]
+    return max(keep, key=lambda name: sum(s[name]["roc_auc"] + s[name]["average_precision"] for s in scores))
 
 
 def parse_setting(setting):
@@ -228,8 +299,9 @@ def add_detect_bench_arguments(parser):
     parser.add_argument("--limit-method", default="limit_l", help="LIMIT variant (default limit_l)")
     parser.add_argument("--betas", type=float, nargs="+", help="LIMIT's beta grid (default 1 10)")
     parser.add_argument("--quick", action="store_true", help="a small version (n = 300, 4 epochs, 2 folds, one seed)")
-    parser.add_argument("--dev", action="store_true", help="only the development setting the default score was "
-                                                           "chosen on (uniform 0.3, n = 5000, seed 41), and the rule")
+    parser.add_argument("--dev", action="store_true", help="only the development settings the default score was "
+                                                           "chosen on (seed 41: uniform 0.3, n = 5000; asymmetric "
+                                                           "0.4, n = 1000), and the rule")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda ...")
 
@@ -238,30 +310,33 @@ def run_detect_bench(args):
     import torch
     torch.set_num_threads(args.threads)
     protocol = QUICK if args.quick else FULL
+    cells = [] if args.quick or args.settings else [(DEV_SETTINGS[1], DEV_SEED)]  # the table's development cell
     for key, value in protocol.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.patience is None:
         args.patience = math.ceil(args.epochs / 4)  # the paper: patience 100 of 400 epochs
+    cells = [(setting, seed) for setting in args.settings for seed in args.seeds] + cells
     if args.dev:
-        args.settings, args.seeds = [DEV_SETTING], [DEV_SEED]
+        cells = [(setting, DEV_SEED) for setting in DEV_SETTINGS]
     out = Path(args.out)
     results = []
-    for setting in args.settings:
+    for setting, seed in cells:
         noise, rate, n = parse_setting(setting)
-        for seed in args.seeds:
-            result = bench_setting(noise, rate, n, seed, args, out / f"{noise}-{rate:g}-n{n}" / f"seed{seed}")
-            results.append(result)
-            title = rundir.setting_text(DATASET, noise, rate, n, style="title")
-            print(f"{title}, seed {seed} ({result['corrupted']} of {n} corrupted, β = {result['limit']['beta']:g}): " +
-                  ", ".join(f"{m} AUC {v['roc_auc']:.4f} AP {v['average_precision']:.4f} "
-                            f"P@k {v['precision_at_k']:.4f} {v['seconds']:.0f}s"
-                            for m, v in ((m, method_metrics(result, m)) for m in METHODS)), flush=True)
+        result = bench_setting(noise, rate, n, seed, args, out / f"{noise}-{rate:g}-n{n}" / f"seed{seed}")
+        results.append(result)
+        title = setting_title(noise, rate, n)
+        print(f"{title}, seed {seed} ({result['corrupted']} of {n} corrupted, β = {result['limit']['beta']:g}): " +
+              ", ".join(f"{m} AUC {v['roc_auc']:.4f} AP {v['average_precision']:.4f} "
+                        f"P@k {v['precision_at_k']:.4f} {v['seconds']:.0f}s"
+                        for m, v in ((m, method_metrics(result, m)) for m in METHODS)), flush=True)
     if args.dev:
-        scores = results[0]["limit"]["scores"]
-        for name, m in scores.items():
-            print(f"  {name:13s} ROC AUC {m['roc_auc']:.4f}  average precision {m['average_precision']:.4f}")
-        print(f"default score by the rule (best ROC AUC + average precision): {choose_default(results[0])}")
+        for setting, result in zip(DEV_SETTINGS, results):
+            print(f"LIMIT's scores, {setting}:")
+            for name, m in result["limit"]["scores"].items():
+                print(f"  {name:18s} ROC AUC {m['roc_auc']:.4f}  average precision {m['average_precision']:.4f}")
+        print(f"default score by the rule (best ROC AUC + average precision over the settings, within a point of "
+              f"the uniform one's best): {choose_default(results)}")
         return
     table = markdown_table(results, args.folds)
     (out / "detect_bench.md").write_text(table + "\n")

@@ -179,8 +179,15 @@ def _run_metadata(client, run_dir, uri, experiment, tags, training=False):
     tags = {**tags, **_job_tags(run_dir)}
     group = _group(tags)
     if group:
-        parent_id = get_or_create_parent(client, experiment_id, group)
-        _sync_parent(client, parent_id, tags, rundir.read_mlflow(run_dir).get("parent", {}), training)
+        from mlflow.exceptions import MlflowException
+        for attempt in range(3):
+            parent_id = get_or_create_parent(client, experiment_id, group)
+            try:
+                _sync_parent(client, parent_id, tags, rundir.read_mlflow(run_dir).get("parent", {}), training)
+                break
+            except MlflowException:  # deleted meanwhile by a run that saw an older duplicate: find it again
+                if attempt == 2 or client.get_run(parent_id).info.lifecycle_stage == "active":
+                    raise
         tags[PARENT_TAG] = parent_id
     return {"id": experiment_id, "name": experiment.get("name")}, tags
 

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from limit.cli import missing_extra
+from limit.registry import missing_extra
 from limit.tracking.client import SAVED_VIEW
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -1,3 +1,4 @@
+import atexit
 import hashlib
 import inspect
 import os
@@ -17,6 +18,7 @@ from limit.runs.grid import (  # noqa: E402
     check_slurm_submission,
     expand_runs,
     figure_facts,
+    labels_difference,
     output_arguments,
     pack_runs,
     recorded_packs,
@@ -26,8 +28,9 @@ from limit.runs.grid import (  # noqa: E402
 )
 from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
 
-# Jobs (local, Slurm or conda) import the package from this checkout.
-shell.prefix(f"export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+# Jobs (local, Slurm or conda) import the package from this checkout; bash's strict mode, which a prefix replaces,
+# stays on (a train job's log goes through a pipe).
+shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(str(REPO))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
 
 
 def command_line_executor():
@@ -77,6 +80,7 @@ submission_checks(command_line_executor())
 if config["skip_datasets"]:
     print(f"note: {skipped_outputs(config)}", file=sys.stderr)  # one line, in every run and dry run
 RESULTS = config["results"]
+DATA_DIR = config["data_dir"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
 SETTINGS = {
@@ -84,7 +88,12 @@ SETTINGS = {
 }
 DATASETS = sorted({r["dataset"] for r in RUN_ROWS})
 IMAGE_DATASETS = config["image_datasets"]
-LABEL_ISSUE_RUNS = [r["run_id"] for r in RUN_ROWS if r["label_issues"]]
+# One label ranking per LIMIT variant, data setting and seed, from the run of its grid that noisy validation selects.
+LABEL_ISSUE_RANKINGS = {}
+for r in RUN_ROWS:
+    if r["label_issues"]:
+        setting = setting_text(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"])
+        LABEL_ISSUE_RANKINGS.setdefault(f"{r['experiment']}/{setting}/{r['variant']}", []).append(r["run_id"])
 EXPERIMENTS = list(config["experiments"])
 FIGURE1_EXPERIMENTS = [name for name, exp in config["experiments"].items() if exp.get("figure1")]
 TRACKING = config["mlflow"]["enabled"]
@@ -96,12 +105,17 @@ TRACKING_URI_ARGS = (
     [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", config["mlflow"]["tracking_uri"]]
 )
 
+STOPPED = (
+    "limit-pipeline stopped before the end: run the same command again to go on (finished runs are kept, "
+    "interrupted ones resume from their last checkpoint; a failed job's log above says why it failed)"
+)
+
 # The files of the workflow, by wildcard.
 DATA_READY = f"{RESULTS}/data/{{dataset}}.ready"
 IMAGE_DATASET = f"{RESULTS}/data/{{name}}"  # the decoded cache of your own images: the --dataset of its jobs
 LABELS = f"{RESULTS}/labels/{{setting}}.npz"
 RUN_DIR = f"{RESULTS}/{RUNS_DIR}/{{run}}"
-LABEL_ISSUES = f"{RESULTS}/label_issues/{{run}}"
+LABEL_ISSUES = f"{RESULTS}/label_issues/{{ranking}}"
 SELECTION = f"{RESULTS}/selected/{{group}}.json"
 PACK_FILE = f"{RESULTS}/packs/{{pack}}.json"  # lists a pack's run directories once all have finished
 MLFLOW_INIT_LOG = f"{RESULTS}/logs/mlflow_init.log"
@@ -115,6 +129,17 @@ PACK_OF = {m["run_id"]: pack for pack, members in PACKS.items() for m in members
 
 def labels_file(row):
     return LABELS.format(setting=setting_text(row["dataset"], row["noise"], row["rate"], row["n"], row["seed"]))
+
+
+# A labels file at the workflow's path that another command made differently (by hand, with another val_size) is
+# refused before any job: Snakemake takes an existing file as up to date, and sets its DAG (--forcerun included)
+# only after parsing the workflow, so the workflow cannot have it rebuilt; the user removes it.
+for row in SETTINGS.values():
+    difference = labels_difference(labels_file(row), row)
+    if difference:
+        print(f"error: {labels_file(row)} was made by another command ({difference}); remove it, and the workflow "
+              f"makes its own", file=sys.stderr)
+        sys.exit(2)
 
 
 def run_dir(run):
@@ -143,11 +168,18 @@ def data_ready(dataset):
     return DATA_READY.format(dataset=dataset)
 
 
+def data_dir(wildcards, output):
+    """Where the data is read, not what it is: derived from the output (as ``tracking_arguments``), so moving the
+    data reruns nothing; a labels file records its data's content (limit.data.data_sha256) and a run checks it."""
+    return DATA_DIR
+
+
 def tracking_arguments(row):
     """Where a run tracks and what it keeps (MLflow's copy of best.pt, its state once finished): not what it
-    computes, so the rules derive them from the output and a change reruns nothing."""
+    computes, so the rules derive them from the output and a change reruns nothing. --overwrite: a job that
+    Snakemake runs replaces a run directory of another config (Snakemake decided that the config changed)."""
     live = [*TRACKING_URI_ARGS, "--live-interval", str(config["mlflow"]["live_interval"])]
-    return [*(live if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row)]
+    return [*(live if LIVE_TRACKING else ["--no-tracking"]), *output_arguments(row), "--overwrite"]
 
 
 def train_inputs(wildcards):
@@ -162,19 +194,19 @@ def run_inputs(run):
     return inputs
 
 
-def run_command(run, tracking=True):
+def run_command(run, where=True):
     """The whole ``python -m limit train`` command line of a packed run, as one shell-quoted string (the train
     rule gives the same arguments, its files from its input and output)."""
     row = RUNS[run]
     init_from = ["--init-from", run_dir(row["init_from"])] if row["init_from"] else []
-    return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), "--data-dir", config["data_dir"],
-                       "--labels", labels_file(row), *init_from, "--out", run_dir(run),
-                       *(tracking_arguments(row) if tracking else [])])
+    where = ["--data-dir", DATA_DIR, *tracking_arguments(row)] if where else []
+    return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), "--labels", labels_file(row),
+                       *init_from, "--out", run_dir(run), *where])
 
 
 def pack_digest(pack):
-    """A short digest of a pack's member commands (but where they track)."""
-    text = "\n".join(run_command(m["run_id"], tracking=False) for m in PACKS[pack])
+    """A short digest of a pack's member commands (but where their data is and where they track)."""
+    text = "\n".join(run_command(m["run_id"], where=False) for m in PACKS[pack])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -231,7 +263,7 @@ def import_arguments(wildcards):
 
 
 def label_issue_files(name):
-    return expand(f"{LABEL_ISSUES}/{name}", run=LABEL_ISSUE_RUNS)
+    return expand(f"{LABEL_ISSUES}/{name}", ranking=LABEL_ISSUE_RANKINGS)
 
 
 def group_runs_done(wildcards):

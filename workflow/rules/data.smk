@@ -4,7 +4,7 @@ rule prepare_data:
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
     params:
-        data_dir=config["data_dir"],
+        data_dir=data_dir,
         download="--download" if config["download"] else "",
     localrule: True
     conda:
@@ -45,7 +45,7 @@ rule corrupt_labels:
             "dataset": dataset_argument(SETTINGS[wc.setting]),
             **{k: SETTINGS[wc.setting][k] for k in ("noise", "rate", "n", "seed")},
         },
-        data_dir=config["data_dir"],
+        data_dir=data_dir,
         val_size=lambda wc: (
             ["--val-size", SETTINGS[wc.setting]["val_size"]] if SETTINGS[wc.setting]["val_size"] else []
         ),

@@ -1,18 +1,19 @@
 rule find_label_issues:
     input:
-        done=lambda wc: run_done(wc.run),
+        done=lambda wc: sorted({run_done(run) for run in LABEL_ISSUE_RANKINGS[wc.ranking]}),
     output:
         issues=f"{LABEL_ISSUES}/label_issues.csv",
         gallery=f"{LABEL_ISSUES}/gallery.png",
         summary=f"{LABEL_ISSUES}/summary.json",
     log:
-        f"{RESULTS}/logs/label_issues/{{run}}.log",
+        f"{RESULTS}/logs/label_issues/{{ranking}}.log",
     params:
-        run_dir=lambda wc: run_dir(wc.run),
+        # the variant's grid at this setting and seed: find-label-issues ranks with the run noisy validation selects
+        run_dirs=lambda wc: [run_dir(run) for run in LABEL_ISSUE_RANKINGS[wc.ranking]],
     conda:
         "../../envs/report.yaml"
     shell:
-        "python -m limit find-label-issues {params.run_dir:q} "
+        "python -m limit find-label-issues {params.run_dirs:q} "
         "--out $(dirname {output.issues:q}) > {log:q} 2>&1"
 
 

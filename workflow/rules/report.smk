@@ -19,7 +19,7 @@ rule report:
     log:
         f"{RESULTS}/logs/report.log",
     params:
-        data_dir=config["data_dir"],
+        data_dir=data_dir,
         facts=figure_facts(RUN_ROWS),  # for the figure captions
     localrule: True
     conda:

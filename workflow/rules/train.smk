@@ -12,7 +12,9 @@ rule train:
         # quoted strings, not lists: Snakemake formats every list item of every job (5,000 jobs: seconds)
         settings=lambda wc: shlex.join(train_arguments(RUNS[wc.run])),
         dataset=lambda wc: dataset_argument(RUNS[wc.run]),
-        data_dir=config["data_dir"],
+        data_dir=data_dir,
+        # every attempt's output, kept (Snakemake empties the log of each new attempt)
+        attempts=lambda wc: f"{RESULTS}/logs/train/{wc.run}.attempts.log",
         run_dir=lambda wc, output: os.path.dirname(output.metrics),
         init_from=lambda wc, input: (
             shlex.join(["--init-from", os.path.dirname(input.ce_run)]) if "ce_run" in input.keys() else ""
@@ -39,7 +41,7 @@ rule train:
     shell:
         "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} python -m limit train {params.settings} "
         "--dataset {params.dataset:q} --data-dir {params.data_dir:q} --labels {input.labels:q} {params.init_from} "
-        "--out {params.run_dir:q} {params.tracking} > {log:q} 2>&1"
+        "--out {params.run_dir:q} {params.tracking} 2>&1 | tee -i -a {params.attempts:q} > {log:q}"
 
 
 # Packed runs (training.<dataset>.pack > 1): one job, one Slurm job, trains its members at the same time, or one
@@ -58,6 +60,7 @@ rule train_pack:
         members=lambda wc: pack_digest(wc.pack),
         runs=lambda wc, output: [run_command(m["run_id"]) for m in PACKS[wc.pack]],
         threads=lambda wc: PACKS[wc.pack][0]["threads"],
+        attempts=lambda wc: f"{RESULTS}/logs/train/pack_{wc.pack}.attempts.log",
         # how the members share the job changes no number: derived from the output, so not compared
         in_process=lambda wc, output: "--in-process" if PACKS[wc.pack][0]["pack_in_process"] else "",
     threads: job_resource("threads")
@@ -75,4 +78,4 @@ rule train_pack:
         "../../envs/train.yaml"
     shell:
         "python -m limit train-pack --threads {params.threads} {params.in_process} --out {output:q} {params.runs:q} "
-        "> {log:q} 2>&1"
+        "2>&1 | tee -i -a {params.attempts:q} > {log:q}"
