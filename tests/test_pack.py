@@ -1,5 +1,6 @@
-"""Packed training (`python -m limit train-pack`): a pack equals its runs unpacked, bit for bit, and resumes after
-kill -9 of the pack, with every member's checkpoint cadence honoured."""
+"""Packed training (`python -m limit train-pack`, its members in processes or one after another in one process): a
+pack equals its runs unpacked, bit for bit, and resumes after kill -9 of the pack, with every member's checkpoint
+cadence honoured."""
 import os
 import shlex
 import signal
@@ -45,8 +46,8 @@ def pack_setup(fmnist_dir, make_labels, tmp_path_factory):
     return root, runs
 
 
-def train_pack(runs):
-    return [sys.executable, "-m", "limit", "train-pack", "--threads", "1",
+def train_pack(runs, *options):
+    return [sys.executable, "-m", "limit", "train-pack", "--threads", "1", *options,
             *[shlex.join(args) for args in runs.values()]]
 
 
@@ -103,6 +104,60 @@ def test_a_pack_killed_mid_epoch_resumes_every_member_identically(pack_setup):
         assert f"[{name}] {method} epoch 0:" not in result.stdout
     for method in killed:
         assert_same_outputs(outputs(root / "unpacked" / method), outputs(root / "killed" / method))
+
+
+def test_an_in_process_pack_equals_its_runs_unpacked(pack_setup):
+    """One after another in one process, each member seeds, configures torch and writes its files as its own
+    `limit train` process: the same files, the same numbers (LIMIT's second network, FW and DMI from a CE
+    run, gradient noise from torch's global generator)."""
+    root, runs = pack_setup
+    packed = runs(root / "in_process")
+    result = subprocess.run(train_pack(packed, "--in-process"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "4 packed runs finished" in result.stdout
+    for i, method in enumerate(packed, 1):
+        assert f"[{root / 'in_process' / method}] run {i} of 4\n{method} epoch 0:" in result.stdout
+        files = sorted(p.name for p in (root / "in_process" / method).iterdir())
+        assert files == sorted(p.name for p in (root / "unpacked" / method).iterdir())
+        assert_same_outputs(outputs(root / "unpacked" / method), outputs(root / "in_process" / method))
+
+
+def test_an_in_process_pack_killed_mid_run_resumes_every_member_identically(pack_setup):
+    """kill -9 while the second member trains: the same command leaves the finished first member as it is,
+    resumes the second from its checkpoint and trains the others."""
+    root, runs = pack_setup
+    killed = runs(root / "in_process_killed")
+    first, second = list(killed)[:2]
+    state = root / "in_process_killed" / second / "state.pt"
+    proc = subprocess.Popen(train_pack(killed, "--in-process"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 1200
+    while time.time() < deadline and not state.exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), "the second member reached no checkpoint in 20 minutes"
+    assert (root / "in_process_killed" / first / "metrics.json").exists()
+    assert not (root / "in_process_killed" / second / "metrics.json").exists()
+    done = len(torch.load(state, weights_only=True)["history"])
+
+    result = subprocess.run(train_pack(killed, "--in-process"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{first} epoch" not in result.stdout  # finished: nothing trained again
+    assert f"{second} epoch {done}:" in result.stdout and f"{second} epoch 0:" not in result.stdout
+    for method in killed:
+        assert_same_outputs(outputs(root / "unpacked" / method), outputs(root / "in_process_killed" / method))
+
+
+def test_a_failed_member_of_an_in_process_pack_leaves_the_others_training(pack_setup, tmp_path):
+    root, runs = pack_setup
+    members = runs(tmp_path)
+    members["limit_l"][members["limit_l"].index("--labels") + 1] = str(tmp_path / "missing.npz")
+    members = {m: members[m] for m in ("limit_l", "ce_gn")}
+    result = subprocess.run(train_pack(members, "--in-process"), capture_output=True, text=True)
+    assert result.returncode == 2
+    assert f"[{tmp_path / 'limit_l'}] error: " in result.stdout and "Traceback" not in result.stdout
+    assert result.stderr == f"error: 1 of 2 packed runs failed: {tmp_path / 'limit_l'}\n"
+    assert_same_outputs(outputs(root / "unpacked" / "ce_gn"), outputs(tmp_path / "ce_gn"))
 
 
 def test_bad_member_arguments_stop_the_pack_before_any_run(tmp_path):

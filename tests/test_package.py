@@ -35,7 +35,8 @@ def test_schema_training_defaults_are_the_field_table():
     defaults = {**{f.name: f.default for f in FIELDS}, **JOB_DEFAULTS}
     shared = {k for k in set(training) & set(defaults) if "default" in training[k]}
     assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init", "test_curve", "test_curve_size", "precision",
-                      "checkpoint_every", "test_curve_every", "deterministic", "decode", "keep_state", "pack"}
+                      "checkpoint_every", "test_curve_every", "deterministic", "decode", "keep_state", "pack",
+                      "pack_in_process"}
     assert {k: training[k]["default"] for k in shared} == {k: defaults[k] for k in shared}
     # every setting the workflow passes is one of the config's per-dataset training keys (or the grid's)
     from_grid = {"method", "seed", "clean_validation", "device", "num_workers"}

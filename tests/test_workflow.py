@@ -140,7 +140,9 @@ def test_every_config_parses_without_the_scientific_stack(configfile, tmp_path):
                        env={"PYTHONPATH": str(blocked)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     rows = expand_runs({**load_config(f"config/{configfile}"), "data_dir": str(data)})
-    assert job_counts(result.stdout)["train"] == sum(1 for r in rows if r["pack"] == 1)
+    jobs = job_counts(result.stdout)
+    assert jobs.get("train", 0) == sum(1 for r in rows if r["pack"] == 1)
+    assert jobs.get("train_pack", 0) == len(pack_runs(rows))
 
 
 def dot_graph(workdir):

@@ -196,6 +196,7 @@ def expand_runs(config):
                         **{k: train.get(k) for k in SLURM_RESOURCES},
                         "slurm_partition": train.get("slurm_partition", config.get("slurm_partition")),
                         "pack": int(train.get("pack", JOB_DEFAULTS["pack"])),
+                        "pack_in_process": bool(train.get("pack_in_process", JOB_DEFAULTS["pack_in_process"])),
                         "epochs": int(spec.get("epochs", train["epochs"])),
                         "patience": int(spec.get("patience", train["patience"])),
                         "clean_validation": bool(exp.get("clean_validation", False)),

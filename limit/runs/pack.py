@@ -1,4 +1,5 @@
-"""Packed training: K runs in one job (one Slurm job, one GPU), each its own ``python -m limit train`` process.
+"""Packed training: K runs in one job (one Slurm job, one GPU), each its own ``python -m limit train`` process,
+or, with ``--in-process`` (``training.<dataset>.pack_in_process``), one after another in the pack's own process.
 
 Why processes: a small network's training step is bound by Python and kernel launches, not by the device.
 K processes keep the device K times as busy, while K models in one process take turns on one CPU thread
@@ -6,6 +7,11 @@ K processes keep the device K times as busy, while K models in one process take 
 its unpacked command, so it writes the same files, stops early on its own, resumes from its own
 ``state.pt``, and on CPU gives bit-identical numbers to the same run unpacked (same threads per run).
 A member process dies with the pack (kill -9 included), so the next attempt resumes every member.
+
+In one process (a CPU's way to pack): each member is ``run_train`` of its own parsed arguments, so it seeds, configures
+torch and writes its files exactly as its own ``limit train`` would, and a pack started again resumes every member
+(finished ones return their metrics at once). What the members save is each one's start: Python, torch and its
+compiler's imports (docs/default-pipeline-time.md).
 
 A GPU in EXCLUSIVE_PROCESS compute mode takes one CUDA context: the pack then starts a job-private MPS daemon
 (its pipe and log directories in the job's temporary directory), whose one context the members share, and
@@ -22,10 +28,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import traceback
+import warnings
 from pathlib import Path
 
 from limit.config import add_train_arguments
 from limit.runs.rundir import TrainingError, write_json
+from limit.tracking.uri import check_no_password, redact
 
 PR_SET_PDEATHSIG = 1
 
@@ -120,21 +129,53 @@ def run_pack(runs, threads):
         return [name for name, proc in procs.items() if proc.wait() != 0]
 
 
+def run_in_process(runs, threads):
+    """Train every run (a string of ``limit train`` arguments) one after another in this process, with ``threads``
+    CPU threads as a member process would have. Returns the names of the runs that failed."""
+    os.environ.update(thread_env(threads))  # read by torch when first imported, as in a member process
+    import torch  # here: the process-per-member path never imports torch
+    from limit.train import run_train
+    torch.set_num_threads(threads)  # in case torch was imported before
+    parser = _MemberParser(prog="limit train", add_help=False)
+    add_train_arguments(parser)
+    failed = []
+    for i, train_args in enumerate(runs, 1):
+        name = member_name(train_args)
+        print(f"[{name}] run {i} of {len(runs)}", flush=True)
+        try:
+            with warnings.catch_warnings():  # each member shows its warnings, as in a process of its own
+                warnings.simplefilter("default", RuntimeWarning)
+                args = parser.parse_args(shlex.split(train_args))
+                check_no_password(args.tracking_uri, "--tracking-uri")
+                run_train(args)
+        except (ValueError, TrainingError, FileNotFoundError) as exc:  # as `limit train` stops on them
+            print(redact(f"[{name}] error: {exc}"), flush=True)
+            failed.append(name)
+        except Exception:  # a bug in one member: its traceback, and the next member trains
+            traceback.print_exc(file=sys.stdout)
+            failed.append(name)
+        sys.stdout.flush()
+    return failed
+
+
 class _MemberParser(argparse.ArgumentParser):
     def error(self, message):
         raise ValueError(f"{self.prog}: {message}")
 
 
 def add_train_pack_arguments(parser):
-    parser.description = ("Train several runs at the same time, each in its own `train` process; started again "
-                          "with the same command, every member resumes.")
+    parser.description = ("Train several runs at the same time, each in its own `train` process, or one after "
+                          "another in this process (--in-process); started again with the same command, every "
+                          "member resumes.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="the arguments of one `limit train`, quoted")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of each run")
+    parser.add_argument("--in-process", action="store_true",
+                        help="train the runs one after another in this process (a CPU: saves each run's start)")
     parser.add_argument("--out", help="JSON file listing the run directories, written once every run has finished")
 
 
 def run_train_pack(args):
-    """Train several runs at the same time in one job; each RUN is the argument string of `train`."""
+    """Train several runs in one job; each RUN is the argument string of `train`."""
     parser = _MemberParser(prog="limit train", add_help=False)
     add_train_arguments(parser)
     for i, run in enumerate(args.runs, 1):  # bad arguments stop the pack before any member starts
@@ -142,7 +183,7 @@ def run_train_pack(args):
             parser.parse_args(shlex.split(run))
         except ValueError as exc:
             raise ValueError(f"RUN {i} of {len(args.runs)}: {exc}") from None
-    failed = run_pack(args.runs, args.threads)
+    failed = (run_in_process if args.in_process else run_pack)(args.runs, args.threads)
     if failed:
         raise TrainingError(f"{len(failed)} of {len(args.runs)} packed runs failed: {', '.join(failed)}")
     if args.out:

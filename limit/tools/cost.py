@@ -18,7 +18,8 @@
 4. A pack's members run at the same time: it takes as long as its longest member, or as long as the
    device needs for all members' work at full load, whichever is more. Full load is the per-image time at
    a large batch (``SATURATION_BATCH``) on a GPU, where per-step overheads (Python, kernel launches) no longer
-   count; on a CPU a step already keeps the cores busy, so a pack costs the sum of its members.
+   count; on a CPU a step already keeps the cores busy, so a pack costs the sum of its members, as does a
+   pack that trains its members one after another in one process (``pack_in_process``).
 """
 import math
 import os
@@ -172,7 +173,7 @@ def plan(config, device, runs_csv=None, out=print):
                                                                        CPU_TIMING_BATCH.get(r["arch"], r["batch_size"]))
             train_s, eval_s = time_steps(r["arch"], r["dataset"], q, batch, r["precision"], device)
             saturated = None  # on a CPU a training step keeps the cores busy: full load is the step itself
-            if r["pack"] > 1 and device.type == "cuda":
+            if r["pack"] > 1 and not r["pack_in_process"] and device.type == "cuda":
                 big = max(SATURATION_BATCH, batch)
                 saturated = time_steps(r["arch"], r["dataset"], q, big, r["precision"], device)[0] / big
             timings[key] = (train_s / batch, eval_s / batch, saturated)

@@ -221,13 +221,15 @@ def members(wildcards):
 
 
 def job_resource(key, scale_with_attempt=False):
-    """A train job's resource: the sum over its runs of their threads or memory (times the attempt on a retry);
-    a dataset's GPUs or Slurm setting (None when unset: Snakemake then drops it)."""
+    """A train job's resource: the sum over its runs of their threads or memory (times the attempt on a retry),
+    one run's where a pack trains them one after another in its process; a dataset's GPUs or Slurm setting
+    (None when unset: Snakemake then drops it)."""
 
     def get(wildcards, attempt):
         runs = members(wildcards)
-        value = sum(r[key] for r in runs) if key in ("threads", "mem_mb") else runs[0][key]
-        if key == "threads" and "pack" in wildcards.keys():
+        summed = key in ("threads", "mem_mb") and not runs[0]["pack_in_process"]
+        value = sum(r[key] for r in runs) if summed else runs[0][key]
+        if key == "threads" and summed and "pack" in wildcards.keys():
             value += 1  # the pack's own process, which starts its members and relays their output
         return value * attempt if scale_with_attempt else value
 
@@ -235,9 +237,11 @@ def job_resource(key, scale_with_attempt=False):
 
 
 def train_runtime(wildcards, attempt):
-    """Minutes: the runtime, times the attempt on a retry, at most max_runtime (a retry resumes every run)."""
-    row = members(wildcards)[0]
-    return min(row["runtime"] * attempt, row["max_runtime"])
+    """Minutes: the runtime (each run's, in turn, where a pack trains them in its process), times the attempt on
+    a retry, at most max_runtime as often (a retry resumes every run)."""
+    runs = members(wildcards)
+    turns = len(runs) if runs[0]["pack_in_process"] else 1
+    return turns * min(runs[0]["runtime"] * attempt, runs[0]["max_runtime"])
 
 
 def image_sources(wildcards):

@@ -44,8 +44,9 @@ rule train:
         "--out {params.run_dir:q} {params.tracking} 2>&1 | tee -i -a {params.attempts:q} > {log:q}"
 
 
-# Packed runs (training.<dataset>.pack > 1): one job, one Slurm job, trains its members at the same time. Other
-# rules wait for the pack's file, which lists its members once all have finished.
+# Packed runs (training.<dataset>.pack > 1): one job, one Slurm job, trains its members at the same time, or one
+# after another in one process (pack_in_process). Other rules wait for the pack's file, which lists its members
+# once all have finished.
 rule train_pack:
     input:
         pack_inputs,
@@ -60,6 +61,8 @@ rule train_pack:
         runs=lambda wc, output: [run_command(m["run_id"]) for m in PACKS[wc.pack]],
         threads=lambda wc: PACKS[wc.pack][0]["threads"],
         attempts=lambda wc: f"{RESULTS}/logs/train/pack_{wc.pack}.attempts.log",
+        # how the members share the job changes no number: derived from the output, so not compared
+        in_process=lambda wc, output: "--in-process" if PACKS[wc.pack][0]["pack_in_process"] else "",
     threads: job_resource("threads")
     resources:
         cpus_per_task=job_resource("threads"),
@@ -74,5 +77,5 @@ rule train_pack:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit train-pack --threads {params.threads} --out {output:q} {params.runs:q} 2>&1 "
-        "| tee -i -a {params.attempts:q} > {log:q}"
+        "python -m limit train-pack --threads {params.threads} {params.in_process} --out {output:q} {params.runs:q} "
+        "2>&1 | tee -i -a {params.attempts:q} > {log:q}"
