@@ -141,18 +141,23 @@ def check_schema(config, schema_path):
 def load_config(path):
     """A workflow config with the schema's defaults filled in, as Snakemake reads it; ConfigError otherwise."""
     import yaml
-    from snakemake.utils import validate
     try:
         config = yaml.safe_load(Path(path).read_text())
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror.lower()}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not YAML: {' '.join(str(exc).split())}") from None
+    return checked_config(config, path)
+
+
+def checked_config(config, source):
+    """``config`` checked against the schema (errors name ``source``), with the schema's defaults filled in."""
+    from snakemake.utils import validate
     try:
         check_schema(config, SCHEMA)
     except ConfigError as exc:
-        raise ConfigError(f"invalid config {path}: {exc}") from None
-    validate(config, str(SCHEMA))  # fills in the defaults
+        raise ConfigError(f"invalid config {source}: {exc}") from None
+    validate(config, str(SCHEMA))
     return config
 
 

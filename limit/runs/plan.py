@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 from limit.runs import rundir
-from limit.runs.grid import SCHEMA, ConfigError, check_schema, expand_runs, pack_runs
+from limit.runs.grid import ConfigError, checked_config, expand_runs, pack_runs
 
 DEFAULT_CONFIG = "config/config.yaml"  # the Snakefile's, when no config file is given
 
@@ -25,7 +25,7 @@ def merged_config(configfiles, entries):
     """The workflow's config as Snakemake builds it: the config files merged in order (nested keys merged, lists
     replaced), then the ``--config KEY=VALUE`` entries, the schema's defaults filled in; ConfigError otherwise."""
     import yaml
-    from snakemake.utils import update_config, validate
+    from snakemake.utils import update_config
     config = {}
     for path in configfiles:
         try:
@@ -39,12 +39,7 @@ def merged_config(configfiles, entries):
         if not sep or not key:
             raise ConfigError(f"--config {entry}: not KEY=VALUE")
         update_config(config, {key: yaml.safe_load(value) if value else None})
-    try:
-        check_schema(config, SCHEMA)
-    except ConfigError as exc:
-        raise ConfigError(f"invalid config {' '.join(map(str, configfiles))}: {exc}") from None
-    validate(config, str(SCHEMA))  # fills in the defaults
-    return config
+    return checked_config(config, " ".join(map(str, configfiles)))
 
 
 def snakemake_failure(output):
