@@ -329,3 +329,17 @@ print(errors)
     env = {k: v for k, v in os.environ.items() if k not in testing}  # MLflow's telemetry is off under tests
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-3000:]
+
+
+@pytest.mark.pipeline
+def test_tracking_bench_finds_every_metric_its_runs_sent(tmp_path):
+    """`limit tracking-bench` as docs/cluster.md gives it, against a local store: 2 runs x 5 epochs/s x 3 s, every
+    epoch metric sent is found in the store."""
+    from limit.tools.tracking_bench import EPOCH_METRICS
+    done = subprocess.run([sys.executable, "-m", "limit", "tracking-bench", "--uri", f"sqlite:///{tmp_path}/bench.db",
+                           "--runs", "2", "--epochs-per-second", "5", "--seconds", "3", "--processes", "1"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["sent"] == summary["found"] == 2 * 15 * len(EPOCH_METRICS) and summary["lost"] == 0
+    assert summary["tracking_share_max"] < 0.01

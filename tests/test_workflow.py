@@ -311,7 +311,7 @@ def test_a_failed_report_leaves_the_previous_tables_and_figures(tiny_pipeline, f
 def test_moving_the_data_trains_nothing_again(tiny_pipeline, fmnist_dir, tmp_path):
     """A run's identity is its data's content, not its path: the same files at another path plan no job."""
     work = copy_pipeline(tiny_pipeline, tmp_path / "work")
-    moved = tmp_path / "shared" / "fashion-mnist"
+    moved = tmp_path / "shared_fs" / "fashion-mnist"
     moved.parent.mkdir()
     moved.symlink_to(fmnist_dir, target_is_directory=True)
     plan = snakemake(work, "-n", "--cores", "1", "--config", f"data_dir={moved}")
