@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from limit.datasets.clothing1m import write_synthetic_release
 from limit.runs.grid import ConfigError, expand_runs, load_config as grid_load_config, pack_runs, recorded_packs
+from limit.runs.plan import merged_config
 from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,9 +125,15 @@ def test_a_finished_pack_keeps_its_runs_when_the_config_changes(tmp_path):
     assert len(packed_new - old) == 4 * 3 * 5  # the new variant: 4 rates x 3 training-set sizes x 5 seeds
 
 
-@pytest.mark.parametrize("configfile", sorted(p.name for p in (REPO / "config").glob("*.yaml")))
+# every config, the rehearsal as the overlay of the paper config that docs/cluster.md makes it
+OVERLAYS = {"rehearsal.yaml": "paper.yaml"}
+CONFIG_SETS = [[OVERLAYS[name], name] if name in OVERLAYS else [name]
+               for name in sorted(p.name for p in (REPO / "config").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("configfiles", CONFIG_SETS, ids=["+".join(c) for c in CONFIG_SETS])
 @pytest.mark.pipeline
-def test_every_config_parses_without_the_scientific_stack(configfile, tmp_path):
+def test_every_config_parses_without_the_scientific_stack(configfiles, tmp_path):
     """A login node's `snakemake -n` needs neither torch nor matplotlib: here they cannot even be imported."""
     blocked = tmp_path / "blocked"
     for name in ("torch", "torchvision", "matplotlib", "sklearn", "seaborn"):
@@ -136,10 +143,11 @@ def test_every_config_parses_without_the_scientific_stack(configfile, tmp_path):
     data.mkdir()
     for name in ("CIFAR-10_human.pt", "CIFAR-100_human.pt"):  # CIFAR-N's label files, checked for at parse time
         (data / name).touch()
-    result = snakemake(tmp_path / "work", "-n", "--config", f"data_dir={data}", configfile=f"config/{configfile}",
+    paths = [str(REPO / "config" / name) for name in configfiles]
+    result = snakemake(tmp_path / "work", *paths[1:], "-n", "--config", f"data_dir={data}", configfile=paths[0],
                        env={"PYTHONPATH": str(blocked)})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    rows = expand_runs({**load_config(f"config/{configfile}"), "data_dir": str(data)})
+    rows = expand_runs(merged_config(paths, [f"data_dir={data}"]))
     jobs = job_counts(result.stdout)
     assert jobs.get("train", 0) == sum(1 for r in rows if r["pack"] == 1)
     assert jobs.get("train_pack", 0) == len(pack_runs(rows))
