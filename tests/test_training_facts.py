@@ -154,6 +154,7 @@ def test_a_packed_run_gets_exactly_the_command_of_the_same_run_unpacked(tmp_path
     train = {tuple(args) for args in shell_commands(alone.stdout, "train")}
     members = set()
     for args in shell_commands(together.stdout, "train-pack"):
-        runs = args[args.index("--out") + 2:]  # --threads N --out PACK_FILE RUN ...
+        end = args.index("2>&1") if "2>&1" in args else len(args)  # the log's redirection follows the runs
+        runs = args[args.index("--out") + 2:end]  # --threads N --out PACK_FILE RUN ...
         members |= {tuple(shlex.split(run)) for run in runs}
     assert len(train) == 10 and members == train
