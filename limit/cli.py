@@ -20,7 +20,7 @@ COMMANDS = {
     "import-images": ("limit.datasets.images", "check your own images and decode them once into a dataset cache"),
     "corrupt": ("limit.data", "split and corrupt the labels of one data setting into a labels file"),
     "train": ("limit.train", "train one run (exactly as the workflow does)"),
-    "train-pack": ("limit.runs.pack", "train several runs in one job: at the same time (a GPU) or in one process"),
+    "train-pack": ("limit.pack", "train several runs in one job: at the same time (a GPU) or in one process"),
     "select": ("limit.report.selection", "select the hyperparameters of one setting and method variant"),
     "aggregate": ("limit.report.selection", "one table of all runs, selected configurations marked"),
     "report": ("limit.report.render", "render the tables and figures from the run table"),

@@ -26,7 +26,7 @@ BN_INIT = ("authors", "standard")
 PRECISIONS = ("fp32", "bf16")  # bf16: the networks under autocast, losses in float32 (limit.runtime)
 DECODERS = ("pil", "torchvision")
 # How runs are trained together in one job (workflow only, not a run's setting): pack_in_process trains a pack's
-# members one after another in one process instead of each in its own (limit.runs.pack).
+# members one after another in one process instead of each in its own (limit.pack).
 JOB_DEFAULTS = {"pack": 1, "pack_in_process": False}
 _MINUTES = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:m|min|minutes?)\s*$")
 

@@ -162,4 +162,4 @@ def test_the_package_tree_has_one_folder_per_layer():
     assert folders == ["datasets", "report", "runs", "tools", "tracking"]
     core = sorted(m for m in MODULES if layer(m) == "core")
     assert core == ["limit", "limit.__main__", "limit.cli", "limit.config", "limit.data", "limit.methods",
-                    "limit.models", "limit.noise", "limit.registry", "limit.runtime", "limit.train"]
+                    "limit.models", "limit.noise", "limit.pack", "limit.registry", "limit.runtime", "limit.train"]

@@ -130,13 +130,13 @@ def test_failures_are_reported_and_retried(slurm_cluster, fast_config, fmnist_di
     removed = threading.Event()
     done = threading.Event()
 
+    # Slurm writes each job's output to the executor's log of the run's wildcards, named by its job id; the
+    # trainer refuses the corrupt checkpoint before it writes anything in the run directory (job.json included)
+    slurm_logs = workdir / ".snakemake" / "slurm_logs" / "rule_train" / flaky["run_id"].replace("/", "_")
+
     def watch():
-        # job.json names the Slurm job of the current attempt; it is written before the checkpoint is read
         while not done.is_set():
-            try:
-                job_id = json.loads((flaky_dir / "job.json").read_text())["slurm_job_id"]
-            except (OSError, ValueError):
-                job_id = None
+            job_id = min((p.stem for p in slurm_logs.glob("*.log")), key=int, default=None)
             if job_id not in before and jobcomp(slurm_cluster).get(job_id, {}).get("JobState") == "FAILED":
                 for name in checkpoints:
                     (flaky_dir / name).unlink()

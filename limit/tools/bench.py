@@ -6,7 +6,7 @@ pipeline (PIL -> ToTensor -> Normalize, what the authors' code does). Random ima
 
 ``--pack K`` instead compares K runs packed (K processes at once, as ``python -m limit train-pack``)
 with the same K runs one after another, and with K models taking turns in one process; the processes start
-inside ``limit.runs.pack.shared_gpu``, as train-pack's members.
+inside ``limit.pack.shared_gpu``, as train-pack's members.
 
 Every measurement runs under the runs' own settings (``runtime.configure``: deterministic kernels and IEEE fp32
 unless ``--no-deterministic`` or ``--precision bf16``, train's defaults).
@@ -24,7 +24,7 @@ from limit.config import FIELD, PRECISIONS
 from limit.methods import LOSSES, Context
 from limit.models import make_optimizer, mnist_cnn
 from limit.registry import get_method
-from limit.runs.pack import shared_gpu, start_member
+from limit.pack import shared_gpu, start_member
 from limit.runs.rundir import TrainingError
 from limit.runtime import DeviceError, configure, pick_device, resolve_device, set_precision
 from limit.train import new_epoch_sums, run_epoch

@@ -199,9 +199,9 @@ def run_command(run, where=True):
     rule gives the same arguments, its files from its input and output)."""
     row = RUNS[run]
     init_from = ["--init-from", run_dir(row["init_from"])] if row["init_from"] else []
-    where = ["--data-dir", DATA_DIR, *tracking_arguments(row)] if where else []
-    return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), "--labels", labels_file(row),
-                       *init_from, "--out", run_dir(run), *where])
+    data_dir, tracking = (["--data-dir", DATA_DIR], tracking_arguments(row)) if where else ([], [])
+    return shlex.join([*train_arguments(row), "--dataset", dataset_argument(row), *data_dir,
+                       "--labels", labels_file(row), *init_from, "--out", run_dir(run), *tracking])
 
 
 def pack_digest(pack):
