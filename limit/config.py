@@ -14,8 +14,20 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from limit.registry import (ARCH_SIZES, DATASETS, HPARAM_DEFAULTS, HPARAMS, METHODS, check_arch, dataset_info,
-                            get_method, hparam_problem, method_hparams, method_name, unknown_name)
+from limit.registry import (
+    ARCH_SIZES,
+    DATASETS,
+    HPARAM_DEFAULTS,
+    HPARAMS,
+    METHODS,
+    check_arch,
+    dataset_info,
+    get_method,
+    hparam_problem,
+    method_hparams,
+    method_name,
+    unknown_name,
+)
 from limit.runs import rundir
 from limit.tracking.client import LIVE_INTERVAL
 from limit.tracking.uri import TRACKING_URI_HELP

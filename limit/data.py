@@ -33,12 +33,14 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+_MNIST_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                "t10k-labels-idx1-ubyte"]
 _REQUIRED_FILES = {
     "mnist": [f"MNIST/raw/{f}" for f in _MNIST_FILES],
     "fashion_mnist": [f"FashionMNIST/raw/{f}" for f in _MNIST_FILES],
     "cifar10": [f"cifar-10-batches-py/{f}" for f in
-                ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch", "batches.meta"]],
+                ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"]],
     "cifar100": [f"cifar-100-python/{f}" for f in ["train", "test", "meta"]],
 }
 

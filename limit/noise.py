@@ -48,9 +48,11 @@ def _zero_rate_only(k):
 NOISE_MODELS = {
     "given": (lambda k, p: np.eye(k), None, _zero_rate_only,
               "labels are used as given: p = 0 (choose a synthetic model to add noise on top)"),
-    "uniform": (_uniform, None, lambda k: (k - 1) / k, "a wrong class must stay less likely than the true one: p < (K-1)/K"),
+    "uniform": (_uniform, None, lambda k: (k - 1) / k,
+                "a wrong class must stay less likely than the true one: p < (K-1)/K"),
     "symmetric": (_symmetric, None, lambda k: 1.0, "p < 1"),
-    "pair": (_flips(CIFAR10_PAIRS), ("cifar10",), lambda k: 0.5, "a flipped class must stay less likely than the true one: p < 0.5"),
+    "pair": (_flips(CIFAR10_PAIRS), ("cifar10",), lambda k: 0.5,
+             "a flipped class must stay less likely than the true one: p < 0.5"),
     "asymmetric-mnist": (_flips(MNIST_PAIRS), ("mnist",), lambda k: 0.5, "p < 0.5"),
     "asymmetric-fashion-mnist": (_flips(FASHION_MNIST_PAIRS), ("fashion_mnist",), lambda k: 0.5, "p < 0.5"),
     **{name: (None, (dataset,), _zero_rate_only, "the human labels set the noise: p = 0")

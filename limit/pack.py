@@ -134,6 +134,7 @@ def run_in_process(runs, threads):
     CPU threads as a member process would have. Returns the names of the runs that failed."""
     os.environ.update(thread_env(threads))  # read by torch when first imported, as in a member process
     import torch  # here: the process-per-member path never imports torch
+
     from limit.train import run_train
     torch.set_num_threads(threads)  # in case torch was imported before
     parser = _MemberParser(prog="limit train", add_help=False)

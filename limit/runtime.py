@@ -264,7 +264,10 @@ def _git_commit():
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def lock_sha256(lock=Path(__file__).resolve().parents[1] / "requirements.lock"):
+LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"  # in a checkout; absent from an installed package
+
+
+def lock_sha256(lock=LOCK):
     """The sha256 of the checkout's lock file (the environment ./project installs), or None outside a checkout."""
     try:
         return hashlib.sha256(lock.read_bytes()).hexdigest()

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from limit import data as D
+
 from mlflow_helpers import postgres  # noqa: F401 (the fixture, for every test module)
 from pipeline_helpers import git
 
@@ -50,8 +51,8 @@ def pytest_collection_modifyitems(config, items):
 def worker_group(item):
     """The tests that parallel workers (pytest-xdist, ``--dist loadgroup``) run one after another on one worker:
     those that read the tiny pipeline (it runs once per worker that asks for it), those that use the host's Slurm
-    configuration (a Slurm cluster is one per host), and those of a module that shares a fixture or a service. Every other test goes to whichever worker
-    is free."""
+    configuration (a Slurm cluster is one per host), and those of a module that shares a fixture or a service.
+    Every other test goes to whichever worker is free."""
     if "tiny_pipeline" in item.fixturenames:
         return "tiny_pipeline"
     if "slurm" in item.keywords:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from limit.tracking.server import free_port
+
 from pipeline_helpers import ensure_debian_packages
 
 

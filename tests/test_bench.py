@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from test_pack import _gpu_stand_ins
 
 from limit.tools import bench
-from test_pack import _gpu_stand_ins
 
 TINY = ["--steps", "2", "--batch-size", "16", "--device", "cpu"]
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from limit import data as D, models
+from limit import data as D
+from limit import models
 from limit.config import resolve_config
 from limit.datasets.clothing1m import _JpegDataset, clothing1m_labels, write_synthetic_release
 from limit.models import Classifier, build_networks
@@ -68,7 +69,7 @@ def test_standard_leaves_pytorch_statistics_and_warm_up_changes_nothing_else(dat
 
 
 def test_warm_up_is_a_function_of_the_seed():
-    first, again = networks("fashion_mnist", "cnn", "ce", "authors")[0], networks("fashion_mnist", "cnn", "ce", "authors")[0]
+    first, again = (networks("fashion_mnist", "cnn", "ce", "authors")[0] for _ in range(2))
     for a, b in zip(batchnorms(first), batchnorms(again)):
         assert torch.equal(a.running_mean, b.running_mean) and torch.equal(a.running_var, b.running_var)
 

@@ -37,7 +37,7 @@ def test_plan_prints_a_row_per_block_and_the_total(tmp_path):
     assert set(rows) == set(config["experiments"])
     runs = expand_runs(config)
     packs = pack_runs(runs)  # the default config: 8 runs a job, one after another in one process
-    for block, (n_runs, jobs, epochs, packed_h, unpacked_h, largest_h, kept_gb, state_gb) in rows.items():
+    for block, (n_runs, jobs, _, packed_h, unpacked_h, _, kept_gb, state_gb) in rows.items():
         assert int(n_runs) == sum(r["experiment"] == block for r in runs)
         assert int(jobs) == sum(any(m["experiment"] == block for m in members) for members in packs.values())
         assert 0 < float(packed_h) <= float(unpacked_h)  # a pack starts once; its members' work adds up
@@ -51,7 +51,6 @@ def test_plan_prints_a_row_per_block_and_the_total(tmp_path):
 
 
 def test_previous_runs_replace_the_epoch_estimate(tmp_path):
-    config = default_config(tmp_path)
     runs = pd.DataFrame({"experiment": ["main", "main", "figure1"], "variant": ["ce", "ce", "ce"],
                          "epochs_run": [14, 16, 30]})
     runs.to_csv(tmp_path / "runs.csv", index=False)

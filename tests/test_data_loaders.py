@@ -10,10 +10,18 @@ import torch
 import torchvision
 from PIL import Image
 
-from limit import cli, data as D
+from limit import cli
+from limit import data as D
 from limit.data import DataError
-from limit.datasets.clothing1m import (KEY_LISTS, NUM_CLASSES, Clothing1MSplit, check_clothing1m_dir, clothing1m_labels,
-                                       read_clothing1m_split, write_synthetic_release)
+from limit.datasets.clothing1m import (
+    KEY_LISTS,
+    NUM_CLASSES,
+    Clothing1MSplit,
+    check_clothing1m_dir,
+    clothing1m_labels,
+    read_clothing1m_split,
+    write_synthetic_release,
+)
 
 NORMALISATION = D.normalisation("clothing1m")
 
@@ -231,7 +239,7 @@ def test_random_crop_flip_is_a_window_of_the_padded_image():
     padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
     # every 6 x 5 window of each padded image: (image, row, column, channel, height, width)
     windows = padded.unfold(2, 6, 1).unfold(3, 5, 1).permute(0, 2, 3, 1, 4, 5)
-    same = lambda a: (a == out[:, None, None]).flatten(3).all(-1).flatten(1).any(-1)  # noqa: E731
+    same = lambda a: (a == out[:, None, None]).flatten(3).all(-1).flatten(1).any(-1)
     plain, mirrored = same(windows), same(windows.flip(-1))
     assert (plain | mirrored).all()
     assert 0.4 < (mirrored & ~plain).float().mean() < 0.6

@@ -40,7 +40,8 @@ def test_detect_bench_quick_scores_three_detectors_under_one_budget_rule(fmnist_
     assert not set(folds[0]) & set(folds[1])
     assert sorted(np.concatenate(folds)) == sorted(labels["train_idx"])
     table = (out / "detect_bench.md").read_text()
-    assert table.count("| Fashion-MNIST, 50% uniform noise, n = 300 |") == 5  # three methods, the goal row, the scores row
+    # three methods, the goal row, the scores row
+    assert table.count("| Fashion-MNIST, 50% uniform noise, n = 300 |") == 5
     assert f"{100 * result['limit']['scores'][DEFAULT_SCORE]['roc_auc']:.1f}" in table
     # a finished setting is kept: a second call retrains nothing and reports the same numbers
     capsys.readouterr()

@@ -14,6 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from limit.tracking.server import start_server, stop_server
+
 from pipeline_helpers import pipeline_env
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses

@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 
 from limit.runs.rundir import run_tags
 from limit.tracking.server import free_port, start_server, stop_server
+
 from mlflow_helpers import HungServer
 from pipeline_helpers import pipeline_env, snakemake_command
 

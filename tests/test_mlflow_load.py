@@ -14,6 +14,7 @@ from mlflow.tracking import MlflowClient
 from limit.runs import rundir
 from limit.tools.tracking_bench import EPOCH_METRICS, simulate_run
 from limit.tracking.server import api, search_runs, start_server, stop_server
+
 from mlflow_helpers import postgres  # noqa: F401 (the fixture)
 
 pytestmark = pytest.mark.system

@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from limit.runs.rundir import run_tags
 from limit.tracking.server import start_server, stop_server
+
 from mlflow_helpers import postgres, psycopg2_driver  # noqa: F401 (postgres: the fixture)
 from pipeline_helpers import pipeline_env, snakemake_command
 

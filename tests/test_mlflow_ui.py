@@ -15,11 +15,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from mlflow.tracking import MlflowClient
 
 from limit.runs.rundir import run_tags
 from limit.tracking.server import api, free_port, runs_table, runs_url, search_runs
+
 from pipeline_helpers import ensure_debian_packages, pipeline_env
 
 pytestmark = pytest.mark.system
@@ -137,7 +137,8 @@ def test_ui_shows_every_run_of_the_pipeline_with_tags_and_metric_history(tiny_pi
 
     # with a search filter the table is flat: exactly the matching runs
     rows = runs_table(url, experiment_id, search="tags.variant = 'limit_g'")
-    assert sorted(r["attributes.`Run Name`"] for r in rows) == sorted(limit_g | {"fashion_mnist/uniform-0.5/n256/limit_g"})
+    names = sorted(r["attributes.`Run Name`"] for r in rows)
+    assert names == sorted(limit_g | {"fashion_mnist/uniform-0.5/n256/limit_g"})
 
     # SIGTERM (like Ctrl+C) stops the wrapper and the server with it
     proc.send_signal(signal.SIGTERM)

@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from limit import data as D, noise as noise_models
+from limit import data as D
+from limit import noise as noise_models
 
 
 @pytest.mark.parametrize("noise,rate,k", [("uniform", 0.8, 10), ("uniform", 0.4, 100), ("symmetric", 0.6, 10),

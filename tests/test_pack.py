@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import assert_same_outputs, outputs
 
 from limit.pack import thread_env
-from test_train import assert_same_outputs, outputs
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
 

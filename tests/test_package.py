@@ -34,9 +34,9 @@ def test_schema_training_defaults_are_the_field_table():
     training = SCHEMA["definitions"]["training"]["properties"]
     defaults = {**{f.name: f.default for f in FIELDS}, **JOB_DEFAULTS}
     shared = {k for k in set(training) & set(defaults) if "default" in training[k]}
-    assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init", "test_curve", "test_curve_size", "precision",
-                      "checkpoint_every", "test_curve_every", "deterministic", "decode", "keep_state", "pack",
-                      "pack_in_process"}
+    assert shared == {"arch", "epochs", "patience", "batch_size", "bn_init", "test_curve", "test_curve_size",
+                      "precision", "checkpoint_every", "test_curve_every", "deterministic", "decode", "keep_state",
+                      "pack", "pack_in_process"}
     assert {k: training[k]["default"] for k in shared} == {k: defaults[k] for k in shared}
     # every setting the workflow passes is one of the config's per-dataset training keys (or the grid's)
     from_grid = {"method", "seed", "clean_validation", "device", "num_workers"}
@@ -157,10 +157,10 @@ def test_job_json_and_mlflow_carry_the_lock_and_name_a_change_of_environment(tmp
     import hashlib
 
     import torch
+    from mlflow.tracking import MlflowClient
 
     from limit.runtime import record_attempt
     from limit.tracking.client import sync_run
-    from mlflow.tracking import MlflowClient
     lock = hashlib.sha256((REPO / "requirements.lock").read_bytes()).hexdigest()
     other = "0" * 64  # an attempt made from another lock file
     rundir.write_json(tmp_path / rundir.JOB, {"device": "cpu", "device_name": "AMD EPYC", "lock_sha256": other})

@@ -10,7 +10,6 @@ rendered with a number in each cell the grid fills, the unreadable images are co
 import csv
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from limit.report.tables import setting_key
 from limit.runs.grid import expand_runs, pack_runs
 from limit.runs.plan import merged_config
 from limit.tracking.server import start_server, stop_server
+
 from pipeline_helpers import jobcomp, pipeline_env
 from standin_data import standin_env, write_cifar, write_mnist_idx
 
@@ -50,7 +50,8 @@ def rehearsal_command(workdir, data_dir):
     # GPU-less node runs at most 8 jobs at once on this machine's 2 cores. Its limit: on 2 cores beside the rest of the
     # suite it reached 56 of 106 jobs in 15 minutes (its 6-minute target is not met yet)
     return ["timeout", "--foreground", "-s", "INT", "-k", "30", "3000", "snakemake", "--profile", "slurm",
-            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", "--jobs", "8", "--keep-going",
+            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", "--jobs", "8",
+            "--keep-going",
             "--directory", str(workdir), "--configfile", *CONFIGS,
             "--config", "slurm_partition=debug", f"data_dir={data_dir}"]
 

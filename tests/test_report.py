@@ -535,7 +535,8 @@ def test_legend_labels_are_typeset():
     assert paper.configuration_label("ce_dropout", "ce", {"dropout": 0.5}) == "CE + dropout 0.5"
     assert paper.configuration_label("dmi", "dmi", {"lr": 1e-4}) == "DMI (lr = 1e-4)"
     assert paper.configuration_label("ce_weight_decay", "ce", {"weight_decay": 0.003}) == "CE + weight decay 0.003"
-    assert paper.configuration_label("limit_g_s", "limit_g_s", {"beta": 1, "lamb": 1e-5}) == "LIMIT_G + S (β = 1, λ = 1e-5)"
+    label = paper.configuration_label("limit_g_s", "limit_g_s", {"beta": 1, "lamb": 1e-5})
+    assert label == "LIMIT_G + S (β = 1, λ = 1e-5)"
     assert paper.configuration_label("ce", "ce", {}) == "CE"
 
 

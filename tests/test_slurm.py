@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from limit.runs.grid import expand_runs
+
 from pipeline_helpers import jobcomp
 
 REPO = Path(__file__).resolve().parents[1]

@@ -2,8 +2,9 @@
 
 `snakemake --profile slurm` runs as a user types it, with the real executor plugin building the real sbatch
 command. Only the Slurm client commands the plugin calls are stand-ins on PATH: `sbatch` records its
-arguments and refuses the job (so nothing runs; the profile retries it twice), `sacctmgr` and `sshare` know no accounts (the plugin then
-keeps the configured account unchecked). The plugin reports the refused submission with its sbatch call.
+arguments and refuses the job (so nothing runs; the profile retries it twice), `sacctmgr` and `sshare` know no
+accounts (the plugin then keeps the configured account unchecked). The plugin reports the refused submission with
+its sbatch call.
 """
 import os
 import re

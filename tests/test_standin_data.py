@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from limit import data as D
+
 from standin_data import standin_env, write_cifar, write_mnist_idx
 
 NAMES = ["mnist", "fashion_mnist", "cifar10", "cifar100"]

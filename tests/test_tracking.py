@@ -97,7 +97,8 @@ def _finished_run_dir(run_dir, seed, beta, test_acc, log_checkpoints=True):
                                                   "torch_version": "2.14.1", "limit_version": "0.1.0",
                                                   "started": "2026-11-30T08:00:00Z"}))
     (run_dir / "history.csv").write_text("epoch,train_acc,val_acc,test_acc\n0,0.3,0.4,0.5\n1,0.4,0.5,0.6\n")
-    (run_dir / "metrics.json").write_text(json.dumps({"best_epoch": 1, "best_val_acc": test_acc - 0.1, "test_acc": test_acc}))
+    (run_dir / "metrics.json").write_text(json.dumps({"best_epoch": 1, "best_val_acc": test_acc - 0.1,
+                                                      "test_acc": test_acc}))
     for name in ("test_outputs.npz", "best.pt", "train_scores.npz"):
         (run_dir / name).write_bytes(b"x" * 64)
     return run_dir
@@ -245,7 +246,7 @@ def test_epochs_go_live_in_one_request_per_interval_from_a_background_thread(tmp
         tracker.thread.join()
         tracker = Tracker(run_dir, uri, interval=interval)
         tracker.start(CONFIG, rows[:checkpoint])
-        more, _ = _timed_epochs(tracker, checkpoint, 1.0, until=lambda: tracker.run is not None)
+        more, _ = _timed_epochs(tracker, checkpoint, 1.0, until=lambda t=tracker: t.run is not None)
         rows = rows[:checkpoint] + more
         assert (tracker.run.info.run_id == info["run_id"]) == same_run
     _write_run(run_dir, CONFIG, rows, finished=True)
@@ -259,8 +260,9 @@ def test_epochs_go_live_in_one_request_per_interval_from_a_background_thread(tmp
 
 
 def test_a_server_that_never_answers_never_stalls_an_epoch(tmp_path, monkeypatch):
-    from mlflow_helpers import HungServer
     from limit.tracking.server import free_port
+
+    from mlflow_helpers import HungServer
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     port, run_dir = free_port(), tmp_path / "run"

@@ -10,7 +10,8 @@ import torch
 import yaml
 from test_workflow import load_config, snakemake
 
-from limit import data as D, train as T
+from limit import data as D
+from limit import train as T
 from limit.config import resolve_config
 from limit.methods import Context, limit_train_scores
 from limit.models import build_model, make_optimizer
@@ -77,7 +78,7 @@ def test_the_limit_score_is_the_distance_of_the_given_label_to_q():
                                is_corrupted=torch.tensor([False, True, True]), train_true=torch.tensor([0, 2, 0]),
                                train_idx=np.arange(3))
     scores = limit_train_scores(Context(Fixed(classifier_logits), Fixed(q_logits)), run_data, batch_size=2)
-    softmax = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)  # noqa: E731
+    softmax = lambda z: np.exp(z) / np.exp(z).sum(1, keepdims=True)
     q, f = softmax(q_logits.numpy()), softmax(classifier_logits.numpy())
     onehot = np.eye(3)[given.numpy()]
     assert scores["grad_distance"] == pytest.approx(np.linalg.norm(onehot - q, axis=1), rel=1e-6)  # ‖μ − g_CE‖

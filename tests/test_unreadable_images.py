@@ -5,14 +5,15 @@ import json
 
 import numpy as np
 import pytest
-import torch
+from test_label_issues import read_rows
 from torch import nn
 
-from limit import data as D, models, train as T
+from limit import data as D
+from limit import models
+from limit import train as T
 from limit.cli import main
 from limit.datasets.clothing1m import clothing1m_labels, read_clothing1m_split, write_synthetic_release
 from limit.models import Classifier
-from test_label_issues import read_rows
 
 
 @pytest.fixture

@@ -14,8 +14,10 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from limit.datasets.clothing1m import write_synthetic_release
-from limit.runs.grid import ConfigError, expand_runs, load_config as grid_load_config, pack_runs, recorded_packs
+from limit.runs.grid import ConfigError, expand_runs, pack_runs, recorded_packs
+from limit.runs.grid import load_config as grid_load_config
 from limit.runs.plan import merged_config
+
 from pipeline_helpers import git
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,7 +195,8 @@ def test_tiny_dag_wires_ce_runs_and_shared_labels(tmp_path):
     (lambda c: c["experiments"]["main"].update(rates=[1.2]), "1.2"),
     (lambda c: c["experiments"]["main"].update(rates=[0.95]), "degenerate limit"),
     (lambda c: c["experiments"]["main"]["methods"].update(limit_g={"beta": ["ten"]}), "'ten' is not of type"),
-    (lambda c: c["experiments"]["main"]["methods"].update(limit_g={"lamb": [1.0]}), "limit_g.lamb: not a hyperparameter"),
+    (lambda c: c["experiments"]["main"]["methods"].update(limit_g={"lamb": [1.0]}),
+     "limit_g.lamb: not a hyperparameter"),
     (lambda c: c["experiments"]["main"].update(noise=["pair"]), "only for cifar10"),
     (lambda c: c["experiments"]["main"]["methods"].pop("ce"), "starts from the CE run"),
     (lambda c: c.update(skip_datasets=["clothing1m"]), "skip_datasets: 'clothing1m' is in no experiment block"),

@@ -43,7 +43,8 @@ def check_clothing1m_dir(root):
         if not first:
             problems.append(f"{key_list} is empty")
         elif absent:
-            problems.append(f"{len(absent)} of the first {len(first)} images in {key_list} are missing: {', '.join(absent)}")
+            problems.append(f"{len(absent)} of the first {len(first)} images in {key_list} are missing: "
+                            f"{', '.join(absent)}")
     if problems:
         raise DataError(
             f"{str(root)!r} is not a complete Clothing1M release: {'; '.join(problems)}. "
@@ -125,7 +126,8 @@ def read_clothing1m_split(root, split):
     unlabelled = [p for p in paths if p not in given]
     if unlabelled:
         source = NOISY_LABELS if split == "train" else CLEAN_LABELS
-        raise DataError(f"{len(unlabelled)} images in {KEY_LISTS[split]} have no label in {source}, e.g. {unlabelled[0]}")
+        raise DataError(f"{len(unlabelled)} images in {KEY_LISTS[split]} have no label in {source}, "
+                        f"e.g. {unlabelled[0]}")
     labels = np.array([given[p] for p in paths], dtype=np.int64)
     true_labels = np.array([clean.get(p, -1) for p in paths], dtype=np.int64)
     if labels.size and not (labels.min() >= 0 and labels.max() < NUM_CLASSES):

@@ -77,7 +77,8 @@ def _in_method_order(runs):
 
 def run_curves(runs, curve_labels, smoothing=None):
     """Every epoch of every run in one long frame: history columns, ``curve`` (its label), ``seed``,
-    ``best_epoch`` (the run table's) and ``test_curve_size`` (the run's config.json); ``smoothing``: optional Gaussian sigma in epochs."""
+    ``best_epoch`` (the run table's) and ``test_curve_size`` (the run's config.json); ``smoothing``: optional Gaussian
+    sigma in epochs."""
     frames = []
     for run, curve in zip(runs.itertuples(), curve_labels):
         history = read_history(run.run_dir)

@@ -5,7 +5,6 @@ import pandas as pd
 
 from limit.registry import HPARAMS, PAPER_NUMBERS_DIR, PAPER_TABLES
 
-
 # Registry name -> label, in the paper's row order. "-S" is LIMIT without sampling (the primary variant);
 # the CIFAR/Clothing1M tables write it without the suffix.
 METHOD_LABELS = {

@@ -15,8 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from limit.registry import named_dataset
-from limit.report.paper import (PAPER_DETECTION_AUC, PAPER_NUMBERS_DIR, PAPER_TABLES, all_paper_numbers, label,
-                                paper_numbers, variant_order)
+from limit.report.paper import (
+    PAPER_DETECTION_AUC,
+    PAPER_NUMBERS_DIR,
+    PAPER_TABLES,
+    all_paper_numbers,
+    label,
+    paper_numbers,
+    variant_order,
+)
 from limit.report.selection import best_limit_run, normalise_runs, selected_runs
 from limit.report.stats import bootstrap_from_run, detection_auc, read_train_scores
 from limit.runs import rundir

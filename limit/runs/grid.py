@@ -13,9 +13,22 @@ from pathlib import Path
 from limit.config import FIELD, FIELDS, JOB_DEFAULTS, argument
 from limit.datasets.images import check_sources
 from limit.noise import HUMAN_NOISE, check_noise
-from limit.registry import (DATASETS, GENERIC_HPARAMS, HPARAMS, PAPER_TABLES, check_arch, dataset_info, get_method,
-                            hparam_problem, is_limit, method_name, named_dataset, paper_table_settings, split_sizes,
-                            unknown_name)
+from limit.registry import (
+    DATASETS,
+    GENERIC_HPARAMS,
+    HPARAMS,
+    PAPER_TABLES,
+    check_arch,
+    dataset_info,
+    get_method,
+    hparam_problem,
+    is_limit,
+    method_name,
+    named_dataset,
+    paper_table_settings,
+    split_sizes,
+    unknown_name,
+)
 from limit.runs.rundir import group_key, hparams_label, run_id, setting_text
 
 SCHEMA = Path(__file__).with_name("config.schema.yaml")  # package data: an installed package finds it too

@@ -53,9 +53,9 @@ METHODS = {"limit": "LIMIT, {score} (β grid, 1 selected run; planted: {small})"
            "cleanlab": "cleanlab find_label_issues ({folds} folds)", "ce_loss": "CE loss (1 run)"}
 
 
-def timed(fn):
+def timed(fn, *args):
     t0 = time.perf_counter()
-    value = fn()
+    value = fn(*args)
     return value, time.perf_counter() - t0
 
 
@@ -91,8 +91,8 @@ def selected_limit(base, args, out):
     examples, β, the grid's accuracies and times."""
     grid, grid_seconds = {}, {}
     for beta in args.betas:  # train the whole grid; only the selected run's scores are needed
-        _, grid_seconds[beta] = timed(lambda: train({**base, "method": args.limit_method, "hparams": {"beta": beta}},
-                                                    out / f"limit-beta{beta:g}"))
+        _, grid_seconds[beta] = timed(train, {**base, "method": args.limit_method, "hparams": {"beta": beta}},
+                                      out / f"limit-beta{beta:g}")
         grid[beta] = json.loads((out / f"limit-beta{beta:g}" / "metrics.json").read_text())["best_val_acc"]
     beta = max(args.betas, key=lambda b: grid[b])  # noisy validation accuracy; the first of equals
     scores, scoring_seconds = timed(lambda: training_scores(out / f"limit-beta{beta:g}", args.device))
@@ -237,7 +237,9 @@ def markdown_table(results, folds):
     for key, rows in groups.items():
         for method, label in labels.items():
             values = [method_metrics(r, method) for r in rows]
-            cell = lambda k, scale=100, fmt=".1f": " / ".join(f"{v[k] * scale:{fmt}}" for v in values)
+
+            def cell(k, scale=100, fmt=".1f", values=values):
+                return " / ".join(f"{v[k] * scale:{fmt}}" for v in values)
             seconds = cell("seconds", 1, ".0f")
             if method == "limit":
                 seconds += " (selected run: " + " / ".join(f"{r['limit']['selected_seconds']:.0f}" for r in rows) + ")"

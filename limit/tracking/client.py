@@ -283,7 +283,8 @@ def _ensure_run(client, run_dir, uri, experiment, run_name, tags, params, epochs
         run = found[0]
     else:
         key = key or uuid.uuid4().hex
-        rundir.write_mlflow(run_dir, {**info, "run_id": None, "tracking_uri": redact(uri), "run_key": key, "tags": tags})
+        rundir.write_mlflow(run_dir, {**info, "run_id": None, "tracking_uri": redact(uri), "run_key": key,
+                                      "tags": tags})
         run = client.create_run(experiment_id, start_time=_started_ms(run_dir), run_name=run_name,
                                 tags={**tags, RUN_KEY_TAG: key})
     rundir.write_mlflow(run_dir, {"run_id": run.info.run_id, "tracking_uri": redact(uri),

@@ -207,6 +207,7 @@ def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100, sea
     runs (all when None) and return its rows (see ``_ROWS_JS``); ``screenshot``: also save a PNG there;
     ``search``: a filter for the search box (the table is then flat)."""
     from urllib.parse import quote
+
     from limit.tracking import browser
 
     async def script(page):
@@ -229,6 +230,7 @@ def runs_table(url, experiment_id, expand=None, screenshot=None, width=2100, sea
 def _mark_experiments(url, names):
     """Give experiments of an older store the model-training mark and the saved view that ``runs_url`` opens."""
     from mlflow.tracking import MlflowClient
+
     from limit.tracking.client import get_or_create_experiment
     client = MlflowClient(url)
     for name in names:
