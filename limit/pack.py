@@ -44,9 +44,13 @@ def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+# What bounds a training process's CPU threads (torch reads them when first imported); the train rule sets the same
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
 def thread_env(threads):
     """The environment of a process limited to ``threads`` CPU threads."""
-    return {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    return {**os.environ, **{name: str(threads) for name in THREAD_VARIABLES}}
 
 
 def start_member(argv, threads, stdin=subprocess.DEVNULL):

@@ -1,6 +1,7 @@
 """The package's structure: one table of hyperparameters and defaults, the torch-free modules, the run directory."""
 import json
 import os
+import re
 import runpy
 import shutil
 import subprocess
@@ -10,11 +11,13 @@ import tomllib
 from importlib import import_module
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
-from limit.config import FIELD, FIELDS, JOB_DEFAULTS
+from limit.config import _MINUTES, FIELD, FIELDS, JOB_DEFAULTS, parse_checkpoint_every
 from limit.methods import LOSSES
+from limit.noise import NOISE_MODELS
 from limit.registry import HPARAMS, METHODS
 from limit.runs import rundir
 
@@ -42,6 +45,22 @@ def test_schema_training_defaults_are_the_field_table():
     from_grid = {"method", "seed", "clean_validation", "device", "num_workers"}
     assert {f.name for f in FIELDS if f.workflow} - from_grid <= set(training)
     assert training["arch"]["enum"] == list(FIELD["arch"].choices)
+
+
+def test_schema_choices_and_patterns_are_the_packages():
+    """The schema refuses a config before any job; the package refuses a run: they agree on every choice."""
+    training = SCHEMA["definitions"]["training"]["properties"]
+    experiment = SCHEMA["definitions"]["experiment"]["properties"]
+    for name in ("arch", "bn_init", "precision", "decode"):
+        assert training[name]["enum"] == list(FIELD[name].choices), name
+    assert experiment["arch"]["enum"] == list(FIELD["arch"].choices)
+    # "real": the grid's name for the labels of a real-noise dataset (Clothing1M), not a noise model
+    assert set(experiment["noise"]["items"]["enum"]) == set(NOISE_MODELS) | {"real"}
+    minutes = training["checkpoint_every"]["anyOf"][1]
+    assert re.compile(minutes["pattern"]).pattern == _MINUTES.pattern
+    for every in (2, "30min", "1.5m", "2 minutes"):
+        jsonschema.validate(every, training["checkpoint_every"])
+        parse_checkpoint_every(every)
 
 
 @pytest.mark.pipeline
@@ -209,3 +228,25 @@ def test_a_non_editable_install_runs_cost_and_plan(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert cost.returncode == 0, cost.stderr
     assert "\ntotal: " in cost.stdout and "\nmain " in cost.stdout
+
+
+def test_the_docs_name_functions_that_exist():
+    """Every `limit.module.name` in the README and docs/ names a module or an attribute that exists (`limit.group`
+    and others like it are MLflow tags)."""
+    modules = {p.stem for p in (REPO / "limit").iterdir()}
+    named = {m for path in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+             for m in re.findall(r"`(limit(?:\.\w+)+)`", path.read_text()) if m.split(".")[1] in modules}
+    missing = []
+    for name in sorted(named):
+        try:
+            import_module(name)
+            continue
+        except ImportError:
+            pass
+        module, _, attribute = name.rpartition(".")
+        try:
+            if not hasattr(import_module(module), attribute):
+                missing.append(name)
+        except ImportError:
+            missing.append(name)
+    assert len(named) > 5 and not missing

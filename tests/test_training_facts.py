@@ -15,6 +15,7 @@ from limit import train as T
 from limit.config import resolve_config
 from limit.methods import Context, limit_train_scores
 from limit.models import build_model, make_optimizer
+from limit.pack import THREAD_VARIABLES
 from limit.registry import METHODS, get_method
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,6 +140,9 @@ def shell_commands(output, program):
         if f"python -m limit {program} " in line:
             command = line.split(f"python -m limit {program} ", 1)[1].split(" 2>&1 ", 1)[0]  # then the logs
             found.append(shlex.split(command))
+            environment = line.split(f"python -m limit {program} ", 1)[0].removeprefix("Shell command:").split()
+            if program == "train":  # the thread variables that a pack's member gets (thread_env), from the job's CPUs
+                assert environment == [f"{v}=${{SLURM_CPUS_PER_TASK:-1}}" for v in THREAD_VARIABLES], line
     return found
 
 

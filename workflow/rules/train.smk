@@ -37,9 +37,11 @@ rule train:
         qos=job_resource("qos"),
     conda:
         "../../envs/train.yaml"
-    # in a Slurm job the CPUs it was given ({threads} there is capped at the submitting node's cores)
+    # in a Slurm job the CPUs it was given ({threads} there is capped at the submitting node's cores); the
+    # variables of limit.pack.THREAD_VARIABLES, as a packed run gets them
     shell:
-        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} python -m limit train {params.settings} "
+        "OMP_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} MKL_NUM_THREADS=${{SLURM_CPUS_PER_TASK:-{threads}}} "
+        "python -m limit train {params.settings} "
         "--dataset {params.dataset:q} --data-dir {params.data_dir:q} --labels {input.labels:q} {params.init_from} "
         "--out {params.run_dir:q} {params.tracking} 2>&1 | tee -i -a {params.attempts:q} > {log:q}"
 
