@@ -104,6 +104,35 @@ def _finished_run_dir(run_dir, seed, beta, test_acc, log_checkpoints=True):
     return run_dir
 
 
+def test_select_writes_the_selection_of_each_group_of_its_runs(tmp_path, capsys):
+    """One select job per experiment block: a file per group (data setting, variant), each group's own pick."""
+    from limit.cli import main
+    run_dirs = []
+    for rate, better in ((0.2, 0.0), (0.5, 10.0)):  # each rate has its own best beta
+        for seed in (1, 2):
+            for beta in (0.0, 10.0):
+                test_acc = 0.7 + 0.1 * (beta == better)
+                run_dir = _finished_run_dir(tmp_path / f"r{rate}s{seed}b{beta}", seed, beta, test_acc)
+                config = json.loads((run_dir / "config.json").read_text())
+                config["run"]["rate"] = rate
+                (run_dir / "config.json").write_text(json.dumps(config))
+                run_dirs.append(run_dir)
+    out = tmp_path / "selected"
+    assert main(["select", "--no-tracking", "--out-dir", str(out), *map(str, run_dirs)]) == 0
+    written = {p.relative_to(out).as_posix(): json.loads(p.read_text()) for p in out.rglob("*.json")}
+    assert sorted(written) == ["main/fashion_mnist/uniform-0.2/n256/limit_g.json",
+                               "main/fashion_mnist/uniform-0.5/n256/limit_g.json"]
+    for rate, selected in ((0.2, "beta0"), (0.5, "beta10")):
+        selection = written[f"main/fashion_mnist/uniform-{rate}/n256/limit_g.json"]
+        assert selection["selected"] == selected
+        assert selection["all_run_dirs"] == sorted(str(d) for d in run_dirs if d.name.startswith(f"r{rate}"))
+        assert selection["run_dirs"] == sorted(str(d) for d in run_dirs if d.name.startswith(f"r{rate}")
+                                               and d.name.endswith(f"b{selected[4:]}.0"))
+    assert main(["select", "--no-tracking", "--out", str(tmp_path / "one.json"), *map(str, run_dirs)]) == 2
+    assert capsys.readouterr().err.startswith("error: --out takes the runs of one group, these are of 2")
+    assert not (tmp_path / "one.json").exists()
+
+
 def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selection(tmp_path):
     from limit.cli import main
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -5,6 +5,8 @@ The run table (``runs.csv``, written by ``limit aggregate``) has a ``selected`` 
 which share data settings with Table 1 but are not table entries.
 """
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -80,31 +82,45 @@ def run_table(run_dirs):
 
 
 def add_select_arguments(parser):
-    parser.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the group")
-    parser.add_argument("--out", required=True, help="JSON file with the selection")
+    parser.add_argument("run_dirs", nargs="+", help="every run (all seeds, all hyperparameters) of the groups")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="JSON file with the selection of the runs' one group")
+    where.add_argument("--out-dir", help="a JSON file per group of the runs: OUT_DIR/<group>.json (e.g. "
+                                         "main/fashion_mnist/uniform-0.5/n1000/limit_l.json)")
     parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
     parser.add_argument("--no-tracking", action="store_true", help="do not tag the selected runs in MLflow")
 
 
 def run_select(args):
-    """Pick the hyperparameters with the best mean noisy-validation accuracy over seeds."""
+    """Pick, per group (data setting and method variant), the hyperparameters with the best mean noisy-validation
+    accuracy over seeds."""
     runs = run_table(args.run_dirs)
+    groups = [rundir.group_key(*(row[c] for c in SETTING)) for row in runs.to_dict("records")]
+    if args.out and len(set(groups)) > 1:
+        raise ValueError(f"--out takes the runs of one group, these are of {len(set(groups))}: give --out-dir")
+    for group, runs_of_group in runs.groupby(groups, sort=True):
+        select_group(runs_of_group, args.out or os.path.join(args.out_dir, f"{group}.json"), args)
+
+
+def select_group(runs, out, args):
+    """Write the selection of one group's runs into ``out``, and tag them in MLflow unless ``--no-tracking``."""
     configs = select_configurations(runs)
     chosen = configs[configs["selected"]].iloc[0]
     result = {"selected": chosen["hparams"],
               "configurations": json.loads(configs.to_json(orient="records")),
               "run_dirs": sorted(runs.loc[runs["hparams"] == chosen["hparams"], "run_dir"]),
               "all_run_dirs": sorted(runs["run_dir"])}
-    rundir.write_json(args.out, result)
+    rundir.write_json(out, result)
     if not args.no_tracking:
         from limit.tracking.client import tag_selection
         tag_selection(runs["run_dir"], set(result["run_dirs"]), chosen, args.tracking_uri)
-    print(f"{args.out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
+    print(f"{out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
           f"over {chosen['seeds']} seeds)")
 
 
 def add_aggregate_arguments(parser):
-    parser.add_argument("--selections", nargs="+", required=True, help="JSON files written by `select`")
+    parser.add_argument("--selections", nargs="+", required=True,
+                        help="JSON files written by `select`, or folders of them (its --out-dir)")
     parser.add_argument("--out-runs", required=True, help="CSV of every run")
     parser.add_argument("--out-selected", required=True, help="CSV of every configuration, aggregated over seeds")
     parser.add_argument("--figure1-experiments", nargs="*", default=(),
@@ -114,7 +130,8 @@ def add_aggregate_arguments(parser):
 def run_aggregate(args):
     """All runs in one table, with a ``selected`` column from the decisions of `select`, for the report stage."""
     # The selection files list their groups' runs: the command line stays short for 5,000 runs.
-    selections = [rundir.read_json(path) for path in args.selections]
+    paths = [p for s in map(Path, args.selections) for p in (sorted(s.rglob("*.json")) if s.is_dir() else [s])]
+    selections = [rundir.read_json(path) for path in paths]
     runs = normalise_runs(run_table([d for s in selections for d in s["all_run_dirs"]]))
     runs["selected"] = runs["run_dir"].isin({d for s in selections for d in s["run_dirs"]})
     runs["figure1"] = runs["experiment"].isin(args.figure1_experiments)

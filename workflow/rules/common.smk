@@ -83,6 +83,7 @@ RESULTS = config["results"]
 DATA_DIR = config["data_dir"]
 RUNS = {row["run_id"]: row for row in RUN_ROWS}
 GROUPS = selection_groups(RUN_ROWS)
+BLOCKS = sorted({r["experiment"] for r in RUN_ROWS})
 SETTINGS = {
     setting_text(r["dataset"], r["noise"], r["rate"], r["n"], r["seed"]): r for r in RUN_ROWS
 }
@@ -116,7 +117,9 @@ IMAGE_DATASET = f"{RESULTS}/data/{{name}}"  # the decoded cache of your own imag
 LABELS = f"{RESULTS}/labels/{{setting}}.npz"
 RUN_DIR = f"{RESULTS}/{RUNS_DIR}/{{run}}"
 LABEL_ISSUES = f"{RESULTS}/label_issues/{{ranking}}"
-SELECTION = f"{RESULTS}/selected/{{group}}.json"
+# an experiment block's selections: one JSON file per group, <block>/<setting>/<variant>.json (one select job a block:
+# its start, MLflow's import, costs more than a group's selection)
+SELECTIONS = f"{RESULTS}/selected/{{block}}"
 PACK_FILE = f"{RESULTS}/packs/{{pack}}.json"  # lists a pack's run directories once all have finished
 MLFLOW_INIT_LOG = f"{RESULTS}/logs/mlflow_init.log"
 # Figures the README shows, copied from the figures directory.
@@ -266,8 +269,12 @@ def label_issue_files(name):
     return expand(f"{LABEL_ISSUES}/{name}", ranking=LABEL_ISSUE_RANKINGS)
 
 
-def group_runs_done(wildcards):
-    return sorted({run_done(r["run_id"]) for r in GROUPS[wildcards.group]})
+def block_runs(block):
+    return [r for r in RUN_ROWS if r["experiment"] == block]
+
+
+def block_runs_done(wildcards):
+    return sorted({run_done(r["run_id"]) for r in block_runs(wildcards.block)})
 
 
 def all_outputs():

@@ -1,26 +1,28 @@
 rule select:
     input:
-        group_runs_done,
+        block_runs_done,
     output:
-        SELECTION,
+        directory(SELECTIONS),
     log:
-        f"{RESULTS}/logs/select/{{group}}.log",
+        f"{RESULTS}/logs/select/{{block}}.log",
     params:
-        # derived from the input (so not compared by Snakemake: a changed group changes the input files)
-        run_dirs=lambda wc, input: [run_dir(r["run_id"]) for r in GROUPS[wc.group]],
-        # the select job puts its group's runs into MLflow (all of them unless mlflow.live); like the train
+        # derived from the input (so not compared by Snakemake: a changed block changes the input files)
+        run_dirs=lambda wc, input: [run_dir(r["run_id"]) for r in block_runs(wc.block)],
+        # the select job puts its block's runs into MLflow (all of them unless mlflow.live); like the train
         # rule's, derived from the output, so a changed store reruns nothing
         tracking=lambda wc, output: TRACKING_URI_ARGS if TRACKING else ["--no-tracking"],
+    wildcard_constraints:
+        block="[^/]+",
     localrule: True
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit select {params.tracking:q} --out {output:q} {params.run_dirs:q} > {log:q} 2>&1"
+        "python -m limit select {params.tracking:q} --out-dir $(dirname {output:q}) {params.run_dirs:q} > {log:q} 2>&1"
 
 
 rule aggregate:
     input:
-        expand(SELECTION, group=GROUPS),
+        expand(SELECTIONS, block=BLOCKS),
     output:
         runs=f"{RESULTS}/runs.csv",
         selected=f"{RESULTS}/selected.csv",
