@@ -573,8 +573,17 @@ def test_figure_top_examples(runs, tmp_path):
 
 
 def test_smoothing_sigma():
+    """A Gaussian of σ = 2 epochs (the authors' helper, reference.md): an impulse becomes its normal density."""
     values = np.r_[np.zeros(20), np.ones(20)]
     smoothed = figures.smooth(values)
     assert smoothed[0] == pytest.approx(0) and smoothed[-1] == pytest.approx(1)
     assert 0 < smoothed[19] < 0.5 < smoothed[20] < 1
-    assert re.match(r"LIMIT\$_G\$ − S", paper.math_label(paper.METHOD_LABELS["limit_g"]))
+    impulse = figures.smooth(np.eye(1, 41, 20)[0])
+    assert impulse.sum() == pytest.approx(1)
+    assert impulse[18:23] == pytest.approx(np.exp(-np.arange(-2, 3) ** 2 / 8) / (2 * np.sqrt(2 * np.pi)), abs=1e-4)
+
+
+def test_limit_labels_get_mathtext_subscripts_and_other_labels_stay():
+    assert paper.math_label(paper.METHOD_LABELS["limit_g"]) == "LIMIT$_G$ − S"
+    assert paper.math_label("LIMIT_L + init") == "LIMIT$_L$ + init"
+    assert paper.math_label("CE + GN") == "CE + GN"
