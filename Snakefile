@@ -5,7 +5,8 @@ min_version("9.0")
 
 
 # The default config, unless config files are given: --configfile config/paper.yaml replaces it instead of
-# being merged into it; --config KEY=VALUE alone still edits the default config.
+# being merged into it; --config KEY=VALUE alone still edits the default config. (overwrite_configfiles is not
+# documented Snakemake: pyproject.toml pins the versions tested.)
 if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"

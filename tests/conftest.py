@@ -63,6 +63,28 @@ def worker_group(item):
     return item.module.__name__ if shared else None
 
 
+# The one process a unit test may start: the package's own `git rev-parse HEAD`, which each attempt of a run
+# records in job.json (limit.runtime).
+ALLOWED_IN_UNIT_TESTS = ["git", "rev-parse"]
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_start_no_process(request, monkeypatch):
+    """The unit tier runs in one process (README): a unit test that starts another fails, saying so."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    start = subprocess.Popen.__init__
+
+    def refuse(self, args, *more, **options):
+        command = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        if command[:2] != ALLOWED_IN_UNIT_TESTS:
+            raise RuntimeError(f"a unit test started a process ({command[:3]}): call it in process "
+                               f"(limit.cli.main), or mark the test @pytest.mark.pipeline")
+        start(self, args, *more, **options)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With LIMIT_SYSTEM_TESTS=1 a skipped system test fails: CI must not pass without them."""

@@ -31,6 +31,7 @@ def default_config(tmp_path):
     return config
 
 
+@pytest.mark.pipeline  # the plan times a Python start-up: it starts one
 def test_plan_prints_a_row_per_block_and_the_total(tmp_path):
     config = default_config(tmp_path)
     rows, lines, (packed, unpacked) = plan_rows(config)
@@ -61,6 +62,7 @@ def test_previous_runs_replace_the_epoch_estimate(tmp_path):
     assert cost.expected_epochs({**row, "variant": "mae"}, previous) == 11
 
 
+@pytest.mark.pipeline  # the plan times a Python start-up: it starts one
 def test_packing_fewer_jobs_no_more_hours(tmp_path):
     config = default_config(tmp_path)
     config["experiments"] = {"main": config["experiments"]["main"]}

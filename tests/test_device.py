@@ -1,11 +1,10 @@
 """A GPU job never trains on the CPU: ``--device cuda`` (and ``auto`` in a Slurm job holding a GPU) without a
 working GPU is one ``error:`` line, exit status 2, before any file of the run is written."""
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from limit.cli import main
 from limit.runtime import DeviceError, pick_device, slurm_gpu_allocation
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no GPU")
@@ -32,17 +31,18 @@ def test_cuda_without_a_gpu_is_refused_with_what_torch_reports():
 
 @no_gpu
 @pytest.mark.parametrize("device,env", [("cuda", {}), ("auto", {"SLURM_JOB_ID": "7", "SLURM_STEP_GPUS": "0"})])
-def test_train_stops_at_once_with_one_error_line(fmnist_dir, make_labels, tmp_path, monkeypatch, device, env):
+def test_train_stops_at_once_with_one_error_line(fmnist_dir, make_labels, tmp_path, monkeypatch, capsys, device,
+                                                 env):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "limit", "train", "--dataset", "fashion_mnist", "--data-dir",
-                           str(fmnist_dir), "--labels", str(make_labels(rate=0.5)), "--method", "ce",
-                           "--device", device, "--no-tracking", "--out", str(out)],
-                          capture_output=True, text=True, timeout=300)
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "GPU" in lines[0], done.stderr
+    labels = make_labels(rate=0.5)
+    capsys.readouterr()
+    assert main(["train", "--dataset", "fashion_mnist", "--data-dir", str(fmnist_dir), "--labels", str(labels),
+                 "--method", "ce", "--device", device, "--no-tracking", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "GPU" in lines[0], err
     assert not out.exists()  # nothing of the run was written
 
 

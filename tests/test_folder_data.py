@@ -120,9 +120,11 @@ def own_config(tmp_path, source):
 
 
 @pytest.mark.pipeline
-def test_workflow_plans_import_training_and_label_issues_for_own_images(tmp_path):
+def test_a_dry_run_plans_import_training_and_label_issues_for_own_images_and_writes_nothing(tmp_path):
     result = snakemake(tmp_path / "work", "-n", configfile=str(own_config(tmp_path, grey_tree(tmp_path / "tree"))))
     assert result.returncode == 0, result.stderr[-3000:]
+    # parsing the config checks every image, and writes nothing: no results directory (Snakemake's own .snakemake)
+    assert sorted(p.name for p in (tmp_path / "work").iterdir()) == [".snakemake"]
     for rule in ("import_images", "corrupt_labels", "train", "find_label_issues"):
         assert f"rule {rule}:" in result.stdout or f"localrule {rule}:" in result.stdout, rule
     assert "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv" in result.stdout
@@ -151,7 +153,7 @@ def test_the_documented_own_images_route_runs_to_its_report_under_the_datasets_n
     assert (work / "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv").exists()
 
 
-def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp_path, monkeypatch):
+def test_parsing_a_config_after_the_import_reads_no_image_header_of_an_unchanged_source(tmp_path, monkeypatch):
     from PIL import Image as PILImage
 
     from limit.runs.grid import check_image_datasets
@@ -161,8 +163,11 @@ def test_parsing_a_config_again_reads_no_image_header_of_an_unchanged_source(tmp
     real_open = PILImage.open
     monkeypatch.setattr(PILImage, "open", lambda path, *a, **k: (opened.append(path), real_open(path, *a, **k))[1])
     assert check_image_datasets(config) == {"shapes": (2, 28, (4, 2, None))} and len(opened) == 6
-    assert check_image_datasets(config) == {"shapes": (2, 28, (4, 2, None))} and len(opened) == 6  # from the cache
+    assert not (tmp_path / "results").exists()  # parsing writes nothing
+    assert main(["import-images", str(root), "--out", str(tmp_path / "results/data/shapes")]) == 0  # the rule's job
+    assert len(opened) == 18  # the import's check and its decoding
+    assert check_image_datasets(config) == {"shapes": (2, 28, (4, 2, None))} and len(opened) == 18  # remembered
     save(root / "b" / "3.png", np.zeros((30, 30), dtype=np.uint8), "L")  # a new image of another size
     with pytest.raises(ValueError, match="mixed image sizes"):
         check_image_datasets(config)
-    assert len(opened) == 13
+    assert len(opened) == 25

@@ -17,11 +17,13 @@ def gpu_check(*args):
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.pipeline  # the script, in a subprocess
 def test_help_works_without_a_gpu():
     done = gpu_check("--help")
     assert done.returncode == 0 and "--work" in done.stdout and "never downloads" in done.stdout
 
 
+@pytest.mark.pipeline  # the script, in a subprocess
 def test_a_reused_work_directory_is_refused_before_anything_runs(tmp_path):
     (tmp_path / "mnist").mkdir()  # what an earlier run leaves
     done = gpu_check("--work", str(tmp_path), "--device", "cpu")
@@ -29,6 +31,7 @@ def test_a_reused_work_directory_is_refused_before_anything_runs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mnist"]  # nothing written
 
 
+@pytest.mark.pipeline  # the script, in a subprocess
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script would run every check")
 def test_a_new_work_directory_is_taken(tmp_path):
     """A new --work passes the rule; the script then stops at the missing GPU (exit 2) with the directory made."""

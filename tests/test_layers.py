@@ -130,6 +130,7 @@ def _loaded(code):
 LIGHT = ("torch", "pandas", "matplotlib", "mlflow")
 
 
+@pytest.mark.pipeline  # a fresh interpreter, in a subprocess: this one has imported everything
 @pytest.mark.parametrize("prefix, banned", [
     ("limit.runs", LIGHT), ("limit.report", ("torch",)), ("limit.tracking", ("torch", "mlflow")),
     # torch only inside the functions that load data: the workflow checks images and labels when it parses
@@ -142,6 +143,7 @@ def test_importing_a_layer_loads_none_of_its_banned_packages(prefix, banned):
     assert _loaded(code) == []
 
 
+@pytest.mark.pipeline  # a fresh interpreter, in a subprocess
 def test_importing_tracking_changes_no_environment_variable():
     code = ("import json, os; before = dict(os.environ); import limit.tracking.client, limit.tracking.server; "
             "print(json.dumps(dict(os.environ) == before))")

@@ -171,7 +171,7 @@ def _gpu_stand_ins(bin_dir, mode, mps_calls=None):
     """nvidia-smi reporting ``mode`` and, with ``mps_calls``, an nvidia-cuda-mps-control that records its calls
     (arguments, stdin, pipe directory) there."""
     bin_dir.mkdir()
-    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho {mode}\n")
+    (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho \"$@\" >> {bin_dir / 'nvidia-smi-calls.txt'}\necho {mode}\n")
     if mps_calls is not None:
         (bin_dir / "nvidia-cuda-mps-control").write_text(
             f'#!/bin/sh\nif [ "$1" = -d ]; then echo "start $CUDA_MPS_PIPE_DIRECTORY" >> {mps_calls}; '
@@ -208,6 +208,9 @@ def test_default_compute_mode_needs_no_mps(tmp_path):
     calls = tmp_path / "mps-calls.txt"
     env = _gpu_stand_ins(tmp_path / "bin", "Default", calls)
     member = f"--dataset mnist --labels x.npz --method ce --device cuda --no-tracking --out {tmp_path / 'run'}"
-    subprocess.run([sys.executable, "-m", "limit", "train-pack", member], env=env, capture_output=True,
-                   timeout=300)
-    assert not calls.exists()
+    done = subprocess.run([sys.executable, "-m", "limit", "train-pack", member], env=env, capture_output=True,
+                          text=True, timeout=300)
+    # the pack asked for the compute mode, started its member (which stops: no GPU here), and no MPS daemon
+    assert (tmp_path / "bin" / "nvidia-smi-calls.txt").read_text() == "--query-gpu=compute_mode --format=csv,noheader\n"
+    assert f"[{tmp_path / 'run'}] error: --device cuda" in done.stdout, done.stdout + done.stderr
+    assert "MPS" not in done.stdout and not calls.exists()

@@ -130,12 +130,16 @@ def test_fano_exact_points():
     assert curve.shape == (50,) and np.all(np.diff(curve) <= 0)
 
 
-def test_figure_fano(tmp_path):
+def test_figure_fano(tmp_path, saved):
     curves = figures.figure_fano(tmp_path / "fig2")
     assert len(curves) == 4000
     at_zero = curves[curves["info_per_example"] == 0].set_index("p")["r0"]
     assert at_zero.to_numpy() == pytest.approx([0.2, 0.4, 0.6, 0.8])
-    _assert_figure(tmp_path / "fig2")
+    [ax] = _assert_figure(tmp_path / "fig2", saved).axes
+    assert legend_labels(ax) == ["p = 0.2", "p = 0.4", "p = 0.6", "p = 0.8"]
+    for line, (_, curve) in zip(ax.get_lines(), curves.groupby("p"), strict=True):  # a line a rate, as computed
+        assert np.array_equal(line.get_ydata(), curve["r0"])
+        assert np.array_equal(line.get_xdata(), curve["info_per_example"])
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -437,26 +441,68 @@ def test_architecture_table_is_the_model(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- figures
 
-def _assert_figure(prefix):
+@pytest.fixture
+def saved(monkeypatch):
+    """Every matplotlib figure saved while the test runs: {path: figure}, to look into what was drawn."""
+    from matplotlib.figure import Figure
+    figs, savefig = {}, Figure.savefig
+
+    def record(fig, path, *args, **kwargs):
+        figs[str(path)] = fig
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    return figs
+
+
+def _assert_figure(prefix, saved):
+    """One figure saved as PNG and PDF, and the data it draws as CSV; returns the figure."""
+    fig = saved[f"{prefix}.png"]
+    assert saved[f"{prefix}.pdf"] is fig
     for suffix in [".png", ".pdf"]:
         path = Path(f"{prefix}{suffix}")
         assert path.exists() and path.stat().st_size > 1000, path
     assert len(pd.read_csv(f"{prefix}.csv")) > 0  # the data it draws
+    return fig
 
 
-def test_figure_memorisation(runs, tmp_path):
+def legend_labels(ax):
+    return [text.get_text() for text in ax.get_legend().get_texts()]
+
+
+def curves_drawn(ax):
+    """The mean curves of a panel: (colour, number of points) per line, and the selected-epoch dots."""
+    lines = [(line.get_color(), len(line.get_xdata())) for line in ax.get_lines()]
+    return lines, sum(len(c.get_offsets()) for c in ax.collections if c.get_offsets().size)
+
+
+def test_figure_memorisation(runs, tmp_path, saved):
     shown = figures.figure_memorisation(runs, tmp_path / "fig1", rate=0.8)
     assert list(shown["variant"]) == ["ce", "ce_dropout", "limit_l"]
     assert shown.set_index("variant").loc["ce_dropout", "hparams"] == "dropout=0.5"
-    _assert_figure(tmp_path / "fig1")
+    train_panel, val_panel = _assert_figure(tmp_path / "fig1", saved).axes
+    epochs = [len(pd.read_csv(Path(d) / "history.csv")) for d in shown["run_dir"]]
+    # a curve a variant, one point an epoch, and one dot a selected epoch; the optimum 1 - p across the first
+    for panel, extra in ((train_panel, 1), (val_panel, 0)):
+        lines, dots = curves_drawn(panel)
+        assert [n for _, n in lines][:3] == epochs and len(lines) == 3 + extra and dots == 3
+    assert list(train_panel.get_lines()[-1].get_ydata()) == [pytest.approx(0.2)] * 2
+    assert legend_labels(val_panel) == ["CE", "CE + dropout 0.5", "LIMIT$_L$ (β = 10)",
+                                        "selected epoch (best validation)"]
 
 
-def test_figure_curves_use_every_seed_of_the_selected_configuration(runs, tmp_path):
+def test_figure_curves_use_every_seed_of_the_selected_configuration(runs, tmp_path, saved):
     shown = figures.figure_curves(runs, tmp_path / "fig3", "mnist", "uniform", 0.8, "all")
     # the figure1 block's MLP runs are not mixed in; all three seeds of each selected configuration
     assert list(shown["variant"]) == ["ce"] * 3 + ["limit_l"] * 3 and list(shown["seed"]) == [42, 43, 44] * 2
     assert set(shown[shown["variant"] == "limit_l"]["hparams"]) == {"beta=3"}
-    _assert_figure(tmp_path / "fig3")
+    panels = _assert_figure(tmp_path / "fig3", saved).axes
+    assert [ax.get_title() for ax in panels] == ["training accuracy (noisy labels)", "test accuracy (clean labels)"]
+    for ax in panels:
+        lines, dots = curves_drawn(ax)
+        assert len(lines) == 2 and len({colour for colour, _ in lines}) == 2  # one curve a method, three seeds each
+        assert len(ax.collections) >= 2 + 2  # a band and the selected-epoch dots of each curve
+    assert legend_labels(panels[1]) == ["CE", "LIMIT$_L$ (β = 3)", "selected epoch (best validation)"]
 
 
 def test_mean_curve_has_bootstrap_band_selected_epoch_and_integer_ticks(runs):
@@ -523,11 +569,20 @@ def test_a_figures_data_are_its_means_bands_and_selected_epochs(tmp_path):
         assert list(dots["seeds"].astype(str)) == ["1", "1", "2"]
 
 
-def test_figure_beta(runs, tmp_path):
+def test_figure_beta(runs, tmp_path, saved):
     shown = figures.figure_beta(runs, tmp_path / "figA0", "mnist", "uniform", 0.8, "1000")
     assert sorted(set(shown["hparams"])) == ["beta=1", "beta=10"]
     assert set(shown[shown["selected"]]["hparams"]) == {"beta=10"}
-    _assert_figure(tmp_path / "figA0")
+    panels = _assert_figure(tmp_path / "figA0", saved).axes
+    variants = list(dict.fromkeys(shown.sort_values("variant")["variant"]))
+    assert len(panels) == 2 * len(variants)  # training and test accuracy, a row a variant
+    for row, variant in enumerate(sorted(variants, key=["limit_g", "limit_l"].index)):
+        betas = sorted(shown[shown["variant"] == variant]["beta"].unique())
+        legend = legend_labels(panels[2 * row + 1])
+        assert len(legend) == len(betas) + 1 and legend[-1] == "selected epoch (best validation)"
+        for ax in panels[2 * row:2 * row + 2]:
+            assert len(ax.get_lines()) == len(betas)  # a curve a β
+    assert "β = 10 (selected)" in legend_labels(panels[-1]) and "β = 1" in legend_labels(panels[-1])
 
 
 def test_legend_labels_are_typeset():
@@ -540,14 +595,17 @@ def test_legend_labels_are_typeset():
     assert paper.configuration_label("ce", "ce", {}) == "CE"
 
 
-def test_figure_histograms_and_detection_table(runs, tmp_path):
+def test_figure_histograms_and_detection_table(runs, tmp_path, saved):
     run = selection.best_limit_run(runs, "mnist", "uniform", 0.8, "all")
     assert run["hparams"] == "beta=3" and run["seed"] == 42
     auc = figures.figure_histograms(run["run_dir"], tmp_path / "figA2")
     with np.load(Path(run["run_dir"]) / "train_scores.npz") as scores:
         assert auc == pytest.approx(stats.detection_auc(scores["grad_distance"], scores["is_corrupted"]))
     assert 0.95 < auc <= 1.0
-    _assert_figure(tmp_path / "figA2")
+    panels = _assert_figure(tmp_path / "figA2", saved).axes
+    assert len(panels) == 2 and f"ROC AUC {100 * auc:.2f}%" in panels[1].get_title()
+    for ax in panels:  # a step histogram for each label group, and its legend
+        assert len(ax.collections) == 2 and legend_labels(ax) == ["correct label", "incorrect label"]
     table = tables.detection_table(runs, tmp_path / "auc").set_index(["dataset", "n"])
     assert table.loc[("mnist", "all"), "paper_auc"] == "99.87"
     assert table.loc[("mnist", "all"), "auc"] == pytest.approx(100 * auc)
@@ -556,7 +614,7 @@ def test_figure_histograms_and_detection_table(runs, tmp_path):
     assert f"| {100 * auc:.2f} | 99.87 |" in md and "| > 99 |" in md
 
 
-def test_figure_top_examples(runs, tmp_path):
+def test_figure_top_examples(runs, tmp_path, saved):
     run = selection.best_limit_run(runs, "mnist", "uniform", 0.8, "all")
     images = np.random.default_rng(0).integers(0, 256, size=(200, 1, 28, 28), dtype=np.uint8)
     shown = figures.figure_top_examples(run["run_dir"], images, tmp_path / "figA3", per_class=3)
@@ -565,16 +623,31 @@ def test_figure_top_examples(runs, tmp_path):
     for label, group in shown.groupby("noisy_label"):
         assert len(group) == min(3, (given == label).sum())
         assert group["grad_distance"].min() >= np.sort(distance[given == label])[::-1][len(group) - 1] - 1e-12
-    _assert_figure(tmp_path / "figA3")
+    fig = _assert_figure(tmp_path / "figA3", saved)
+    images_shown = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
+    assert len(images_shown) == len(shown)  # an image an example, its own pixels, in order
+    for drawn, idx in zip(images_shown, shown["train_idx"], strict=True):
+        assert np.array_equal(drawn, images[idx, 0])
     colour = np.random.default_rng(1).integers(0, 256, size=(200, 3, 32, 32), dtype=np.uint8)
-    figures.figure_top_examples(run["run_dir"], colour, tmp_path / "figA3c", per_class=2,
-                                class_names=[f"class {i}" for i in range(10)])
-    _assert_figure(tmp_path / "figA3c")
+    shown = figures.figure_top_examples(run["run_dir"], colour, tmp_path / "figA3c", per_class=2,
+                                        class_names=[f"class {i}" for i in range(10)])
+    axes = [ax for ax in _assert_figure(tmp_path / "figA3c", saved).axes if ax.get_images()]
+    assert [ax.get_title().splitlines()[0] for ax in axes] == [f"given: class {c}" for c in shown["noisy_label"]]
+    assert np.array_equal(axes[0].get_images()[0].get_array(), colour[shown["train_idx"].iloc[0]].transpose(1, 2, 0))
 
 
 def test_smoothing_sigma():
+    """A Gaussian of σ = 2 epochs (the authors' helper, reference.md): an impulse becomes its normal density."""
     values = np.r_[np.zeros(20), np.ones(20)]
     smoothed = figures.smooth(values)
     assert smoothed[0] == pytest.approx(0) and smoothed[-1] == pytest.approx(1)
     assert 0 < smoothed[19] < 0.5 < smoothed[20] < 1
-    assert re.match(r"LIMIT\$_G\$ − S", paper.math_label(paper.METHOD_LABELS["limit_g"]))
+    impulse = figures.smooth(np.eye(1, 41, 20)[0])
+    assert impulse.sum() == pytest.approx(1)
+    assert impulse[18:23] == pytest.approx(np.exp(-np.arange(-2, 3) ** 2 / 8) / (2 * np.sqrt(2 * np.pi)), abs=1e-4)
+
+
+def test_limit_labels_get_mathtext_subscripts_and_other_labels_stay():
+    assert paper.math_label(paper.METHOD_LABELS["limit_g"]) == "LIMIT$_G$ − S"
+    assert paper.math_label("LIMIT_L + init") == "LIMIT$_L$ + init"
+    assert paper.math_label("CE + GN") == "CE + GN"

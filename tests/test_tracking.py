@@ -51,14 +51,25 @@ def test_run_is_logged_with_params_per_epoch_metrics_tags_and_artifacts(fmnist_d
     assert client.get_run(new_id).data.params["epochs"] == "4"
 
 
-def test_unreachable_server_warns_once_then_sync_fills_in_without_duplicates(fmnist_dir, make_labels, tmp_path):
-    out = tmp_path / "run"
+def _tracked_run(run_dir, tracker, config, rows):
+    """What a training loop does with its tracker (limit.train): start, one call an epoch as history.csv grows,
+    then finish on the finished run directory (no training: the tracking is what is tested)."""
+    _write_run(run_dir, config, [])
+    tracker.start(config, [])
+    for epoch, row in enumerate(rows):
+        _write_run(run_dir, config, rows[:epoch + 1])
+        tracker.log_epoch(row)
+    _write_run(run_dir, config, rows, finished=True)
+    tracker.finish(run_dir)
+
+
+def test_unreachable_server_warns_once_then_sync_fills_in_without_duplicates(tmp_path):
+    out, rows = tmp_path / "run", [_row(epoch) for epoch in range(3)]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        metrics = small_run(fmnist_dir, make_labels(), out, Tracker(out, "http://127.0.0.1:9", experiment_id="1"))
+        _tracked_run(out, Tracker(out, "http://127.0.0.1:9", experiment_id="1", interval=0.01), CONFIG, rows)
     tracking_warnings = [w for w in caught if "MLflow tracking" in str(w.message)]
     assert len(tracking_warnings) == 1 and "mlflow-sync" in str(tracking_warnings[0].message)
-    assert metrics["epochs_run"] == 3 and (out / "history.csv").exists() and (out / "test_outputs.npz").exists()
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     assert sync_run(out, uri) == 3
@@ -70,7 +81,7 @@ def test_unreachable_server_warns_once_then_sync_fills_in_without_duplicates(fmn
     run_id = runs[0].info.run_id
     assert [m.step for m in client.get_metric_history(run_id, "val_acc")] == [0, 1, 2]
     assert len(client.get_metric_history(run_id, "test_acc")) == 3
-    assert runs[0].data.metrics["final_test_acc"] == pytest.approx(metrics["test_acc"])
+    assert runs[0].data.metrics["final_test_acc"] == pytest.approx(0.5)  # metrics.json's
 
 
 @pytest.mark.parametrize("uri,shown", [
@@ -312,16 +323,19 @@ def test_a_server_that_never_answers_never_stalls_an_epoch(tmp_path, monkeypatch
     assert len((run_dir / "history.csv").read_text().splitlines()) == len(rows) + 1
 
 
-def test_retraining_a_run_directory_under_another_config_mirrors_only_the_second(fmnist_dir, make_labels, tmp_path):
-    """Trained with batch 128 and patience 100, then into the same directory with batch 64 and patience 1: MLflow
-    shows that directory's second config, its epochs, final metrics and artifacts, and nothing of the first."""
+def test_retraining_a_run_directory_under_another_config_mirrors_only_the_second(tmp_path):
+    """A run directory tracked with batch 128 and patience 100, then replaced (``limit train --overwrite``: every
+    file but mlflow.json removed) by a run with batch 64 and patience 1: MLflow shows that directory's second
+    config, its epochs, final metrics and artifacts, and nothing of the first."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    out, labels = tmp_path / "run", make_labels(n=256, val_size=256)
-    base = {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(labels), "method": "ce",
-            "epochs": 2, "seed": 1, "run": {"experiment": "main", "variant": "ce"}, "test_curve_size": 256}
-    train({**base, "batch_size": 128, "patience": 100}, out, Tracker(out, uri))
+    out = tmp_path / "run"
+    _tracked_run(out, Tracker(out, uri, interval=0.01), {**CONFIG, "batch_size": 128, "patience": 100},
+                 [_row(epoch) for epoch in range(2)])
     first = json.loads((out / "mlflow.json").read_text())["run_id"]
-    train({**base, "batch_size": 64, "patience": 1, "epochs": 1}, out, Tracker(out, uri), overwrite=True)
+    for path in out.iterdir():
+        if path.name != "mlflow.json":
+            path.unlink()
+    _tracked_run(out, Tracker(out, uri, interval=0.01), {**CONFIG, "batch_size": 64, "patience": 1}, [_row(0)])
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name("main").experiment_id
     [run] = [r for r in client.search_runs([experiment]) if "limit.group" not in r.data.tags]

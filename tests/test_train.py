@@ -1,5 +1,7 @@
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -201,14 +203,36 @@ def test_dmi_batches_that_miss_a_class():
     assert batches_missing_a_class(torch.arange(10).repeat(4000), 10, 256, seed=42) < 0.05
 
 
-def test_a_complete_run_started_again_trains_nothing_and_a_longer_budget_trains_on(fmnist_dir, make_labels, tmp_path):
-    cfg = config(fmnist_dir, make_labels(rate=0.5), epochs=2)
-    first = train(cfg, tmp_path / "run")
-    history = (tmp_path / "run" / "history.csv").stat().st_mtime_ns
-    assert train(cfg, tmp_path / "run") == first  # a pack started again: its finished members return at once
-    assert (tmp_path / "run" / "history.csv").stat().st_mtime_ns == history
-    longer = train({**cfg, "epochs": 3}, tmp_path / "run")  # no state kept: it trains again, to 3 epochs
+def trained_epochs(output):
+    """The epochs an invocation trained, from its plain lines ('run epoch 2: loss ...')."""
+    return [int(e) for e in re.findall(r"^run epoch (\d+):", output, re.M)]
+
+
+def test_a_complete_run_started_again_trains_nothing_and_a_longer_budget_trains_on(fmnist_dir, make_labels, tmp_path,
+                                                                                  capsys):
+    cfg, run = config(fmnist_dir, make_labels(rate=0.5), epochs=2, keep_state=True), tmp_path / "run"
+    first = train(cfg, run)
+    history = (run / "history.csv").read_text(), (run / "history.csv").stat().st_mtime_ns
+    capsys.readouterr()
+    assert train(cfg, run) == first  # a pack started again: its finished members return at once
+    assert trained_epochs(capsys.readouterr().out) == []
+    assert ((run / "history.csv").read_text(), (run / "history.csv").stat().st_mtime_ns) == history
+    longer = train({**cfg, "epochs": 3}, run)  # its state kept: it trains the third epoch only
+    out = capsys.readouterr().out
+    assert f"{run}: resuming at epoch 2 of 3" in out and trained_epochs(out) == [2]
     assert longer["epochs_run"] == 3
+    before, after = pd.read_csv(io.StringIO(history[0])), pd.read_csv(run / "history.csv")
+    pd.testing.assert_frame_equal(after.iloc[:2], before)  # the first two epochs are the first run's rows
+
+
+def test_a_longer_budget_without_the_state_trains_again_from_the_first_epoch(fmnist_dir, make_labels, tmp_path,
+                                                                             capsys):
+    cfg, run = config(fmnist_dir, make_labels(rate=0.5), epochs=1), tmp_path / "run"
+    train(cfg, run)
+    capsys.readouterr()
+    assert train({**cfg, "epochs": 2}, run)["epochs_run"] == 2
+    out = capsys.readouterr().out
+    assert "resuming" not in out and trained_epochs(out) == [0, 1]
 
 
 def run_files(run_dir):

@@ -8,12 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
 from limit.datasets.clothing1m import write_synthetic_release
+from limit.report import paper
 from limit.runs.grid import ConfigError, expand_runs, pack_runs, recorded_packs
 from limit.runs.grid import load_config as grid_load_config
 from limit.runs.plan import merged_config
@@ -222,14 +225,38 @@ def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
 
 @pytest.mark.pipeline
 def test_tiny_pipeline_runs_every_stage(tiny_pipeline):
-    runs = pd.read_csv(tiny_pipeline / "results" / "runs.csv")
+    results = tiny_pipeline / "results"
+    runs = pd.read_csv(results / "runs.csv")
     assert len(runs) == 10 and set(runs.variant) == {"ce", "fw", "limit_g", "limit_l_init"}
-    for run in runs.itertuples():
+    for run in runs.itertuples():  # each run directory holds what runs.csv says of it
         run_dir = tiny_pipeline / run.run_dir
-        for name in ("metrics.json", "history.csv", "test_outputs.npz", "best.pt", "config.json"):
-            assert (run_dir / name).exists()
-    assert (tiny_pipeline / "results" / "tables" / "fashion_mnist_uniform.md").exists()
-    assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").stat().st_size > 10_000
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        history = pd.read_csv(run_dir / "history.csv")
+        assert len(history) == metrics["epochs_run"] == run.epochs_run and metrics["test_acc"] == run.test_acc
+        assert history["val_acc"][metrics["best_epoch"]] == history["val_acc"].max() == metrics["best_val_acc"]
+        with np.load(run_dir / "test_outputs.npz") as outputs:  # the test accuracy is that of these logits
+            assert len(outputs["labels"]) == metrics["test_examples"]
+            accuracy = (outputs["logits"].argmax(1) == outputs["labels"]).mean()
+            assert accuracy == pytest.approx(metrics["test_acc"], abs=1e-6)
+        assert json.loads((run_dir / "config.json").read_text())["method"] == run.method
+        assert torch.load(run_dir / "best.pt", weights_only=True)
+    # the table: a row a method, its cell the test accuracy (%) of the selected configuration, mean ± std over seeds
+    table = (results / "tables" / "fashion_mnist_uniform.md").read_text()
+    cells = dict(re.findall(r"^\| (.+?) \| \**([\d.]+ ± [\d.]+)\** \|$", table, re.M))
+    curves = pd.read_csv(results / "figures" / "figure3_curves.csv").query("kind == 'mean'")
+    drawn = [c.pivot(index="epoch", columns="panel", values="value")[["train_acc", "test_acc"]].to_numpy()
+             for _, c in curves.groupby("curve")]
+    assert len(cells) == len(drawn) == 4
+    for variant, label in paper.METHOD_LABELS.items():
+        chosen = runs[(runs.variant == variant) & runs.selected]
+        if chosen.empty:
+            continue
+        accuracy = chosen.test_acc * 100
+        assert cells[label] == f"{accuracy.mean():.1f} ± {accuracy.std():.1f}", variant
+        # Figure 3: a curve a method, the mean over its seeds of each epoch's training and test accuracy
+        mean = pd.concat(pd.read_csv(tiny_pipeline / d / "history.csv") for d in chosen.run_dir).groupby("epoch")
+        mean = mean[["train_acc", "test_acc"]].mean().to_numpy()
+        assert sum(d.shape == mean.shape and np.allclose(d, mean) for d in drawn) == 1, variant
 
 
 @pytest.mark.pipeline

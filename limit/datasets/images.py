@@ -94,11 +94,17 @@ def scan_source(source, classes=None):
     raise ImageSourceError(f"{source}: neither an ImageFolder directory nor a .csv file")
 
 
-def image_geometry(paths, size=None, cache_dir=None):
+def headers_cache(data_dir):
+    """Where the image headers read are remembered: beside the decoded caches (``import_images`` writes it)."""
+    return Path(data_dir) / ".image_headers"
+
+
+def image_geometry(paths, size=None, cache_dir=None, remember=False):
     """Open every image's header: (channels, side). Channels are 1 when every image is greyscale, else 3.
 
-    Without ``size`` every image must have the same square size. With ``cache_dir`` the answer is kept there,
-    keyed by every file's path, size and modification time, so that an unchanged source is not opened again.
+    Without ``size`` every image must have the same square size. ``cache_dir``: answers already found there,
+    keyed by every file's path, size and modification time, are not read again; ``remember``: the answer is
+    written there (the import job does; parsing the workflow only reads, so a dry run writes nothing).
     """
     if cache_dir is None:
         return _read_geometry(paths, size)
@@ -109,7 +115,8 @@ def image_geometry(paths, size=None, cache_dir=None):
     if cached.exists():
         return tuple(json.loads(cached.read_text()))
     geometry = _read_geometry(paths, size)
-    rundir.write_json(cached, list(geometry))
+    if remember:
+        rundir.write_json(cached, list(geometry))
     return geometry
 
 
@@ -153,12 +160,13 @@ def decode(paths, channels, size, desc):
     return out
 
 
-def check_sources(source, test=None, classes=None, size=None, channels=None, cache_dir=None):
+def check_sources(source, test=None, classes=None, size=None, channels=None, cache_dir=None, remember=False):
     """Everything ``import_images`` checks before decoding; returns (train source, test source, channels, size).
-    ``cache_dir``: where image headers already read are remembered (see ``image_geometry``)."""
+    ``cache_dir``, ``remember``: image headers already read (see ``image_geometry``)."""
     train = scan_source(source, classes)
     test_source = scan_source(test, train.classes) if test else None
-    found_channels, size = image_geometry(train.paths + (test_source.paths if test_source else []), size, cache_dir)
+    paths = train.paths + (test_source.paths if test_source else [])
+    found_channels, size = image_geometry(paths, size, cache_dir, remember)
     if channels not in (None, 1, 3):
         raise ImageSourceError(f"channels must be 1 or 3, not {channels}")
     return train, test_source, channels or found_channels, size
@@ -170,7 +178,8 @@ def import_images(source, out_dir, test=None, classes=None, size=None, channels=
     ``mean``/``std`` (per channel, on the 0-1 scale) default to the statistics of the training images.
     Returns the cache's info (the content of ``dataset.json``).
     """
-    train, test_source, channels, size = check_sources(source, test, classes, size, channels)
+    headers = headers_cache(Path(out_dir).resolve().parent)  # the next parse of the workflow reads it
+    train, test_source, channels, size = check_sources(source, test, classes, size, channels, headers, remember=True)
     train_x = decode(train.paths, channels, size, "decoding training images")
     test_x = (decode(test_source.paths, channels, size, "decoding test images") if test_source
               else np.empty((0, channels, size, size), dtype=np.uint8))

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from limit.config import FIELD, FIELDS, JOB_DEFAULTS, argument
-from limit.datasets.images import check_sources
+from limit.datasets.images import check_sources, headers_cache
 from limit.noise import HUMAN_NOISE, check_noise
 from limit.registry import (
     DATASETS,
@@ -43,9 +43,10 @@ class ConfigError(ValueError):
 def check_image_datasets(config):
     """Check every image of the config's own datasets (headers only) before any job: name -> (classes, side,
     (training, validation, test) examples; test None when they have no test images).
-    The headers read are remembered under the results directory: an unchanged source is not opened again."""
+    The headers that the import job read are found under the results directory: an unchanged source is not
+    opened again. Nothing is written (a dry run writes nothing)."""
     checked = {}
-    headers = Path(config.get("results", "results")) / "data" / ".image_headers"
+    headers = headers_cache(Path(config.get("results", "results")) / "data")
     for name, spec in config.get("image_datasets", {}).items():
         if name in DATASETS:
             raise ConfigError(f"image_datasets.{name}: the name of a built-in dataset; choose another")

@@ -173,7 +173,7 @@ def data_ready(dataset):
 
 def data_dir(wildcards, output):
     """Where the data is read, not what it is: derived from the output (as ``tracking_arguments``), so moving the
-    data reruns nothing; a labels file records its data's content (limit.data.data_sha256) and a run checks it."""
+    data reruns nothing (undocumented Snakemake behaviour: pyproject.toml pins the versions tested); a labels file records its data's content (limit.data.data_sha256) and a run checks it."""
     return DATA_DIR
 
 
