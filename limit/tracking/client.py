@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 
 from limit.registry import HPARAMS
 from limit.runs import rundir
-from limit.tracking.uri import TRACKING_URI_HELP, recorded_uri, redact, tracking_uri
+from limit.tracking.uri import TRACKING_URI_HELP, artifacts_beside, recorded_uri, redact, tracking_uri
 
 ARTIFACTS = (rundir.HISTORY, rundir.METRICS, rundir.TEST_OUTPUTS, rundir.CONFIG)
 CHECKPOINT_ARTIFACTS = (rundir.BEST, rundir.TRAIN_SCORES)  # unless mlflow.log_checkpoints is false
@@ -76,8 +76,7 @@ def artifact_root(uri):
     parsed = urlparse(uri)
     if parsed.scheme != "sqlite":
         return None
-    db = Path(uri[len("sqlite:///"):])
-    return (db.parent.resolve() / "mlartifacts").as_uri()
+    return artifacts_beside(Path(uri[len("sqlite:///"):])).resolve().as_uri()
 
 
 def get_or_create_experiment(client, name, uri):

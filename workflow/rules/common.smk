@@ -24,6 +24,7 @@ from limit.runs.grid import (  # noqa: E402
     recorded_packs,
     selection_groups,
     skipped_outputs,
+    store_uri,
     train_arguments,
 )
 from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
@@ -50,7 +51,7 @@ def submission_checks(executor):
         return
     try:
         check_slurm_submission(
-            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", config["mlflow"]["tracking_uri"])
+            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", store_uri(config))
         )
     except ConfigError as exc:
         print(f"error: invalid config: {exc}", file=sys.stderr)
@@ -100,10 +101,8 @@ TRACKING = config["mlflow"]["enabled"]
 # Training jobs log to MLflow as they train (mlflow.live), or leave it to their group's select job.
 LIVE_TRACKING = TRACKING and config["mlflow"]["live"]
 # MLFLOW_TRACKING_URI, when set, reaches every job through the environment and stays there (it may hold a
-# password): it never goes on a command line. Otherwise the config's URI is passed.
-TRACKING_URI_ARGS = (
-    [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", config["mlflow"]["tracking_uri"]]
-)
+# password): it never goes on a command line. Otherwise the config's store is passed.
+TRACKING_URI_ARGS = [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", store_uri(config)]
 
 STOPPED = (
     "limit-pipeline stopped before the end: run the same command again to go on (finished runs are kept, "
