@@ -21,6 +21,8 @@ from limit.registry import HPARAMS, dataset_name, named_dataset
 RUNS_DIR = "runs"  # RUNS_DIR/<run id> is a run's directory
 MLFLOW_STORE = "mlflow.db"  # the local MLflow store (SQLite), unless a tracking URI names another
 MLFLOW_ARTIFACTS = "mlartifacts"  # its artifacts, beside it
+RUN_TABLE = "runs.csv"  # every run of the config, one row each (limit aggregate)
+CONFIGURATION_TABLE = "selected.csv"  # every configuration, over its seeds
 
 # A run directory
 CONFIG = "config.json"
@@ -63,6 +65,10 @@ UNREADABLE_IMAGES = "unreadable_images"  # ... and in all three splits
 # Columns the run table adds (limit aggregate): in a selected configuration; a run of Figure 1's blocks
 SELECTED = "selected"
 FIGURE1 = "figure1"
+# A configuration's columns (selected.csv; MLflow's parent runs): over its seeds, mean and std (ddof 1)
+TEST_ACC_MEAN, TEST_ACC_STD = "test_acc_mean", "test_acc_std"
+BEST_VAL_ACC_MEAN, BEST_VAL_ACC_STD = "best_val_acc_mean", "best_val_acc_std"
+SEEDS = "seeds"  # how many
 
 
 class TrainingError(RuntimeError):

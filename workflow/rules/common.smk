@@ -27,7 +27,16 @@ from limit.runs.grid import (  # noqa: E402
     store_uri,
     train_arguments,
 )
-from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
+from limit.runs.rundir import (  # noqa: E402
+    BEST,
+    CONFIGURATION_TABLE,
+    HISTORY,
+    METRICS,
+    RUN_TABLE,
+    RUNS_DIR,
+    TEST_OUTPUTS,
+    setting_text,
+)
 
 # Jobs (local, Slurm or conda) import the package from this checkout; bash's strict mode, which a prefix replaces,
 # stays on (a train job's log goes through a pipe).
@@ -118,6 +127,8 @@ LABEL_ISSUES = f"{RESULTS}/label_issues/{{ranking}}"
 SELECTION = f"{RESULTS}/selected/{{group}}.json"
 PACK_FILE = f"{RESULTS}/packs/{{pack}}.json"  # lists a pack's run directories once all have finished
 MLFLOW_INIT_LOG = f"{RESULTS}/logs/mlflow_init.log"
+RUNS_CSV = f"{RESULTS}/{RUN_TABLE}"
+SELECTED_CSV = f"{RESULTS}/{CONFIGURATION_TABLE}"
 # Figures the README shows, copied from the figures directory.
 README_FIGURES = ("figure1_memorisation.png", "figure2_fano.png", "figure3_curves.png")
 
@@ -270,7 +281,7 @@ def group_runs_done(wildcards):
 
 
 def all_outputs():
-    outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/selected.csv", f"{RESULTS}/tables", f"{RESULTS}/figures"]
+    outputs = [RUNS_CSV, SELECTED_CSV, f"{RESULTS}/tables", f"{RESULTS}/figures"]
     outputs += label_issue_files("label_issues.csv")
     if config["readme_figures"]:
         outputs += expand("docs/img/{name}", name=README_FIGURES)

@@ -22,8 +22,8 @@ rule aggregate:
     input:
         expand(SELECTION, group=GROUPS),
     output:
-        runs=f"{RESULTS}/runs.csv",
-        selected=f"{RESULTS}/selected.csv",
+        runs=RUNS_CSV,
+        selected=SELECTED_CSV,
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:
