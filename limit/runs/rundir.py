@@ -1,4 +1,4 @@
-"""A run directory: its file names, the one atomic writer, checkpoints, and its row of the run table.
+"""A run directory: its file names and columns, the one atomic writer, checkpoints, and its row of the run table.
 
 ``RUN_DIR/config.json`` holds the resolved config of the latest invocation, including ``run``: the run's place
 in the grid (experiment block, variant, the hyperparameters the grid set, and the data setting read from the
@@ -40,7 +40,7 @@ RUN_FILES = (CONFIG, JOB, STATE, STATE_PREV, HISTORY, TEST_OUTPUTS, BEST, TRAIN_
 
 # history.csv's columns: one row per epoch, also MLflow's metrics of each step
 EPOCH = "epoch"
-TRAIN_LOSS = "train_loss"  # the method's cross-entropy on the noisy training labels (not its objective)
+TRAIN_LOSS = "train_loss"  # the method's loss, mean over batches (LIMIT's and Soft reg.'s: the cross-entropy)
 TRAIN_ACC = "train_acc"  # on the noisy labels
 TRAIN_ACC_TRUE = "train_acc_true"  # on the true labels
 TRAIN_ACC_CORRUPTED = "train_acc_corrupted"  # memorised: corrupted examples predicted as their noisy label
