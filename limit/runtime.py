@@ -234,10 +234,11 @@ class EpochReporter:
     def epoch(self, row):
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(val=f"{row['val_acc']:.4f}", test=f"{row['test_acc']:.4f}")
+            self.bar.set_postfix(val=f"{row[rundir.VAL_ACC]:.4f}", test=f"{row[rundir.TEST_ACC]:.4f}")
         else:
-            print(f"{self.name} epoch {row['epoch']}: loss {row['train_loss']:.4f} train {row['train_acc']:.4f} "
-                  f"val {row['val_acc']:.4f} test {row['test_acc']:.4f} ({row['epoch_seconds']:.1f}s)", flush=True)
+            print(f"{self.name} epoch {row[rundir.EPOCH]}: loss {row[rundir.TRAIN_LOSS]:.4f} "
+                  f"train {row[rundir.TRAIN_ACC]:.4f} val {row[rundir.VAL_ACC]:.4f} test {row[rundir.TEST_ACC]:.4f} "
+                  f"({row[rundir.EPOCH_SECONDS]:.1f}s)", flush=True)
 
     def close(self):
         if self.bar is not None:

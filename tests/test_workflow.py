@@ -216,6 +216,22 @@ def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, mess
 
 
 @pytest.mark.pipeline
+def test_the_mlflow_store_follows_the_results_directory(tmp_path, monkeypatch):
+    """A config with its own ``results:`` tracks into RESULTS/mlflow.db, not the default results/mlflow.db: the
+    select jobs of a dry run (mlflow.live off) pass that store."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = load_config("config/test.yaml")
+    config["results"] = "somewhere_else"
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path / "work", "-n", "-p", configfile=str(path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    stores = set(re.findall(r"--tracking-uri (\S+)", result.stdout))
+    assert stores == {"sqlite:///somewhere_else/mlflow.db"}, stores
+    assert job_counts(result.stdout)["select"] == len(re.findall(r"python -m limit select", result.stdout))
+
+
+@pytest.mark.pipeline
 def test_default_workflow_changes_no_tracked_file(tiny_pipeline):
     assert (tiny_pipeline / "results" / "figures" / "figure3_curves.png").exists()  # the report ran
     assert git(tiny_pipeline, "status", "--porcelain", "--untracked-files=no") == ""

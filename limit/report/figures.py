@@ -83,10 +83,10 @@ def run_curves(runs, curve_labels, smoothing=None):
     for run, curve in zip(runs.itertuples(), curve_labels):
         history = read_history(run.run_dir)
         if smoothing:
-            for column in history.columns.drop("epoch"):
+            for column in history.columns.drop(rundir.EPOCH):
                 history[column] = smooth(history[column], smoothing)
         config = rundir.read_json(Path(run.run_dir) / rundir.CONFIG)
-        frames.append(history.assign(curve=curve, seed=run.seed, best_epoch=int(run.best_epoch),
+        frames.append(history.assign(curve=curve, seed=run.seed, **{rundir.BEST_EPOCH: int(run.best_epoch)},
                                      test_curve_size=config.get("test_curve_size")))
     return pd.concat(frames, ignore_index=True)
 
@@ -96,15 +96,15 @@ def mean_band(curves, column):
     seed; resamples of the seeds from a fixed seed) and the seeds."""
     rng = np.random.default_rng(BAND_SEED)
     rows = []
-    for (curve, epoch), group in curves.dropna(subset=[column]).groupby(["curve", "epoch"], sort=False):
+    for (curve, epoch), group in curves.dropna(subset=[column]).groupby(["curve", rundir.EPOCH], sort=False):
         values = group[column].to_numpy(float)
         low = high = np.nan
         if len(values) > 1:
             means = values[rng.integers(0, len(values), (N_BOOT, len(values)))].mean(axis=1)
             low, high = np.percentile(means, BAND_PERCENTILES)
-        rows.append({"curve": curve, "epoch": epoch, "value": values.mean(), "band_low": low, "band_high": high,
+        rows.append({"curve": curve, rundir.EPOCH: epoch, "value": values.mean(), "band_low": low, "band_high": high,
                      "seeds": " ".join(map(str, group["seed"]))})
-    return pd.DataFrame(rows, columns=["curve", "epoch", "value", "band_low", "band_high", "seeds"])
+    return pd.DataFrame(rows, columns=["curve", rundir.EPOCH, "value", "band_low", "band_high", "seeds"])
 
 
 def plot_mean_curves(ax, curves, column, palette):
@@ -114,13 +114,14 @@ def plot_mean_curves(ax, curves, column, palette):
     drawn = [band.assign(kind="mean")]
     for curve, color in palette.items():
         line = band[band["curve"] == curve]
-        ax.plot(line["epoch"], line["value"], color=color, linewidth=1.6)
+        epochs = line[rundir.EPOCH]
+        ax.plot(epochs, line["value"], color=color, linewidth=1.6)
         if line["band_low"].notna().any():
-            ax.fill_between(line["epoch"], line["band_low"], line["band_high"], color=color, alpha=0.2, linewidth=0)
-        best = curves[curves["curve"] == curve].groupby("best_epoch")["seed"].unique()
-        dots = line.set_index("epoch")["value"].reindex(best.index)
+            ax.fill_between(epochs, line["band_low"], line["band_high"], color=color, alpha=0.2, linewidth=0)
+        best = curves[curves["curve"] == curve].groupby(rundir.BEST_EPOCH)["seed"].unique()
+        dots = line.set_index(rundir.EPOCH)["value"].reindex(best.index)
         ax.scatter(dots.index, dots, color=color, **SELECTED_EPOCH)
-        drawn.append(pd.DataFrame({"curve": curve, "epoch": dots.index, "value": dots.to_numpy(),
+        drawn.append(pd.DataFrame({"curve": curve, rundir.EPOCH: dots.index, "value": dots.to_numpy(),
                                    "seeds": [" ".join(map(str, seeds)) for seeds in best], "kind": "selected epoch"}))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return pd.concat(drawn, ignore_index=True).assign(panel=column)
@@ -147,7 +148,7 @@ def seeds_note(curves, smoothing=None):
                 f"({N_BOOT} resamples)")
     else:
         note = f"1 seed ({', '.join(map(str, seeds))}), no band"
-    if "test_acc" in curves and curves["test_acc"].notna().any():
+    if rundir.TEST_ACC in curves and curves[rundir.TEST_ACC].notna().any():
         sizes = curves["test_curve_size"].dropna().unique()
         note += (f"; test accuracy per epoch on the first {int(sizes[0]):,} test images" if len(sizes) == 1
                  else "; test accuracy per epoch on the full test set")
@@ -208,20 +209,20 @@ def figure_memorisation(runs, out_prefix, rate=0.8, smoothing=None):
     """Figure 1: noisy-label training accuracy and clean validation accuracy of the Figure-1 block's selected
     configuration of each variant (mean over seeds), with the 1 - p optimum of the training accuracy."""
     runs = normalise_runs(runs)
-    block = runs[runs["figure1"] & np.isclose(runs["rate"], rate)]
+    block = runs[runs[rundir.FIGURE1] & np.isclose(runs["rate"], rate)]
     if block.empty:
         raise ValueError(f"no runs of a Figure-1 block at rate {rate}")
     chosen = selected_runs(block, experiments=tuple(block["experiment"].unique()))
     row = chosen.iloc[0]
     setting = rundir.setting_text(row.dataset, row.noise, rate, row.n, style="title")
     fig, axes, shown, drawn = _accuracy_figure(
-        chosen, ["train_acc", "val_acc"],
+        chosen, [rundir.TRAIN_ACC, rundir.VAL_ACC],
         ["training accuracy (noisy labels)", "validation accuracy (clean labels)"],
         f"Memorisation vs. regularisation: {setting}", smoothing, (11, 4.2), 1, loc="lower right")
     axes[0, 0].axhline(1 - rate, color="black", linestyle="--", linewidth=1)
     axes[0, 0].annotate(f"optimum 1 − p = {1 - rate:.0%}", (0, 1 - rate), xytext=(2, 3),
                         textcoords="offset points", fontsize=8)
-    optimum = pd.DataFrame([{"panel": "train_acc", "kind": "optimum 1 - p", "value": 1 - rate}])
+    optimum = pd.DataFrame([{"panel": rundir.TRAIN_ACC, "kind": "optimum 1 - p", "value": 1 - rate}])
     save_figure(fig, out_prefix, pd.concat([drawn, optimum], ignore_index=True))
     return shown
 
@@ -232,7 +233,7 @@ def figure_curves(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, 
     chosen = _setting_runs(selected_runs(runs), dataset, noise, rate, n)
     setting = rundir.setting_text(dataset, noise, rate, n, style="title")
     fig, axes, shown, drawn = _accuracy_figure(
-        chosen, ["train_acc", "test_acc"],
+        chosen, [rundir.TRAIN_ACC, rundir.TEST_ACC],
         ["training accuracy (noisy labels)", "test accuracy (clean labels)"],
         f"Training and test accuracy: {setting}", smoothing, (12, 4.5), 1,
         loc="center left", bbox_to_anchor=(1.02, 0.5))
@@ -245,7 +246,7 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
     """Figure A0: LIMIT's training and test accuracy per epoch for every β (mean over seeds); one row of
     panels per variant; the β selected on validation is marked in the legend."""
     runs = normalise_runs(runs)  # its ``selected`` column: the decisions of `limit select`
-    runs = _setting_runs(runs[~runs["figure1"]], dataset, noise, rate, n)
+    runs = _setting_runs(runs[~runs[rundir.FIGURE1]], dataset, noise, rate, n)
     runs = runs[runs["variant"].isin(variants)]
     shown = [v for v in variants if v in set(runs["variant"])]
     if not shown:
@@ -259,7 +260,7 @@ def figure_beta(runs, out_prefix, dataset="mnist", noise="uniform", rate=0.8, n=
         curves = run_curves(block, labels, smoothing)
         palette = _palette(list(dict.fromkeys(labels)), "viridis")
         name = math_label(configuration_label(variant, None, {}))
-        for ax, column, what in zip(panels, ["train_acc", "test_acc"],
+        for ax, column, what in zip(panels, [rundir.TRAIN_ACC, rundir.TEST_ACC],
                                     ["training accuracy (noisy labels)", "test accuracy (clean labels)"]):
             drawn.append(plot_mean_curves(ax, curves, column, palette).assign(variant=variant))
             ax.set(title=f"{name}: {what}", xlabel="epoch", ylabel="accuracy")

@@ -50,7 +50,7 @@ def render_tables(runs, out_dir):
 
 def _noisiest_settings(runs):
     """Per (dataset, noise, n) outside the Figure-1 blocks: the highest noise rate (Figures 3 and A0)."""
-    table_runs = runs[~runs["figure1"]]
+    table_runs = runs[~runs[rundir.FIGURE1]]
     return (table_runs.groupby(["dataset", "noise", "n"], sort=True)["rate"].max().reset_index()
             .itertuples(index=False))
 
@@ -60,7 +60,7 @@ def render_figures(runs, out_dir, data_dir):
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figures.figure_fano(out / "figure2_fano")
-    figure1 = runs[runs["figure1"]]
+    figure1 = runs[runs[rundir.FIGURE1]]
     if not figure1.empty:
         figures.figure_memorisation(runs, out / "figure1_memorisation", rate=float(figure1["rate"].max()))
     settings = list(_noisiest_settings(runs))

@@ -30,21 +30,22 @@ def configurations(runs):
     and ``selected`` when the run table has that column."""
     runs = normalise_runs(runs)
     first = {c: (c, "first") for c in ["method", "clean_validation", *HPARAMS] if c in runs}
-    selected = {"selected": ("selected", "any")} if "selected" in runs else {}
+    selected = {rundir.SELECTED: (rundir.SELECTED, "any")} if rundir.SELECTED in runs else {}
     # dropna=False keeps Clothing1M, whose noise rate is undefined (NaN).
     return runs.groupby(CONFIGURATION, dropna=False, sort=True).agg(
-        **first, test_acc_mean=("test_acc", "mean"), test_acc_std=("test_acc", "std"),
-        best_val_acc_mean=("best_val_acc", "mean"), best_val_acc_std=("best_val_acc", "std"),
-        seeds=("seed", "count"), **selected).reset_index()
+        **first, **{rundir.TEST_ACC_MEAN: (rundir.TEST_ACC, "mean"), rundir.TEST_ACC_STD: (rundir.TEST_ACC, "std"),
+                    rundir.BEST_VAL_ACC_MEAN: (rundir.BEST_VAL_ACC, "mean"),
+                    rundir.BEST_VAL_ACC_STD: (rundir.BEST_VAL_ACC, "std"), rundir.SEEDS: ("seed", "count")},
+        **selected).reset_index()
 
 
 def select_configurations(runs):
     """The selection (``limit select``): ``configurations`` with ``selected`` marking, per data setting and
     variant, the configuration with the highest mean validation accuracy (first hparams label on ties)."""
-    configs = configurations(runs.drop(columns="selected", errors="ignore"))
-    scored = configs.dropna(subset=["best_val_acc_mean"])  # a setting whose runs all lack validation has no pick
-    best = scored.groupby(SETTING, dropna=False, sort=False)["best_val_acc_mean"].idxmax()
-    configs["selected"] = configs.index.isin(best.to_numpy())
+    configs = configurations(runs.drop(columns=rundir.SELECTED, errors="ignore"))
+    scored = configs.dropna(subset=[rundir.BEST_VAL_ACC_MEAN])  # a setting whose runs all lack validation: no pick
+    best = scored.groupby(SETTING, dropna=False, sort=False)[rundir.BEST_VAL_ACC_MEAN].idxmax()
+    configs[rundir.SELECTED] = configs.index.isin(best.to_numpy())
     return configs
 
 
@@ -56,9 +57,9 @@ def selected_runs(runs, experiments=None):
     Sorted by seed, so the first row of a group is its first seed.
     """
     runs = normalise_runs(runs)
-    runs = runs[~runs["figure1"]] if experiments is None else runs[runs["experiment"].isin(experiments)]
-    configs = configurations(runs[runs["selected"]])
-    configs = configs.sort_values("best_val_acc_mean", ascending=False, kind="stable")
+    runs = runs[~runs[rundir.FIGURE1]] if experiments is None else runs[runs["experiment"].isin(experiments)]
+    configs = configurations(runs[runs[rundir.SELECTED]])
+    configs = configs.sort_values(rundir.BEST_VAL_ACC_MEAN, ascending=False, kind="stable")
     winners = configs.drop_duplicates(["dataset", "noise", "rate", "n", "variant"])[CONFIGURATION]
     return runs.merge(winners, on=CONFIGURATION).sort_values(["variant", "seed"], kind="stable").reset_index(drop=True)
 
@@ -71,7 +72,7 @@ def best_limit_run(runs, dataset, noise, rate, n):
                     & np.isclose(chosen["rate"], rate, equal_nan=True) & chosen["method"].isin(LIMIT_METHODS)]
     if chosen.empty:
         return None
-    mean_val = chosen.groupby("variant")["best_val_acc"].transform("mean")
+    mean_val = chosen.groupby("variant")[rundir.BEST_VAL_ACC].transform("mean")
     best_variant = chosen.loc[mean_val.idxmax(), "variant"]
     return chosen[chosen["variant"] == best_variant].iloc[0]
 
@@ -105,7 +106,7 @@ def run_select(args):
 def select_group(runs, out, args):
     """Write the selection of one group's runs into ``out``, and tag them in MLflow unless ``--no-tracking``."""
     configs = select_configurations(runs)
-    chosen = configs[configs["selected"]].iloc[0]
+    chosen = configs[configs[rundir.SELECTED]].iloc[0]
     result = {"selected": chosen["hparams"],
               "configurations": json.loads(configs.to_json(orient="records")),
               "run_dirs": sorted(runs.loc[runs["hparams"] == chosen["hparams"], "run_dir"]),
@@ -114,8 +115,8 @@ def select_group(runs, out, args):
     if not args.no_tracking:
         from limit.tracking.client import tag_selection
         tag_selection(runs["run_dir"], set(result["run_dirs"]), chosen, args.tracking_uri)
-    print(f"{out}: {chosen['hparams']} (mean validation accuracy {chosen['best_val_acc_mean']:.4f} "
-          f"over {chosen['seeds']} seeds)")
+    print(f"{out}: {chosen['hparams']} (mean validation accuracy {chosen[rundir.BEST_VAL_ACC_MEAN]:.4f} "
+          f"over {chosen[rundir.SEEDS]} seeds)")
 
 
 def add_aggregate_arguments(parser):
@@ -133,9 +134,9 @@ def run_aggregate(args):
     paths = [p for s in map(Path, args.selections) for p in (sorted(s.rglob("*.json")) if s.is_dir() else [s])]
     selections = [rundir.read_json(path) for path in paths]
     runs = normalise_runs(run_table([d for s in selections for d in s["all_run_dirs"]]))
-    runs["selected"] = runs["run_dir"].isin({d for s in selections for d in s["run_dirs"]})
-    runs["figure1"] = runs["experiment"].isin(args.figure1_experiments)
+    runs[rundir.SELECTED] = runs["run_dir"].isin({d for s in selections for d in s["run_dirs"]})
+    runs[rundir.FIGURE1] = runs["experiment"].isin(args.figure1_experiments)
     runs = runs.sort_values("run_id")
     rundir.write_text(args.out_runs, runs.to_csv(index=False))
     rundir.write_text(args.out_selected, configurations(runs).to_csv(index=False))
-    print(f"{args.out_runs}: {len(runs)} runs, {int(runs['selected'].sum())} in selected configurations")
+    print(f"{args.out_runs}: {len(runs)} runs, {int(runs[rundir.SELECTED].sum())} in selected configurations")

@@ -135,7 +135,7 @@ def default_table_specs(runs):
       of the CNN, not of Figure 1's MLP).
     """
     runs = normalise_runs(runs)
-    table_runs = runs[~runs["figure1"]]
+    table_runs = runs[~runs[rundir.FIGURE1]]
     run_cells = _run_cells(table_runs)
     specs, covered = [], set()
     for table in PAPER_TABLES:
@@ -143,7 +143,7 @@ def default_table_specs(runs):
         if _spec_cells(spec) & run_cells:
             specs.append(spec)
             covered |= _spec_cells(spec)
-    figure1_blocks = [((name,), block, f"{name}_") for name, block in runs[runs["figure1"]].groupby("experiment")]
+    figure1_blocks = [((name,), block, f"{name}_") for name, block in runs[runs[rundir.FIGURE1]].groupby("experiment")]
     for experiments, block_runs, prefix in [(None, table_runs, ""), *figure1_blocks]:
         for (dataset, noise), block in block_runs.groupby(["dataset", "noise"], sort=True):
             if experiments is None and not _run_cells(block) - covered:
@@ -174,11 +174,11 @@ def table_cells(runs, spec):
             if ours is not None:
                 hparams_label = ours["hparams"].iloc[0]
                 if spec.layout == "seeds":
-                    mean, std = 100 * ours["test_acc"].mean(), 100 * ours["test_acc"].std()
+                    mean, std = 100 * ours[rundir.TEST_ACC].mean(), 100 * ours[rundir.TEST_ACC].std()
                     seeds = len(ours)
                 else:
                     first = ours.iloc[0]
-                    mean, seeds, run_id = 100 * first["test_acc"], 1, first["run_id"]
+                    mean, seeds, run_id = 100 * first[rundir.TEST_ACC], 1, first["run_id"]
                     std = 100 * _bootstrap_std_or_nan(first["run_dir"])
             paper_mean, paper_std = paper_index.get((row, key), (math.nan, math.nan))
             if not spec.compare_to_paper:

@@ -175,12 +175,19 @@ def checked_config(config, source):
     return config
 
 
+def store_uri(config):
+    """The MLflow store of a config: mlflow.tracking_uri, else the SQLite file of its results directory
+    (MLFLOW_TRACKING_URI, where set, overrides both in every job)."""
+    from limit.tracking.uri import sqlite_store
+    return config["mlflow"].get("tracking_uri") or sqlite_store(config["results"])
+
+
 def expand_runs(config):
     """One dict per training run: its grid coordinates, training settings, resources and the CE run it starts
     from (``init_from``, a run id). File paths are the workflow's (``workflow/rules/common.smk``)."""
     from limit.tracking.uri import check_no_password
     try:
-        check_no_password(config["mlflow"]["tracking_uri"], "mlflow.tracking_uri")
+        check_no_password(config["mlflow"].get("tracking_uri"), "mlflow.tracking_uri")
     except ValueError as exc:
         raise ConfigError(exc) from None
     image_datasets = check_image_datasets(config)

@@ -1,10 +1,15 @@
-"""A run directory: its file names, the one atomic writer, checkpoints, and its row of the run table.
+"""A run directory: its file names and columns, the one atomic writer, checkpoints, and its row of the run table.
 
 ``RUN_DIR/config.json`` holds the resolved config of the latest invocation, including ``run``: the run's place
 in the grid (experiment block, variant, the hyperparameters the grid set, and the data setting read from the
 labels file). Everything else that names a run (its id, its MLflow name and tags, its run-table row) is
 derived from those fields here. Torch-free (numpy is imported only to write its files): the workflow reads it.
 Checkpoints (``state.pt``, ``best.pt``) are written and read by ``limit.runtime``.
+
+The one module that names things shared across layers: the files of a run and of a results directory, the columns
+of ``history.csv`` and the keys of ``metrics.json`` (which the run table, MLflow, selection, tables, figures and
+cost read). It lives here because every layer may import it: it is torch-free and imports only the registry, so
+the workflow, the config, the core, report, tracking, tools and ``scripts/gpu-check`` all can.
 """
 import json
 import os
@@ -12,7 +17,14 @@ from pathlib import Path
 
 from limit.registry import HPARAMS, dataset_name, named_dataset
 
-RUNS_DIR = "runs"  # under the workflow's results directory: RUNS_DIR/<run id> is a run's directory
+# A results directory (the config's ``results:``)
+RUNS_DIR = "runs"  # RUNS_DIR/<run id> is a run's directory
+MLFLOW_STORE = "mlflow.db"  # the local MLflow store (SQLite), unless a tracking URI names another
+MLFLOW_ARTIFACTS = "mlartifacts"  # its artifacts, beside it
+RUN_TABLE = "runs.csv"  # every run of the config, one row each (limit aggregate)
+CONFIGURATION_TABLE = "selected.csv"  # every configuration, over its seeds
+
+# A run directory
 CONFIG = "config.json"
 JOB = "job.json"
 STATE = "state.pt"  # the full training state after the last checkpointed epoch
@@ -25,6 +37,39 @@ EPOCH_SCORES = "epoch_scores.npz"  # per-example loss and margin averaged over t
 METRICS = "metrics.json"  # written last: a run directory with it is complete
 MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking.client)
 RUN_FILES = (CONFIG, JOB, STATE, STATE_PREV, HISTORY, TEST_OUTPUTS, BEST, TRAIN_SCORES, EPOCH_SCORES, METRICS, MLFLOW)
+
+# history.csv's columns: one row per epoch, also MLflow's metrics of each step
+EPOCH = "epoch"
+TRAIN_LOSS = "train_loss"  # the method's loss, mean over batches (LIMIT's and Soft reg.'s: the cross-entropy)
+TRAIN_ACC = "train_acc"  # on the noisy labels
+TRAIN_ACC_TRUE = "train_acc_true"  # on the true labels
+TRAIN_ACC_CORRUPTED = "train_acc_corrupted"  # memorised: corrupted examples predicted as their noisy label
+VAL_ACC = "val_acc"
+TEST_ACC = "test_acc"  # the test curve (NaN where not measured); in metrics.json, of the best-validation epoch
+Q_LOSS = "q_loss"  # LIMIT: q's loss at predicting the cross-entropy gradient
+MU_SQ_NORM = "mu_sq_norm"  # LIMIT: ||mu||^2, the predicted gradient's squared norm (beta's term)
+SOFT_LABEL_TERM = "soft_label_term"  # Soft reg. (Eq. 11): ||z||^2 ||y - s(r)||^2, lamb's term
+SOFT_GRAD_TERM = "soft_grad_term"  # Soft reg. (Eq. 11): ||z||^2 ||s(a) - s(r)||^2, beta's term
+EPOCH_SECONDS = "epoch_seconds"
+IMAGES_PER_SECOND = "images_per_second"
+HISTORY_COLUMNS = (EPOCH, TRAIN_LOSS, TRAIN_ACC, TRAIN_ACC_TRUE, TRAIN_ACC_CORRUPTED, VAL_ACC, TEST_ACC, Q_LOSS,
+                   MU_SQ_NORM, SOFT_LABEL_TERM, SOFT_GRAD_TERM, EPOCH_SECONDS, IMAGES_PER_SECOND)
+# metrics.json's keys besides TEST_ACC: a run's row of the run table
+BEST_EPOCH = "best_epoch"
+BEST_VAL_ACC = "best_val_acc"
+TEST_EXAMPLES = "test_examples"
+EPOCHS_RUN = "epochs_run"
+WALL_SECONDS = "wall_seconds"  # the sum of EPOCH_SECONDS: the one column that differs between equal runs
+TEST_UNREADABLE = "test_unreadable"  # streamed datasets (Clothing1M): test images that cannot be decoded
+UNREADABLE_IMAGES = "unreadable_images"  # ... and in all three splits
+# Columns the run table adds (limit aggregate): in a selected configuration; a run of Figure 1's blocks
+SELECTED = "selected"
+FIGURE1 = "figure1"
+# A configuration's columns (selected.csv; MLflow's parent runs): over its seeds, mean and std (ddof 1)
+TEST_ACC_MEAN, TEST_ACC_STD = "test_acc_mean", "test_acc_std"
+BEST_VAL_ACC_MEAN, BEST_VAL_ACC_STD = "best_val_acc_mean", "best_val_acc_std"
+SEEDS = "seeds"  # how many
+
 
 class TrainingError(RuntimeError):
     """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""

@@ -35,6 +35,7 @@ from limit import data as D
 from limit.methods import LOSSES, Context
 from limit.models import build_model, make_optimizer
 from limit.registry import DATASETS, get_method
+from limit.runs import rundir
 from limit.runs.grid import expand_runs, load_config, pack_runs
 from limit.runtime import configure, pick_device, set_precision
 
@@ -148,7 +149,7 @@ def previous_epochs(runs_csv):
         return {}
     import pandas as pd
     runs = pd.read_csv(runs_csv)
-    return runs.groupby(["experiment", "variant"])["epochs_run"].mean().to_dict()
+    return runs.groupby(["experiment", "variant"])[rundir.EPOCHS_RUN].mean().to_dict()
 
 
 def train_size(row):

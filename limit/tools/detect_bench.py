@@ -33,7 +33,14 @@ from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
 from limit.runs import rundir
 from limit.runtime import pick_device
-from limit.tools.label_issues import example_scores, held_out_scores, load_models, train_folds, within_split
+from limit.tools.label_issues import (
+    example_scores,
+    finished_metrics,
+    held_out_scores,
+    load_models,
+    train_folds,
+    within_split,
+)
 from limit.train import train
 
 DATASET = "fashion_mnist"
@@ -93,7 +100,7 @@ def selected_limit(base, args, out):
     for beta in args.betas:  # train the whole grid; only the selected run's scores are needed
         _, grid_seconds[beta] = timed(train, {**base, "method": args.limit_method, "hparams": {"beta": beta}},
                                       out / f"limit-beta{beta:g}")
-        grid[beta] = json.loads((out / f"limit-beta{beta:g}" / "metrics.json").read_text())["best_val_acc"]
+        grid[beta] = finished_metrics(out / f"limit-beta{beta:g}")[rundir.BEST_VAL_ACC]
     beta = max(args.betas, key=lambda b: grid[b])  # noisy validation accuracy; the first of equals
     scores, scoring_seconds = timed(lambda: training_scores(out / f"limit-beta{beta:g}", args.device))
     return scores, {"score": DEFAULT_SCORE, "beta": beta, "val_acc": {f"{b:g}": v for b, v in grid.items()},

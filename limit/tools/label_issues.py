@@ -36,14 +36,14 @@ def finished_metrics(run_dir):
     """A finished run's metrics.json (written last)."""
     path = Path(run_dir) / rundir.METRICS
     if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a finished run (no metrics.json)")
+        raise FileNotFoundError(f"{run_dir} is not a finished run (no {rundir.METRICS})")
     return rundir.read_json(path)
 
 
 def select_run(run_dirs):
     """Of several runs (a β grid of one data setting and seed), the one with the best noisy validation accuracy
     (the first of equals), as the paper selects β; and every run's accuracy."""
-    accuracy = {str(d): finished_metrics(d)["best_val_acc"] for d in run_dirs}
+    accuracy = {str(d): finished_metrics(d)[rundir.BEST_VAL_ACC] for d in run_dirs}
     return max(accuracy, key=lambda d: -np.inf if accuracy[d] is None else accuracy[d]), accuracy
 
 

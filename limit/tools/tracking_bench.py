@@ -23,8 +23,8 @@ from limit.runs import rundir
 from limit.tracking.client import LIVE_INTERVAL, Tracker, _client
 from limit.tracking.uri import TRACKING_URI_HELP, redact, tracking_uri
 
-EPOCH_METRICS = ("train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc", "test_acc",
-                 "epoch_seconds", "images_per_second")
+EPOCH_METRICS = (rundir.TRAIN_LOSS, rundir.TRAIN_ACC, rundir.TRAIN_ACC_TRUE, rundir.TRAIN_ACC_CORRUPTED,
+                 rundir.VAL_ACC, rundir.TEST_ACC, rundir.EPOCH_SECONDS, rundir.IMAGES_PER_SECOND)  # a CE epoch's
 # MLflow client calls the Tracker makes, timed in each process
 CALLS = ("create_run", "get_run", "search_runs", "log_batch", "update_run", "set_terminated", "get_metric_history",
          "log_artifact", "list_artifacts", "get_experiment_by_name", "create_experiment", "set_experiment_tag",
@@ -78,7 +78,7 @@ def simulate_run(run_dir, uri, index, args, start_at, results):
     history, period = [], 1 / args.epochs_per_second
     while time.time() - start_at < args.seconds:
         time.sleep(max(0.0, start_at + (len(history) + 1) * period - time.time()))  # the epoch's training
-        row = {"epoch": len(history), **{k: 0.5 + len(history) / 1e6 for k in EPOCH_METRICS}}
+        row = {rundir.EPOCH: len(history), **{k: 0.5 + len(history) / 1e6 for k in EPOCH_METRICS}}
         t0 = time.perf_counter()
         tracker.log_epoch(row)
         call = time.perf_counter() - t0
@@ -86,10 +86,10 @@ def simulate_run(run_dir, uri, index, args, start_at, results):
         history.append(row)
     wall = time.time() - start_at
     with open(run_dir / rundir.HISTORY, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["epoch", *EPOCH_METRICS])
+        writer = csv.DictWriter(f, fieldnames=[rundir.EPOCH, *EPOCH_METRICS])
         writer.writeheader()
         writer.writerows(history)
-    rundir.write_json(run_dir / rundir.METRICS, {"test_acc": 0.5, "epochs_run": len(history)})
+    rundir.write_json(run_dir / rundir.METRICS, {rundir.TEST_ACC: 0.5, rundir.EPOCHS_RUN: len(history)})
     t0 = time.perf_counter()
     tracker.finish(run_dir)
     results.append({"run_dir": str(run_dir), "epochs": len(history), "wall": wall, "in_tracking": in_tracking,

@@ -41,7 +41,7 @@ from urllib.parse import urlparse
 
 from limit.registry import HPARAMS
 from limit.runs import rundir
-from limit.tracking.uri import TRACKING_URI_HELP, recorded_uri, redact, tracking_uri
+from limit.tracking.uri import TRACKING_URI_HELP, artifacts_beside, recorded_uri, redact, tracking_uri
 
 ARTIFACTS = (rundir.HISTORY, rundir.METRICS, rundir.TEST_OUTPUTS, rundir.CONFIG)
 CHECKPOINT_ARTIFACTS = (rundir.BEST, rundir.TRAIN_SCORES)  # unless mlflow.log_checkpoints is false
@@ -59,12 +59,13 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 # A saved view of the runs table (``#/experiments/<id>/runs?viewStateShareKey=limit``): the selection, the
 # hyperparameters and the test accuracy as columns, run names in full.
 SAVED_VIEW = "limit"
-VIEW_COLUMNS = (["tags.`selected`", "tags.`selected_hparams`"]
+FINAL = "final_"  # the prefix of a run's metrics.json values among its MLflow metrics (beside each epoch's)
+VIEW_COLUMNS = ([f"tags.`{rundir.SELECTED}`", "tags.`selected_hparams`"]
                 + [f"params.`hparams.{h}`" for h in HPARAMS]
-                + ["metrics.`final_test_acc`", "metrics.`test_acc_mean`", "metrics.`test_acc_std`"])
+                + [f"metrics.`{m}`" for m in (FINAL + rundir.TEST_ACC, rundir.TEST_ACC_MEAN, rundir.TEST_ACC_STD)])
 VIEW_STATE = {"selectedColumns": VIEW_COLUMNS, "columnOrder": ["attributes.`Run Name`"],
               "columnWidths": {"attributes.`Run Name`": 430}}
-MARKER_METRIC = "val_acc"  # every epoch logs it, in one batch with the rest of the row
+MARKER_METRIC = rundir.VAL_ACC  # every epoch logs it, in one batch with the rest of the row
 LIVE_INTERVAL = 30  # seconds between a live run's rounds of requests (mlflow.live_interval)
 QUEUE_ROWS = 10_000  # epoch rows a run keeps for MLflow; older ones wait in history.csv for finish's sync
 ROWS_PER_REQUEST = 80  # whole epoch rows (up to 12 metrics each) per log_batch: MLflow takes 1000 metrics
@@ -76,8 +77,7 @@ def artifact_root(uri):
     parsed = urlparse(uri)
     if parsed.scheme != "sqlite":
         return None
-    db = Path(uri[len("sqlite:///"):])
-    return (db.parent.resolve() / "mlartifacts").as_uri()
+    return artifacts_beside(Path(uri[len("sqlite:///"):])).resolve().as_uri()
 
 
 def get_or_create_experiment(client, name, uri):
@@ -238,7 +238,7 @@ def _client(uri):
 def _metrics_of(row, step):
     from mlflow.entities import Metric
     now = int(time.time() * 1000)
-    values = {k: float(v) for k, v in row.items() if k != "epoch" and v is not None and v != ""}
+    values = {k: float(v) for k, v in row.items() if k != rundir.EPOCH and v is not None and v != ""}
     # NaN (e.g. "nan" in history.csv) means "not measured": skipped, whether live or synced later
     return [Metric(k, v, now, step) for k, v in values.items() if not math.isnan(v)]
 
@@ -330,15 +330,15 @@ def sync_run(run_dir, uri=None, experiment=None, run_name=None, tags=None):
     run, parent_id = _open_run(client, run_dir, uri, experiment, run_name, tags, config, len(rows))
     run_id = run.info.run_id
     logged = {m.step for m in client.get_metric_history(run_id, MARKER_METRIC)} if run.data.metrics else set()
-    missing = [r for r in rows if int(r["epoch"]) not in logged]
+    missing = [r for r in rows if int(r[rundir.EPOCH]) not in logged]
     for start in range(0, len(missing), ROWS_PER_REQUEST):
         client.log_batch(run_id, metrics=[m for r in missing[start:start + ROWS_PER_REQUEST]
-                                          for m in _metrics_of(r, int(r["epoch"]))])
+                                          for m in _metrics_of(r, int(r[rundir.EPOCH]))])
     final = run_dir / rundir.METRICS
     if final.exists():
         done = rundir.read_json(final)
         have = set(run.data.metrics)
-        client.log_batch(run_id, metrics=[m for m in _metrics_of({f"final_{k}": v for k, v in done.items()}, 0)
+        client.log_batch(run_id, metrics=[m for m in _metrics_of({FINAL + k: v for k, v in done.items()}, 0)
                                           if m.key not in have])
         present = {a.path for a in client.list_artifacts(run_id)}
         names = ARTIFACTS + (CHECKPOINT_ARTIFACTS if config.get("log_checkpoints", True) else ())
@@ -422,12 +422,12 @@ class Tracker:
                 self.client.update_run(run.info.run_id, status="RUNNING")
             if self.unsent and run.data.metrics:  # a resumed run that continues its MLflow run
                 logged = {m.step for m in self.client.get_metric_history(run.info.run_id, MARKER_METRIC)}
-                self.unsent = [row for row in self.unsent if row["epoch"] not in logged]
+                self.unsent = [row for row in self.unsent if row[rundir.EPOCH] not in logged]
             self.run = run
         while self.unsent:
             rows = self.unsent[:ROWS_PER_REQUEST]
             self.client.log_batch(self.run.info.run_id, metrics=[m for row in rows
-                                                                 for m in _metrics_of(row, row["epoch"])])
+                                                                 for m in _metrics_of(row, row[rundir.EPOCH])])
             del self.unsent[:len(rows)]
 
     def finish(self, run_dir):
@@ -454,12 +454,12 @@ def tag_selection(run_dirs, selected, chosen, uri=None):
     """
     hparams = {f"selected.{k}": rundir.fmt(chosen[k]) for k in HPARAMS if k in chosen and not _missing(chosen[k])}
     summary = {"tags": {"selected_hparams": chosen["hparams"], **hparams},
-               "metrics": {k: float(chosen[k]) for k in ("test_acc_mean", "test_acc_std", "best_val_acc_mean",
-                                                          "seeds")}}
+               "metrics": {k: float(chosen[k]) for k in (rundir.TEST_ACC_MEAN, rundir.TEST_ACC_STD,
+                                                          rundir.BEST_VAL_ACC_MEAN, rundir.SEEDS)}}
     try:
         for run_dir in run_dirs:
             info = rundir.read_mlflow(run_dir)
-            info.setdefault("tags", {})["selected"] = str(run_dir in selected).lower()
+            info.setdefault("tags", {})[rundir.SELECTED] = str(run_dir in selected).lower()
             info["parent"] = summary
             rundir.write_mlflow(run_dir, info)
     except OSError as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from limit.registry import missing_extra
 from limit.tracking.client import SAVED_VIEW
+from limit.tracking.uri import DEFAULT_TRACKING_URI, artifacts_beside
 
 LEAN_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
@@ -241,9 +242,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m limit.tracking.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Other options are passed on to `mlflow server`.")
-    p.add_argument("--store", default="results/mlflow.db", help="SQLite file (default: results/mlflow.db)")
-    p.add_argument("--artifacts", default="results/mlartifacts", help="artifact directory (default: "
-                                                                       "results/mlartifacts)")
+    default_store = Path(DEFAULT_TRACKING_URI.removeprefix("sqlite:///"))
+    p.add_argument("--store", default=default_store, help=f"SQLite file (default: {default_store}, the default "
+                                                          f"config's; a config's results: RESULTS has its own)")
+    p.add_argument("--artifacts", help="artifact directory (default: mlartifacts beside the store)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 5000))
     p.add_argument("--screenshot", metavar="PNG", help="save the runs table of --experiment (first parents "
@@ -256,6 +258,7 @@ def main(argv=None):
         print(problem, file=sys.stderr)
         return 2
     store = Path(args.store)
+    args.artifacts = args.artifacts or artifacts_beside(store)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does

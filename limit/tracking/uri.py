@@ -2,8 +2,22 @@
 ``MLFLOW_TRACKING_URI``, and every URI or message the package writes or prints shows ``user:***@host``."""
 import os
 import re
+from pathlib import Path
 
-DEFAULT_TRACKING_URI = "sqlite:///results/mlflow.db"
+from limit.runs.rundir import MLFLOW_ARTIFACTS, MLFLOW_STORE
+
+
+def sqlite_store(results):
+    """The local store of a results directory: RESULTS/mlflow.db, its artifacts in RESULTS/mlartifacts."""
+    return f"sqlite:///{Path(results, MLFLOW_STORE)}"
+
+
+def artifacts_beside(db):
+    """Where a SQLite store at ``db`` (a path) keeps its artifacts: mlartifacts/ next to the database file."""
+    return Path(db).parent / MLFLOW_ARTIFACTS
+
+
+DEFAULT_TRACKING_URI = sqlite_store("results")  # a command given no config: the default config's results
 TRACKING_URI_HELP = f"MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else {DEFAULT_TRACKING_URI})"
 
 

@@ -24,9 +24,19 @@ from limit.runs.grid import (  # noqa: E402
     recorded_packs,
     selection_groups,
     skipped_outputs,
+    store_uri,
     train_arguments,
 )
-from limit.runs.rundir import METRICS, RUNS_DIR, setting_text  # noqa: E402
+from limit.runs.rundir import (  # noqa: E402
+    BEST,
+    CONFIGURATION_TABLE,
+    HISTORY,
+    METRICS,
+    RUN_TABLE,
+    RUNS_DIR,
+    TEST_OUTPUTS,
+    setting_text,
+)
 
 # Jobs (local, Slurm or conda) import the package from this checkout; bash's strict mode, which a prefix replaces,
 # stays on (a train job's log goes through a pipe).
@@ -50,7 +60,7 @@ def submission_checks(executor):
         return
     try:
         check_slurm_submission(
-            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", config["mlflow"]["tracking_uri"])
+            config, RUN_ROWS, os.environ.get("MLFLOW_TRACKING_URI", store_uri(config))
         )
     except ConfigError as exc:
         print(f"error: invalid config: {exc}", file=sys.stderr)
@@ -101,10 +111,8 @@ TRACKING = config["mlflow"]["enabled"]
 # Training jobs log to MLflow as they train (mlflow.live), or leave it to their group's select job.
 LIVE_TRACKING = TRACKING and config["mlflow"]["live"]
 # MLFLOW_TRACKING_URI, when set, reaches every job through the environment and stays there (it may hold a
-# password): it never goes on a command line. Otherwise the config's URI is passed.
-TRACKING_URI_ARGS = (
-    [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", config["mlflow"]["tracking_uri"]]
-)
+# password): it never goes on a command line. Otherwise the config's store is passed.
+TRACKING_URI_ARGS = [] if "MLFLOW_TRACKING_URI" in os.environ else ["--tracking-uri", store_uri(config)]
 
 STOPPED = (
     "limit-pipeline stopped before the end: run the same command again to go on (finished runs are kept, "
@@ -122,6 +130,8 @@ LABEL_ISSUES = f"{RESULTS}/label_issues/{{ranking}}"
 SELECTIONS = f"{RESULTS}/selected/{{block}}"
 PACK_FILE = f"{RESULTS}/packs/{{pack}}.json"  # lists a pack's run directories once all have finished
 MLFLOW_INIT_LOG = f"{RESULTS}/logs/mlflow_init.log"
+RUNS_CSV = f"{RESULTS}/{RUN_TABLE}"
+SELECTED_CSV = f"{RESULTS}/{CONFIGURATION_TABLE}"
 # Figures the README shows, copied from the figures directory.
 README_FIGURES = ("figure1_memorisation.png", "figure2_fano.png", "figure3_curves.png")
 
@@ -278,7 +288,7 @@ def block_runs_done(wildcards):
 
 
 def all_outputs():
-    outputs = [f"{RESULTS}/runs.csv", f"{RESULTS}/selected.csv", f"{RESULTS}/tables", f"{RESULTS}/figures"]
+    outputs = [RUNS_CSV, SELECTED_CSV, f"{RESULTS}/tables", f"{RESULTS}/figures"]
     outputs += label_issue_files("label_issues.csv")
     if config["readme_figures"]:
         outputs += expand("docs/img/{name}", name=README_FIGURES)

@@ -1,6 +1,6 @@
 rule report:
     input:
-        runs=f"{RESULTS}/runs.csv",
+        runs=RUNS_CSV,
     # update: Snakemake neither empties these before the job nor removes them if it fails (it restores them);
     # `limit report` renders beside them and swaps them in only when every table and figure is written.
     output:

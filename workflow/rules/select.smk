@@ -24,8 +24,8 @@ rule aggregate:
     input:
         expand(SELECTIONS, block=BLOCKS),
     output:
-        runs=f"{RESULTS}/runs.csv",
-        selected=f"{RESULTS}/selected.csv",
+        runs=RUNS_CSV,
+        selected=SELECTED_CSV,
     log:
         f"{RESULTS}/logs/aggregate.log",
     params:

@@ -3,9 +3,9 @@ rule train:
         unpack(train_inputs),
     output:
         metrics=f"{RUN_DIR}/{METRICS}",
-        history=f"{RUN_DIR}/history.csv",
-        test_outputs=f"{RUN_DIR}/test_outputs.npz",
-        model=f"{RUN_DIR}/best.pt",
+        history=f"{RUN_DIR}/{HISTORY}",
+        test_outputs=f"{RUN_DIR}/{TEST_OUTPUTS}",
+        model=f"{RUN_DIR}/{BEST}",
     log:
         f"{RESULTS}/logs/train/{{run}}.log",
     params:
