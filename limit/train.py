@@ -29,7 +29,7 @@ from limit.config import fingerprint, init_checkpoint_sha256, resolve_config
 from limit.data import RunData, load_run_data
 from limit.methods import LOSSES, Context, batches_missing_a_class, limit_train_scores, loss_and_margin, prepare_method
 from limit.models import build_networks, make_optimizer, predict
-from limit.registry import dataset_info, is_limit
+from limit.registry import dataset_info, get_method
 from limit.runs import rundir
 from limit.runs.rundir import TrainingError
 from limit.runtime import CheckpointCadence, pick_device
@@ -252,7 +252,7 @@ def start_or_resume(run, overwrite):
     out.mkdir(parents=True, exist_ok=True)
     (out / rundir.METRICS).unlink(missing_ok=True)  # a run directory with metrics.json is complete: not any more
     runtime.record_attempt(out, run.device)
-    if cfg["method"] == "dmi":
+    if get_method(cfg["method"]).every_class_per_batch:
         warn_batches_missing_a_class(cfg, run.run_data)
     classifier, q = build_networks(cfg, run.run_data.num_classes)
     run.ctx = Context(classifier.to(run.device), q.to(run.device) if q is not None else None)
@@ -284,7 +284,7 @@ def resume(run, state):
 def warn_batches_missing_a_class(cfg, run_data):
     missing = batches_missing_a_class(run_data.train_noisy, run_data.num_classes, cfg["batch_size"], cfg["seed"])
     if missing > 0:
-        warnings.warn(f"DMI: {missing:.0%} of the training batches (batch size "
+        warnings.warn(f"{cfg['method'].upper()}: {missing:.0%} of the training batches (batch size "
                       f"{cfg['batch_size']}, {run_data.num_classes} classes) miss a class; their determinant is 0 "
                       f"and their gradient zero, so the run stays near its CE start (docs/reproduction.md)",
                       RuntimeWarning)
@@ -391,7 +391,7 @@ def finish(run, tracker):
         sums = best["epoch_sums"]
         rundir.save_npz(out / rundir.EPOCH_SCORES, epochs=int(sums["epochs"]),
                         **{k: (v / sums["epochs"]).numpy() for k, v in sums.items() if k != "epochs"})
-    if is_limit(cfg["method"]):
+    if get_method(cfg["method"]).scores_labels:
         rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(run.ctx, data, cfg["batch_size"]))
     write_history(out, run.history)
     metrics = run_metrics(run, acc, idx)
