@@ -25,13 +25,12 @@ import numpy as np
 import torch
 
 from limit import config, runtime
-from limit.config import fingerprint, init_checkpoint_sha256, resolve_config
+from limit.config import TrainingError, fingerprint, init_checkpoint_sha256, resolve_config
 from limit.data import RunData, load_run_data
 from limit.methods import LOSSES, Context, batches_missing_a_class, limit_train_scores, loss_and_margin, prepare_method
 from limit.models import build_networks, make_optimizer, predict
 from limit.registry import dataset_info, get_method
 from limit.runs import rundir
-from limit.runs.rundir import TrainingError
 from limit.runtime import CheckpointCadence, pick_device
 
 # The loop's public API (limit.tools uses only these).

@@ -26,10 +26,6 @@ METRICS = "metrics.json"  # written last: a run directory with it is complete
 MLFLOW = "mlflow.json"  # the run's MLflow run, store, name and tags (limit.tracking.client)
 RUN_FILES = (CONFIG, JOB, STATE, STATE_PREV, HISTORY, TEST_OUTPUTS, BEST, TRAIN_SCORES, EPOCH_SCORES, METRICS, MLFLOW)
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""
-
-
 def write_atomic(path, write):
     """Write ``path`` through ``write(binary_file)``: readers see the old file or the whole new one, also
     after a crash or a power cut (the file and then its directory entry are synced to disk)."""
