@@ -10,8 +10,8 @@ import importlib.util
 import sys
 import warnings
 
+from limit.config import TrainingError
 from limit.registry import missing_extra, unknown_name
-from limit.runs.rundir import TrainingError
 from limit.tracking.uri import check_no_password, redact
 
 # name: (the module that holds the command, one-line help)

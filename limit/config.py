@@ -32,6 +32,11 @@ from limit.runs import rundir
 from limit.tracking.client import LIVE_INTERVAL
 from limit.tracking.uri import TRACKING_URI_HELP
 
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint, a CE run with no model. Here,
+    torch-free: the command line catches it without loading torch."""
+
 # "authors": BatchNorm statistics warmed on noise as the authors' network builder leaves them (docs/reproduction.md,
 # limit.models.authors_bn_warmup); "standard": PyTorch's (0, 1).
 BN_INIT = ("authors", "standard")
@@ -258,7 +263,7 @@ def init_checkpoint_sha256(cfg):
         return None
     ce_path = Path(cfg["init_from"]) / rundir.BEST
     if not ce_path.exists():
-        raise rundir.TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
+        raise TrainingError(f"--init-from {cfg['init_from']}: no best.pt there (is the CE run complete?)")
     return file_sha256(ce_path)
 
 

@@ -183,7 +183,7 @@ def prepare_method(cfg, ctx, run_data, device):
     if not method.init_from_ce:
         return
     ce_state = load_checkpoint(Path(cfg["init_from"]) / rundir.BEST)["classifier"]
-    if cfg["method"] == "fw":
+    if method.transition_matrix:
         # The full CE model (BatchNorm statistics included) estimates T on the noisy training set.
         ce_model = copy.deepcopy(ctx.classifier)
         ce_model.load_state_dict(ce_state)

@@ -3,8 +3,8 @@ need the penultimate features (Soft reg.) can reach them."""
 import torch
 from torch import nn
 
+from limit.config import TrainingError
 from limit.registry import ARCH_SIZES, dataset_info, get_method
-from limit.runs.rundir import TrainingError
 
 
 class Classifier(nn.Module):

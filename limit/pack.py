@@ -32,8 +32,8 @@ import traceback
 import warnings
 from pathlib import Path
 
-from limit.config import add_train_arguments
-from limit.runs.rundir import TrainingError, write_json
+from limit.config import TrainingError, add_train_arguments
+from limit.runs.rundir import write_json
 from limit.tracking.uri import check_no_password, redact
 
 PR_SET_PDEATHSIG = 1

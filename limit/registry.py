@@ -136,6 +136,10 @@ class Method:
     init_from_ce: str | None = None  # "classifier" (FW, DMI) or "q" (+init): parameters from the best CE model
     head_bias: bool = True         # Soft reg.'s last layer U has no bias
     sampling: bool = False         # lamb is a sampling precision (noise std ~ 1/sqrt(lamb)): it must be > 0
+    transition_matrix: bool = False  # FW: the noise transition is estimated from the CE model before training
+    every_class_per_batch: bool = False  # DMI: a batch missing a class has determinant 0 and no gradient
+    # LIMIT: q predicts the CE gradient, and ||y - s(q(x))|| scores each training label (train_scores.npz)
+    scores_labels: bool = False
     description: str = ""
 
 
@@ -144,19 +148,22 @@ METHODS = {
     "ce_gn": Method(("sigma",), description="CE with Gaussian noise on the logit gradient"),
     "ce_ln": Method(("sigma",), description="CE with Laplace noise (std sigma) on the logit gradient"),
     "mae": Method(description="mean absolute error"),
-    "fw": Method(init_from_ce="classifier", description="forward loss correction"),
-    "dmi": Method(init_from_ce="classifier", description="determinant-based mutual information loss"),
+    "fw": Method(init_from_ce="classifier", transition_matrix=True, description="forward loss correction"),
+    "dmi": Method(init_from_ce="classifier", every_class_per_batch=True,
+                  description="determinant-based mutual information loss"),
     "soft_reg": Method(("lamb", "beta"), q_network=True, head_bias=False, description="soft regularisation, Eq. (11)"),
-    "limit_g": Method(("beta",), q_network=True, description="LIMIT_G without sampling"),
-    "limit_l": Method(("beta",), q_network=True, description="LIMIT_L without sampling"),
-    "limit_g_s": Method(("beta", "lamb"), q_network=True, sampling=True, description="LIMIT_G with Gaussian sampling"),
-    "limit_l_s": Method(("beta", "lamb"), q_network=True, sampling=True, description="LIMIT_L with Laplace sampling"),
-    "limit_g_init": Method(("beta",), q_network=True, init_from_ce="q",
+    "limit_g": Method(("beta",), q_network=True, scores_labels=True, description="LIMIT_G without sampling"),
+    "limit_l": Method(("beta",), q_network=True, scores_labels=True, description="LIMIT_L without sampling"),
+    "limit_g_s": Method(("beta", "lamb"), q_network=True, sampling=True, scores_labels=True,
+                        description="LIMIT_G with Gaussian sampling"),
+    "limit_l_s": Method(("beta", "lamb"), q_network=True, sampling=True, scores_labels=True,
+                        description="LIMIT_L with Laplace sampling"),
+    "limit_g_init": Method(("beta",), q_network=True, init_from_ce="q", scores_labels=True,
                            description="LIMIT_G, q initialised from the best CE model"),
-    "limit_l_init": Method(("beta",), q_network=True, init_from_ce="q",
+    "limit_l_init": Method(("beta",), q_network=True, init_from_ce="q", scores_labels=True,
                            description="LIMIT_L, q initialised from the best CE model"),
 }
-LIMIT_METHODS = tuple(name for name in METHODS if name.startswith("limit_"))
+LIMIT_METHODS = tuple(name for name, method in METHODS.items() if method.scores_labels)
 
 
 def is_limit(name):

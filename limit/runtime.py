@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from limit.config import PRECISIONS, parse_checkpoint_every
+from limit.config import PRECISIONS, TrainingError, parse_checkpoint_every
 from limit.runs import rundir
 
 __all__ = ["DeviceError", "resolve_device", "pick_device", "cuda_problem", "code_runs_on", "slurm_gpu_allocation",
@@ -323,7 +323,7 @@ def load_checkpoint(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise rundir.TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
+        raise TrainingError(f"checkpoint {path} is corrupt or not a checkpoint of this package: {exc}") from exc
 
 
 def save_state(run_dir, state):
@@ -342,7 +342,7 @@ def load_state(run_dir):
         return None, None, None
     try:
         return load_checkpoint(path), path, None
-    except rundir.TrainingError as exc:
+    except TrainingError as exc:
         if not prev.exists():
             raise
         return load_checkpoint(prev), prev, exc

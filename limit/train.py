@@ -18,19 +18,19 @@ import json
 import math
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from limit import config, runtime
-from limit.config import fingerprint, init_checkpoint_sha256, resolve_config
-from limit.data import load_run_data
+from limit.config import TrainingError, fingerprint, init_checkpoint_sha256, resolve_config
+from limit.data import RunData, load_run_data
 from limit.methods import LOSSES, Context, batches_missing_a_class, limit_train_scores, loss_and_margin, prepare_method
 from limit.models import build_networks, make_optimizer, predict
-from limit.registry import dataset_info, is_limit
+from limit.registry import dataset_info, get_method
 from limit.runs import rundir
-from limit.runs.rundir import TrainingError
 from limit.runtime import CheckpointCadence, pick_device
 
 # The loop's public API (limit.tools uses only these).
@@ -191,109 +191,177 @@ def retrained_ce(held_fingerprint, held_init_sha256, cfg, input_sha256):
         cfg, input_sha256["labels"], held_init_sha256, input_sha256["data"])
 
 
+@dataclass
+class Run:
+    """A run being trained: its config, directory and inputs; its networks and optimizer; its progress."""
+    cfg: dict
+    out: Path
+    device: torch.device
+    fingerprint: str
+    input_sha256: dict
+    run_data: RunData
+    generator: torch.Generator  # the batches' order and augmentation
+    ctx: Context = None
+    optimizer: torch.optim.Optimizer = None
+    history: list = field(default_factory=list)  # one row per epoch trained
+    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0, "models": None})
+    epoch_sums: dict = None
+
+
 def train(run_config, out_dir, tracker=None, overwrite=False):
-    """Train one run into ``out_dir``, resuming from ``state.pt`` if present. Returns metrics. A run directory of
-    another config is refused before anything is written (``overwrite``: replaced)."""
+    """Train one run into ``out_dir``: start it, or resume it from ``state.pt``; train its epochs; finish it.
+    Returns its metrics. A run directory of another config is refused before anything is written (``overwrite``:
+    replaced)."""
+    run = load_run(run_config, out_dir)
+    finished = finished_metrics(run.out, run.cfg, run.fingerprint)
+    if finished is not None:  # complete with this very config (a pack started again): nothing to train
+        return finished
+    start_or_resume(run, overwrite)
+    if tracker is not None:
+        tracker.start(run.cfg, run.history)
+    train_epochs(run, tracker)
+    return finish(run, tracker)
+
+
+def load_run(run_config, out_dir):
+    """The run's config, device, seeds, data and fingerprint; bad input stops here, before anything is written."""
     cfg = resolve_config(run_config)
-    out = Path(out_dir)
     device = pick_device(cfg["device"])  # a GPU that cannot run stops here, in seconds
     runtime.configure(device, cfg["deterministic"], cfg["precision"])
-
     torch.manual_seed(cfg["seed"])
     generator = torch.Generator().manual_seed(cfg["seed"])
-    run_data = load_run_data(cfg, device)  # bad input stops here, before anything is written
+    run_data = load_run_data(cfg, device)
     meta = run_data.labels_meta
     input_sha256 = {"labels": meta["sha256"], "data": meta.get("data_sha256"), "init": init_checkpoint_sha256(cfg)}
     cfg["run"].update(noise=meta["noise"], rate=meta["rate"], n=str(meta["n"]))
     fp = fingerprint(cfg, input_sha256["labels"], input_sha256["init"], input_sha256["data"])
-    finished = finished_metrics(out, cfg, fp)
-    if finished is not None:  # complete with this very config (a pack started again): nothing to train
-        return finished
-    state, state_path, torn = start_state(out, cfg, fp, input_sha256, overwrite)  # a refusal writes nothing
+    return Run(cfg, Path(out_dir), device, fp, input_sha256, run_data, generator)
+
+
+def start_or_resume(run, overwrite):
+    """Build the run's networks and optimizer, from the first epoch or from its training state, and record the
+    attempt and the config in its directory."""
+    cfg, out = run.cfg, run.out
+    # A refusal writes nothing: start_state decides before any file is touched.
+    state, state_path, torn = start_state(out, cfg, run.fingerprint, run.input_sha256, overwrite)
     if state is not None:
         print(f"{out}: resuming at epoch {len(state['history'])} of {cfg['epochs']} from {state_path}", flush=True)
     if torn is not None:
         warnings.warn(f"{torn}; resuming from {state_path}, one checkpoint earlier", RuntimeWarning)
     out.mkdir(parents=True, exist_ok=True)
     (out / rundir.METRICS).unlink(missing_ok=True)  # a run directory with metrics.json is complete: not any more
-    runtime.record_attempt(out, device)
-    if cfg["method"] == "dmi":
-        missing = batches_missing_a_class(run_data.train_noisy, run_data.num_classes, cfg["batch_size"], cfg["seed"])
-        if missing > 0:
-            warnings.warn(f"DMI: {missing:.0%} of the training batches (batch size {cfg['batch_size']}, "
-                          f"{run_data.num_classes} classes) miss a class; their determinant is 0 and their "
-                          f"gradient zero, so the run stays near its CE start (docs/reproduction.md)",
-                          RuntimeWarning)
-    classifier, q = build_networks(cfg, run_data.num_classes)
-    ctx = Context(classifier.to(device), q.to(device) if q is not None else None)
-    for model in _models(ctx).values():
-        runtime.set_precision(model, cfg["precision"], device)
-
+    runtime.record_attempt(out, run.device)
+    if get_method(cfg["method"]).every_class_per_batch:
+        warn_batches_missing_a_class(cfg, run.run_data)
+    classifier, q = build_networks(cfg, run.run_data.num_classes)
+    run.ctx = Context(classifier.to(run.device), q.to(run.device) if q is not None else None)
+    for model in _models(run.ctx).values():
+        runtime.set_precision(model, cfg["precision"], run.device)
     if state is not None:
-        for name, model in _models(ctx).items():
-            model.load_state_dict(state["models"][name])
-        ctx.extra = {k: v.to(device) for k, v in state["extra"].items()}
-        optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
-        optimizer.load_state_dict(state["optimizer"])
-        runtime.set_rng_state(state["rng"], generator)
-        history, best = state["history"], state["best"]
-        # A state written before epoch sums existed has none: the averages cover the epochs from here on.
-        epoch_sums = {k: v.to(device) for k, v in state.get("epoch_sums", new_epoch_sums(run_data)).items()}
+        resume(run, state)
     else:
-        prepare_method(cfg, ctx, run_data, device)
-        optimizer = make_optimizer(_models(ctx).values(), cfg["hparams"])
-        history, best = [], {"val_acc": -1.0, "epoch": 0, "models": None}
-        epoch_sums = new_epoch_sums(run_data)
+        prepare_method(cfg, run.ctx, run.run_data, run.device)
+        run.optimizer = make_optimizer(_models(run.ctx).values(), cfg["hparams"])
+        run.epoch_sums = new_epoch_sums(run.run_data)
     # The config of the latest invocation (a resumed run may extend its epochs), and its fingerprint.
-    rundir.write_json(out / rundir.CONFIG, {**cfg, "fingerprint": fp, "input_sha256": input_sha256})
+    rundir.write_json(out / rundir.CONFIG, {**cfg, "fingerprint": run.fingerprint, "input_sha256": run.input_sha256})
 
-    if tracker is not None:
-        tracker.start(cfg, history)
-    start_epoch = len(history)
-    reporter = runtime.EpochReporter(cfg["epochs"], out.name, start_epoch)
-    stopped = start_epoch > 0 and start_epoch - 1 - best["epoch"] >= cfg["patience"]
-    cadence = CheckpointCadence(cfg["checkpoint_every"])
-    for epoch in range(start_epoch, cfg["epochs"]):
-        if stopped:
-            break
+
+def resume(run, state):
+    """Networks, method state, optimizer, random streams and progress as ``state.pt`` saved them."""
+    for name, model in _models(run.ctx).items():
+        model.load_state_dict(state["models"][name])
+    run.ctx.extra = {k: v.to(run.device) for k, v in state["extra"].items()}
+    run.optimizer = make_optimizer(_models(run.ctx).values(), run.cfg["hparams"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    runtime.set_rng_state(state["rng"], run.generator)
+    run.history, run.best = state["history"], state["best"]
+    # A state written before epoch sums existed has none: the averages cover the epochs from here on.
+    run.epoch_sums = {k: v.to(run.device) for k, v in state.get("epoch_sums", new_epoch_sums(run.run_data)).items()}
+
+
+def warn_batches_missing_a_class(cfg, run_data):
+    missing = batches_missing_a_class(run_data.train_noisy, run_data.num_classes, cfg["batch_size"], cfg["seed"])
+    if missing > 0:
+        warnings.warn(f"{cfg['method'].upper()}: {missing:.0%} of the training batches (batch size "
+                      f"{cfg['batch_size']}, {run_data.num_classes} classes) miss a class; their determinant is 0 "
+                      f"and their gradient zero, so the run stays near its CE start (docs/reproduction.md)",
+                      RuntimeWarning)
+
+
+def train_epochs(run, tracker):
+    """Epoch -> validate -> keep the best -> stop early, up to the epoch budget; ``state.pt`` at the cadence
+    ``checkpoint_every`` sets and when training ends."""
+    epochs = run.cfg["epochs"]
+    start = len(run.history)
+    reporter = runtime.EpochReporter(epochs, run.out.name, start)
+    cadence = CheckpointCadence(run.cfg["checkpoint_every"])
+    while len(run.history) < epochs and not patience_spent(run):
         t0 = time.perf_counter()
-        row = {"epoch": epoch, **run_epoch(ctx, LOSSES[cfg["method"]], run_data, cfg, optimizer, generator,
-                                           epoch_sums)}
-        for term in ("train_loss", "q_loss", "mu_sq_norm"):
-            if row[term] is not None and not math.isfinite(row[term]):
-                raise TrainingError(f"epoch {epoch}: {term} became {row[term]}; the run stopped "
-                                    f"(state.pt keeps the last complete epoch, {epoch - 1})")
-        row["val_acc"] = validation_accuracy(ctx.classifier, run_data.val, run_data.val_labels, cfg["batch_size"],
-                                             epoch_sums)
-        epoch_sums["epochs"] += 1
-        curve_labels = run_data.test_labels[:len(run_data.test_curve)]
-        row["test_acc"] = (test_accuracy(ctx.classifier, run_data.test_curve, curve_labels, cfg["batch_size"])[0]
-                           if cfg["test_curve"] and epoch % cfg["test_curve_every"] == 0
-                           else float("nan"))
-        row["epoch_seconds"] = time.perf_counter() - t0
-        row["images_per_second"] = len(run_data.train) / row["epoch_seconds"]
-        history.append(row)
-        if row["val_acc"] > best["val_acc"]:
-            best = {"val_acc": row["val_acc"], "epoch": epoch,
-                    "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
-                               for k, m in _models(ctx).items()},
-                    "epoch_sums": {k: v.detach().cpu().clone() for k, v in epoch_sums.items()}}
-            save_best(best, out)
-        stopped = epoch - best["epoch"] >= cfg["patience"]
-        if cadence.due(epoch - start_epoch + 1) or stopped or epoch == cfg["epochs"] - 1:
-            runtime.save_state(out, {"fingerprint": fp, "init_sha256": input_sha256["init"],
-                                    "models": {k: m.state_dict() for k, m in _models(ctx).items()},
-                                    "optimizer": optimizer.state_dict(), "rng": runtime.rng_state(generator),
-                                    "history": history, "best": best,
-                                    "epoch_sums": {k: v.cpu() for k, v in epoch_sums.items()},
-                                    "extra": {k: v.cpu() for k, v in ctx.extra.items()}})
-            write_history(out, history)  # the epochs so far, readable without torch (mlflow-sync)
-            cadence.saved(epoch - start_epoch + 1)
+        row = train_epoch(run)
+        row.update(validate(run, row["epoch"]))
+        seconds = time.perf_counter() - t0
+        row.update(epoch_seconds=seconds, images_per_second=len(run.run_data.train) / seconds)
+        run.history.append(row)
+        keep_best(run, row)
+        done = len(run.history) - start
+        if cadence.due(done) or patience_spent(run) or len(run.history) == epochs:
+            save_state(run)
+            cadence.saved(done)
         if tracker is not None:
             tracker.log_epoch(row)
         reporter.epoch(row)
     reporter.close()
-    return finish(cfg, out, ctx, run_data, history, best, tracker)
+
+
+def patience_spent(run):
+    """Early stopping: ``patience`` epochs trained since the best validation accuracy."""
+    return bool(run.history) and len(run.history) - 1 - run.best["epoch"] >= run.cfg["patience"]
+
+
+def train_epoch(run):
+    """One epoch on the noisy labels; its history row so far. A loss that is no longer finite stops the run."""
+    epoch = len(run.history)
+    row = {"epoch": epoch, **run_epoch(run.ctx, LOSSES[run.cfg["method"]], run.run_data, run.cfg, run.optimizer,
+                                       run.generator, run.epoch_sums)}
+    for term in ("train_loss", "q_loss", "mu_sq_norm"):
+        if row[term] is not None and not math.isfinite(row[term]):
+            raise TrainingError(f"epoch {epoch}: {term} became {row[term]}; the run stopped "
+                                f"(state.pt keeps the last complete epoch, {epoch - 1})")
+    return row
+
+
+def validate(run, epoch):
+    """The validation accuracy (what selects the best epoch), and every ``test_curve_every`` epochs the clean test
+    accuracy of the test curve's examples."""
+    cfg, data = run.cfg, run.run_data
+    val_acc = validation_accuracy(run.ctx.classifier, data.val, data.val_labels, cfg["batch_size"], run.epoch_sums)
+    run.epoch_sums["epochs"] += 1
+    curve_labels = data.test_labels[:len(data.test_curve)]
+    test_acc = (test_accuracy(run.ctx.classifier, data.test_curve, curve_labels, cfg["batch_size"])[0]
+                if cfg["test_curve"] and epoch % cfg["test_curve_every"] == 0 else float("nan"))
+    return {"val_acc": val_acc, "test_acc": test_acc}
+
+
+def keep_best(run, row):
+    """A better validation accuracy than any before: its networks and epoch sums become the run's best (best.pt)."""
+    if row["val_acc"] > run.best["val_acc"]:
+        run.best = {"val_acc": row["val_acc"], "epoch": row["epoch"],
+                    "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
+                               for k, m in _models(run.ctx).items()},
+                    "epoch_sums": {k: v.detach().cpu().clone() for k, v in run.epoch_sums.items()}}
+        save_best(run.best, run.out)
+
+
+def save_state(run):
+    """state.pt: everything a resumed run needs to go on as if never stopped; and the history so far."""
+    runtime.save_state(run.out, {"fingerprint": run.fingerprint, "init_sha256": run.input_sha256["init"],
+                                 "models": {k: m.state_dict() for k, m in _models(run.ctx).items()},
+                                 "optimizer": run.optimizer.state_dict(), "rng": runtime.rng_state(run.generator),
+                                 "history": run.history, "best": run.best,
+                                 "epoch_sums": {k: v.cpu() for k, v in run.epoch_sums.items()},
+                                 "extra": {k: v.cpu() for k, v in run.ctx.extra.items()}})
+    write_history(run.out, run.history)  # the epochs so far, readable without torch (mlflow-sync)
 
 
 def write_history(out, history):
@@ -309,34 +377,41 @@ def save_best(best, out):
     runtime.save_torch(out / rundir.BEST, {**best["models"], "epoch": best["epoch"]})
 
 
-def finish(cfg, out, ctx, run_data, history, best, tracker):
-    """Evaluate the best-validation checkpoint on the clean test set and write the run's outputs."""
-    for name, model in _models(ctx).items():
+def finish(run, tracker):
+    """Evaluate the best-validation networks on the clean test set and write the run's outputs, metrics.json last."""
+    cfg, out, data, best = run.cfg, run.out, run.run_data, run.best
+    for name, model in _models(run.ctx).items():
         model.load_state_dict(best["models"][name])
     save_best(best, out)  # again: a resumed run may have rewritten it for an epoch after its checkpoint
-    acc, idx, logits = test_accuracy(ctx.classifier, run_data.test, run_data.test_labels, cfg["batch_size"])
+    acc, idx, logits = test_accuracy(run.ctx.classifier, data.test, data.test_labels, cfg["batch_size"])
     rundir.save_npz(out / rundir.TEST_OUTPUTS, logits=logits.cpu().numpy().astype(np.float32),
-                    labels=run_data.test_labels[idx].cpu().numpy(), index=idx.cpu().numpy())
+                    labels=data.test_labels[idx].cpu().numpy(), index=idx.cpu().numpy())
     if "epoch_sums" in best:  # (absent only when the best epoch came before a resume from an older version)
         sums = best["epoch_sums"]
         rundir.save_npz(out / rundir.EPOCH_SCORES, epochs=int(sums["epochs"]),
                         **{k: (v / sums["epochs"]).numpy() for k, v in sums.items() if k != "epochs"})
-    if is_limit(cfg["method"]):
-        rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(ctx, run_data, cfg["batch_size"]))
-    write_history(out, history)
-    metrics = {"best_epoch": best["epoch"], "best_val_acc": best["val_acc"], "test_acc": acc,
-               "test_examples": len(idx), "epochs_run": len(history),
-               "wall_seconds": sum(r["epoch_seconds"] for r in history)}
-    if dataset_info(cfg["dataset"]).streamed:  # images skipped because they cannot be decoded (datasets.clothing1m)
-        metrics["test_unreadable"] = len(run_data.test) - len(idx)
-        metrics["unreadable_images"] = len({p for split in (run_data.train, run_data.val, run_data.test)
-                                            for p in split.unreadable})
+    if get_method(cfg["method"]).scores_labels:
+        rundir.save_npz(out / rundir.TRAIN_SCORES, **limit_train_scores(run.ctx, data, cfg["batch_size"]))
+    write_history(out, run.history)
+    metrics = run_metrics(run, acc, idx)
     rundir.write_json(out / rundir.METRICS, metrics)
     if not cfg["keep_state"]:  # the run is complete: its training state is only storage now
         for name in (rundir.STATE, rundir.STATE_PREV):
             (out / name).unlink(missing_ok=True)
     if tracker is not None:
         tracker.finish(out)
+    return metrics
+
+
+def run_metrics(run, test_acc, test_idx):
+    """metrics.json: the selected epoch, its validation and test accuracy, and what the run cost."""
+    data, history = run.run_data, run.history
+    metrics = {"best_epoch": run.best["epoch"], "best_val_acc": run.best["val_acc"], "test_acc": test_acc,
+               "test_examples": len(test_idx), "epochs_run": len(history),
+               "wall_seconds": sum(r["epoch_seconds"] for r in history)}
+    if dataset_info(run.cfg["dataset"]).streamed:  # images skipped because they cannot be decoded (datasets.clothing1m)
+        metrics["test_unreadable"] = len(data.test) - len(test_idx)
+        metrics["unreadable_images"] = len({p for split in (data.train, data.val, data.test) for p in split.unreadable})
     return metrics
 
 

@@ -1,7 +1,7 @@
-"""The package's layers and their import rules: the paper's core flat in limit/, support layers in folders.
+"""The package's layers, bottom first (LAYERS): a module imports only from its own layer or below.
 
-Each rule is checked twice where it can be: statically (every import statement of the layer's files, at module
-level or inside a function) and by importing the layer's modules in a fresh interpreter (what they load).
+Each rule is checked twice where it can be: statically (every import statement of a module, at module level or
+inside a function) and by importing the modules in a fresh interpreter (what they load).
 """
 import ast
 import json
@@ -42,30 +42,59 @@ def imports(path):
     return found
 
 
+# The layers, bottom first. A module may import only from its own layer or below, lazy imports (inside functions)
+# included. A name is a module, or a folder whose modules it covers unless they are named themselves.
+LAYERS = [
+    ("facts", ("limit", "limit.registry", "limit.runs.rundir", "limit.tracking.uri"),
+     "datasets, methods and hyperparameters; a run directory's files; tracking URIs: plain data"),
+    ("tracking", ("limit.tracking",), "mirrors run directories into MLflow, for the loop and the report alike"),
+    ("settings", ("limit.config", "limit.noise", "limit.datasets"),
+     "a run's settings, its TrainingError, the label noise and the dataset sources: torch-free when imported"),
+    ("runs", ("limit.runs",), "the workflow's grid and plan: it parses with them"),
+    ("core", ("limit.runtime", "limit.data", "limit.models", "limit.methods", "limit.train", "limit.pack"),
+     "the paper's training"),
+    # The report sits above the core for one import: Figure 4 shows training images, which limit.data reads
+    # (inside that function, so importing the report loads no torch: test_importing_a_layer_loads_none...).
+    ("report, tools", ("limit.report", "limit.tools"), "read run directories and the run table; commands"),
+    ("cli", ("limit.cli", "limit.__main__"), "the dispatch table"),
+]
+RANK = {name: rank for rank, (_, names, _) in enumerate(LAYERS) for name in names}
+
+
 def layer(module):
-    folder = MODULES[module].parent
-    return "core" if folder == PACKAGE else folder.name
+    """The rank of a module's layer (0: the bottom), None if LAYERS has no place for it."""
+    if module in RANK:
+        return RANK[module]
+    folder = module.rpartition(".")[0]
+    return RANK.get(folder) if folder != "limit" else None
 
 
-# layer -> (third-party packages none of its files imports, limit modules none of its files imports, and why)
-RULES = {
-    "runs": (("torch", "torchvision", "pandas", "matplotlib", "mlflow"),
-             ("limit.data", "limit.models", "limit.methods", "limit.train", "limit.runtime", "limit.report",
-              "limit.tools", "limit.tracking.client", "limit.tracking.server", "limit.cli"),
-             "the workflow parses with it: no scientific stack, no MLflow"),
-    "report": (("torch", "torchvision", "mlflow"),
-               ("limit.models", "limit.methods", "limit.train", "limit.runtime", "limit.tools", "limit.cli"),
-               "renders from the run table and run directories: no torch"),
-    "tracking": (("torch", "torchvision"), ("limit.data", "limit.models", "limit.methods", "limit.train",
-                                            "limit.runtime", "limit.report", "limit.tools", "limit.cli"),
-                 "mirrors run directories into MLflow: no torch"),
-    "datasets": ((), ("limit.data", "limit.models", "limit.methods", "limit.train", "limit.report", "limit.tools",
-                      "limit.tracking", "limit.cli"), "loaders below the core's data module"),
-    "tools": ((), ("limit.cli",), "commands over the public API"),
-    "core": ((), ("limit.report", "limit.tools", "limit.cli"), "the paper's code does not reach up"),
+def test_every_module_has_a_layer_and_every_name_is_a_module():
+    assert [m for m in MODULES if layer(m) is None] == [], "give these modules a layer in LAYERS"
+    assert [n for n in RANK if n not in MODULES] == [], "LAYERS names what is no module"
+
+
+def upward_imports(module):
+    """'module:line imports name (layer), above its own (layer)' for each import of a module of a higher layer."""
+    own = layer(module)
+    return [f"{module}:{line} imports {name} ({LAYERS[layer(name)][0]}), above its own layer "
+            f"({LAYERS[own][0]}: {LAYERS[own][2]})"
+            for name, line, _ in imports(MODULES[module]) if name in MODULES and layer(name) > own]
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_a_module_imports_only_from_its_own_layer_or_below(module):
+    assert upward_imports(module) == []
+
+
+# Third-party packages a layer's files never import, even inside a function, and why.
+PACKAGES = {
+    ("limit.registry", "limit.runs", "limit.tracking.uri"): (("torch", "torchvision", "pandas", "matplotlib",
+                                                              "mlflow"),
+                                                             "the workflow parses with it: no scientific stack"),
+    ("limit.report",): (("torch", "torchvision", "mlflow"), "renders from the run table and run directories"),
+    ("limit.tracking",): (("torch", "torchvision"), "mirrors run directories into MLflow: no torch"),
 }
-# The one data load of the report: Figure 4 shows training images (torch reads them, inside that function).
-ALLOWED = {("limit.report.render", "limit.data")}
 
 
 def _under(name, prefixes):
@@ -73,15 +102,11 @@ def _under(name, prefixes):
 
 
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_import_rules(module):
-    if module in ("limit.cli", "limit.__main__"):  # the top: the dispatch table
-        return
-    packages, limit_modules, why = RULES[layer(module)]
-    for name, line, _ in imports(MODULES[module]):
-        if (module, name) in ALLOWED:
-            continue
-        assert not _under(name, packages), f"{module}:{line} imports {name}: {why}"
-        assert not _under(name, limit_modules), f"{module}:{line} imports {name}: {why}"
+def test_import_rules_for_third_party_packages(module):
+    for prefixes, (packages, why) in PACKAGES.items():
+        if _under(module, prefixes):
+            for name, line, _ in imports(MODULES[module]):
+                assert not _under(name, packages), f"{module}:{line} imports {name}: {why}"
 
 
 def _graph():
@@ -107,17 +132,38 @@ def test_no_import_cycle():
             visit(m)
 
 
+def used_names(tree, module):
+    """The names a file takes from ``module``, in every form of import: ``from limit.train import x``; ``import
+    limit.train [as T]`` then ``limit.train.x`` or ``T.x``; ``from limit import train [as T]`` then ``T.x``."""
+    parent, _, leaf = module.rpartition(".")
+    used, aliases = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == module:
+            used |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module == parent:
+            aliases |= {a.asname or a.name for a in node.names if a.name == leaf}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name for a in node.names if a.name == module}
+    return used | {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and ast.unparse(n.value) in aliases}
+
+
+@pytest.mark.parametrize("code", ["from limit.train import finish", "import limit.train\nlimit.train.finish()",
+                                  "import limit.train as T\nT.finish()", "from limit import train\ntrain.finish()",
+                                  "from limit import train as T\nT.finish()", "from limit.train import *"])
+def test_the_public_api_check_sees_every_form_of_import(code):
+    assert used_names(ast.parse(code), "limit.train") == ({"*"} if "*" in code else {"finish"})
+
+
 def test_tools_use_the_public_api_of_train_and_runtime():
     import limit.runtime
     import limit.train
     public = {"limit.train": set(limit.train.__all__), "limit.runtime": set(limit.runtime.__all__)}
     for module, path in MODULES.items():
-        if layer(module) != "tools":
+        if not module.startswith("limit.tools."):
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module in public:
-                names = {a.name for a in node.names}
-                assert names <= public[node.module], f"{module} imports {names - public[node.module]} of {node.module}"
+        tree = ast.parse(path.read_text())
+        for name, names in public.items():
+            assert used_names(tree, name) <= names, f"{module} uses {used_names(tree, name) - names} of {name}"
 
 
 def _loaded(code):
@@ -157,11 +203,3 @@ def test_the_workflow_imports_only_runs_and_the_registry():
             if stripped.startswith(("from limit", "import limit")):
                 module = stripped.split()[1]
                 assert _under(module, ("limit.runs", "limit.registry")), f"{path.name}: {stripped}"
-
-
-def test_the_package_tree_has_one_folder_per_layer():
-    folders = sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists())
-    assert folders == ["datasets", "report", "runs", "tools", "tracking"]
-    core = sorted(m for m in MODULES if layer(m) == "core")
-    assert core == ["limit", "limit.__main__", "limit.cli", "limit.config", "limit.data", "limit.methods",
-                    "limit.models", "limit.noise", "limit.pack", "limit.registry", "limit.runtime", "limit.train"]

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -167,6 +168,25 @@ def test_methods_that_start_from_the_ce_run(fmnist_dir, make_labels, tmp_path, m
         assert torch.allclose(matrix.sum(1), torch.ones(10)) and (matrix.diagonal() > 0.1).all()
     with pytest.raises(ValueError, match="init_from"):
         train(config(fmnist_dir, labels, method=method), tmp_path / "x")
+
+
+def test_a_method_behaves_as_its_registry_entry_says_whatever_its_name(fmnist_dir, make_labels, tmp_path,
+                                                                        monkeypatch):
+    """FW's transition matrix, DMI's warning and LIMIT's label scores come from registry fields, not from names:
+    FW, DMI and LIMIT_L+init registered again under other names do what they do."""
+    labels = make_labels(rate=0.5, n=256, val_size=256)
+    fast = {"epochs": 1, "test_curve": False, "batch_size": 16, "keep_state": True}  # batches of 16 miss a class
+    train(config(fmnist_dir, labels, **fast), tmp_path / "ce")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for name in ("fw", "dmi", "limit_l_init"):
+            monkeypatch.setitem(registry.METHODS, f"{name}_again", registry.METHODS[name])
+            monkeypatch.setitem(methods.LOSSES, f"{name}_again", methods.LOSSES[name])
+            train(config(fmnist_dir, labels, method=f"{name}_again", init_from=str(tmp_path / "ce"), **fast),
+                  tmp_path / name)
+    assert "transition_matrix" in torch.load(tmp_path / "fw" / "state.pt", weights_only=True)["extra"]
+    assert [str(w.message).split(":")[0] for w in seen if "miss a class" in str(w.message)] == ["DMI_AGAIN"]
+    assert (tmp_path / "limit_l_init" / "train_scores.npz").exists()
 
 
 def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fmnist_dir, make_labels, tmp_path):

@@ -71,10 +71,6 @@ BEST_VAL_ACC_MEAN, BEST_VAL_ACC_STD = "best_val_acc_mean", "best_val_acc_std"
 SEEDS = "seeds"  # how many
 
 
-class TrainingError(RuntimeError):
-    """A run that cannot go on: a non-finite loss, a bad or mismatched checkpoint."""
-
-
 def write_atomic(path, write):
     """Write ``path`` through ``write(binary_file)``: readers see the old file or the whole new one, also
     after a crash or a power cut (the file and then its directory entry are synced to disk)."""

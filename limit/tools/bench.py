@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from limit import data as D
-from limit.config import FIELD, PRECISIONS
+from limit.config import FIELD, PRECISIONS, TrainingError
 from limit.methods import LOSSES, Context
 from limit.models import make_optimizer, mnist_cnn
 from limit.pack import shared_gpu, start_member
 from limit.registry import get_method
-from limit.runs.rundir import TrainingError
 from limit.runtime import DeviceError, configure, pick_device, resolve_device, set_precision
 from limit.train import new_epoch_sums, run_epoch
 

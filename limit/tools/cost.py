@@ -157,10 +157,9 @@ def train_size(row):
     return n_all if row["n"] == "all" else int(row["n"]), row["val_size"] or n_val, n_test
 
 
-def plan(config, device, runs_csv=None, out=print):
-    """Print the per-block table and the total line; return (packed hours, unpacked hours)."""
-    rows = expand_runs({**config, "results": config.get("results", "results")})
-    previous = previous_epochs(runs_csv)
+def time_configurations(rows, device, out):
+    """Seconds per training image and per evaluated image (and per image at the device's full load, for packs of
+    processes on a GPU) of each (arch, q-network, batch size, precision, deterministic) the runs use."""
     timings = {}
     for r in rows:
         q = get_method(r["method"]).q_network
@@ -182,9 +181,11 @@ def plan(config, device, runs_csv=None, out=print):
                 f"{1 / timings[key][0]:,.1f} training images/s"
                 + ("" if r["deterministic"] else ", nondeterministic") + (f" (timed at batch {batch})"
                                                                    if batch != r["batch_size"] else ""))
-    start = startup_seconds()
-    out(f"job start-up: {start:.1f} s")
+    return timings
 
+
+def run_seconds(rows, timings, previous):
+    """Per run: its device seconds alone, its seconds at the device's full load, and its expected epochs."""
     seconds, busy, epochs = {}, {}, {}
     for r in rows:
         per_train, per_eval, saturated = timings[(r["arch"], get_method(r["method"]).q_network, r["batch_size"],
@@ -196,6 +197,17 @@ def plan(config, device, runs_csv=None, out=print):
         eval_images = e * n_val + math.ceil(e / r["test_curve_every"]) * curve + n_test
         seconds[r["run_id"]] = train_images * per_train + eval_images * per_eval
         busy[r["run_id"]] = train_images * (saturated or per_train) + eval_images * per_eval
+    return seconds, busy, epochs
+
+
+def plan(config, device, runs_csv=None, out=print):
+    """Print the per-block table and the total line; return (packed hours, unpacked hours)."""
+    rows = expand_runs({**config, "results": config.get("results", "results")})
+    previous = previous_epochs(runs_csv)
+    timings = time_configurations(rows, device, out)
+    start = startup_seconds()
+    out(f"job start-up: {start:.1f} s")
+    seconds, busy, epochs = run_seconds(rows, timings, previous)
     packs = pack_runs(rows)
     packed_of = {m["run_id"]: name for name, members in packs.items() for m in members}
     pack_seconds = {name: start + max(max(seconds[m["run_id"]] for m in members),

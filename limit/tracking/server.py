@@ -238,6 +238,28 @@ def _mark_experiments(url, names):
         get_or_create_experiment(client, name, url)
 
 
+def announce_experiments(url, store):
+    """Print where each experiment's runs are shown (expanded there); returns the store's (id, name) pairs."""
+    experiments = sqlite_experiments(store)
+    _mark_experiments(url, [name for _, name in experiments])
+    for experiment_id, name in experiments:
+        print(f"runs of experiment {name!r}: {runs_url(url, experiment_id)}", flush=True)
+    if not experiments:
+        print(f"experiments: {url}/#/experiments", flush=True)
+    return experiments
+
+
+def screenshot(url, store, experiments, experiment, png):
+    """Save the runs table of one experiment (first parents expanded) as png; the exit status."""
+    experiment_id = dict((name, i) for i, name in experiments).get(experiment)
+    if experiment_id is None:
+        print(f"error: no experiment {experiment!r} in {store}", file=sys.stderr)
+        return 2
+    rows = runs_table(url, experiment_id, expand=2, screenshot=png)
+    print(f"{png}: runs table of {experiment!r}, {len(rows)} rows shown", flush=True)
+    return 0
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m limit.tracking.server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -283,20 +305,9 @@ def main(argv=None):
     try:
         url = base_url(args.host, args.port)
         wait_until_ready(url, proc=proc)
-        experiments = sqlite_experiments(store)
-        _mark_experiments(url, [name for _, name in experiments])
-        for experiment_id, name in experiments:
-            print(f"runs of experiment {name!r}: {runs_url(url, experiment_id)}", flush=True)
-        if not experiments:
-            print(f"experiments: {url}/#/experiments", flush=True)
+        experiments = announce_experiments(url, store)
         if args.screenshot:
-            experiment_id = dict((name, i) for i, name in experiments).get(args.experiment)
-            if experiment_id is None:
-                print(f"error: no experiment {args.experiment!r} in {store}", file=sys.stderr)
-                return 2
-            rows = runs_table(url, experiment_id, expand=2, screenshot=args.screenshot)
-            print(f"{args.screenshot}: runs table of {args.experiment!r}, {len(rows)} rows shown", flush=True)
-            return 0
+            return screenshot(url, store, experiments, args.experiment, args.screenshot)
         print("Ctrl+C stops the server.", flush=True)
         return proc.wait()
     except KeyboardInterrupt:
