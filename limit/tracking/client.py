@@ -94,13 +94,24 @@ def get_or_create_experiment(client, name, uri):
         found = client.get_experiment_by_name(name)
     for key, value in EXPERIMENT_KIND.items():
         if found.tags.get(key) != value:
-            client.set_experiment_tag(found.experiment_id, key, value)
+            _set_experiment_tag(client, found.experiment_id, key, value)
     view_key = f"mlflow.sharedViewState.{SAVED_VIEW}"
     if json.loads(json.loads(found.tags.get(view_key, '{"state": "{}"}'))["state"]) != VIEW_STATE:
         now = int(time.time() * 1000)
-        client.set_experiment_tag(found.experiment_id, view_key, json.dumps(
+        _set_experiment_tag(client, found.experiment_id, view_key, json.dumps(
             {"name": SAVED_VIEW, "createdAt": now, "updatedAt": now, "state": json.dumps(VIEW_STATE)}))
     return found.experiment_id
+
+
+def _set_experiment_tag(client, experiment_id, key, value):
+    """Runs that start together may each set an experiment's tag; the second insert of the same key can fail (a
+    UNIQUE constraint of the store): the tag is there, set by the other."""
+    from mlflow.exceptions import MlflowException
+    try:
+        client.set_experiment_tag(experiment_id, key, value)
+    except MlflowException:
+        if key not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def get_or_create_parent(client, experiment_id, group):
