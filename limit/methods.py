@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from limit.models import copy_parameters, predict
 from limit.registry import get_method
 from limit.runs import rundir
+from limit.runs.rundir import MU_SQ_NORM, Q_LOSS, SOFT_GRAD_TERM, SOFT_LABEL_TERM
 from limit.runtime import load_checkpoint
 
 
@@ -123,7 +124,7 @@ def soft_reg_loss(ctx, x, y, hp):
     label_term = (z_sq * ((_one_hot(y, logits.shape[1]) - q_probs) ** 2).sum(1)).mean()
     grad_term = (z_sq * ((logits.softmax(1) - q_probs) ** 2).sum(1)).mean()
     objective = ce + hp["lamb"] * label_term + hp["beta"] * grad_term
-    return objective, logits, {"loss": ce, "q_loss": label_term, "mu_sq_norm": grad_term}
+    return objective, logits, {"loss": ce, SOFT_LABEL_TERM: label_term, SOFT_GRAD_TERM: grad_term}
 
 
 def _limit(distance, sample=None):
@@ -144,7 +145,7 @@ def _limit(distance, sample=None):
             grad = grad + sample(grad, hp["lamb"])
         objective = (logits * grad).sum() + q_loss + hp["beta"] * mu_sq
         ce = F.cross_entropy(logits.detach(), y)
-        return objective, logits, {"loss": ce, "q_loss": q_loss, "mu_sq_norm": mu_sq}
+        return objective, logits, {"loss": ce, Q_LOSS: q_loss, MU_SQ_NORM: mu_sq}
     return loss_fn
 
 

@@ -31,21 +31,39 @@ from limit.methods import LOSSES, Context, batches_missing_a_class, limit_train_
 from limit.models import build_networks, make_optimizer, predict
 from limit.registry import dataset_info, get_method
 from limit.runs import rundir
+from limit.runs.rundir import (
+    BEST_EPOCH,
+    BEST_VAL_ACC,
+    EPOCH,
+    EPOCH_SECONDS,
+    EPOCHS_RUN,
+    IMAGES_PER_SECOND,
+    LOSS_TERMS,
+    TEST_ACC,
+    TEST_EXAMPLES,
+    TEST_UNREADABLE,
+    TRAIN_ACC,
+    TRAIN_ACC_CORRUPTED,
+    TRAIN_ACC_TRUE,
+    TRAIN_LOSS,
+    UNREADABLE_IMAGES,
+    VAL_ACC,
+    WALL_SECONDS,
+)
 from limit.runtime import CheckpointCadence, pick_device
 
 # The loop's public API (limit.tools uses only these).
-__all__ = ["HISTORY_COLUMNS", "train", "new_epoch_sums", "run_epoch", "validation_accuracy", "test_accuracy",
-           "run_train"]
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_acc", "train_acc_true", "train_acc_corrupted", "val_acc",
-                   "test_acc", "q_loss", "mu_sq_norm", "epoch_seconds", "images_per_second"]
+__all__ = ["train", "new_epoch_sums", "run_epoch", "validation_accuracy", "test_accuracy", "run_train"]
 
 
 def new_epoch_sums(run_data):
-    """Running sums of per-example loss and margin (training and validation examples) and their epoch count."""
-    zeros = lambda split: torch.zeros(len(split), device=run_data.train_noisy.device)
-    return {"train_loss": zeros(run_data.train), "train_margin": zeros(run_data.train),
-            "val_loss": zeros(run_data.val), "val_margin": zeros(run_data.val),
-            "epochs": torch.zeros((), device=run_data.train_noisy.device)}
+    """Running sums of per-example loss and margin (training and validation examples) and their epoch count:
+    epoch_scores.npz's arrays ``{split}_loss``, ``{split}_margin`` (add_epoch_scores) and ``epochs``."""
+    device = run_data.train_noisy.device
+    splits = (("train", run_data.train), ("val", run_data.val))
+    return {**{f"{split}_{kind}": torch.zeros(len(examples), device=device)
+               for split, examples in splits for kind in ("loss", "margin")},
+            "epochs": torch.zeros((), device=device)}
 
 
 def add_epoch_scores(sums, split, idx, logits, labels):
@@ -132,7 +150,7 @@ def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator, epoch_sums):
         m.train()
     hp = cfg["hparams"]
     device = run_data.train_noisy.device
-    sums = {"train_acc": torch.zeros((), device=device), "true_correct": torch.zeros((), device=device),
+    sums = {"batch_acc": torch.zeros((), device=device), "true_correct": torch.zeros((), device=device),
             "corrupted_memorised": torch.zeros((), device=device)}
     batches = 0
     for idx, x in run_data.train.batches(cfg["batch_size"], generator=generator, shuffle=True, augment=True):
@@ -144,7 +162,7 @@ def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator, epoch_sums):
         with torch.no_grad():
             pred = logits.argmax(1)
             hit = pred == y
-            sums["train_acc"] += hit.float().mean()  # unweighted mean of batch accuracies, as the authors
+            sums["batch_acc"] += hit.float().mean()  # unweighted mean of batch accuracies, as the authors
             sums["true_correct"] += (pred == run_data.train_true[idx]).sum()
             sums["corrupted_memorised"] += (hit & run_data.is_corrupted[idx]).sum()
             add_epoch_scores(epoch_sums, "train", idx, logits, y)
@@ -154,12 +172,11 @@ def run_epoch(ctx, loss_fn, run_data, cfg, optimizer, generator, epoch_sums):
     values = {k: float(v) for k, v in sums.items()}
     n_corrupted = int(run_data.is_corrupted.sum())
     return {
-        "train_loss": values["loss"] / batches,
-        "train_acc": values["train_acc"] / batches,
-        "train_acc_true": values["true_correct"] / len(run_data.train),
-        "train_acc_corrupted": values["corrupted_memorised"] / n_corrupted if n_corrupted else float("nan"),
-        "q_loss": values["q_loss"] / batches if "q_loss" in values else None,  # None: not a term of this method
-        "mu_sq_norm": values["mu_sq_norm"] / batches if "mu_sq_norm" in values else None,
+        TRAIN_LOSS: values["loss"] / batches,
+        TRAIN_ACC: values["batch_acc"] / batches,
+        TRAIN_ACC_TRUE: values["true_correct"] / len(run_data.train),
+        TRAIN_ACC_CORRUPTED: values["corrupted_memorised"] / n_corrupted if n_corrupted else float("nan"),
+        **{term: values[term] / batches for term in LOSS_TERMS if term in values},  # the method's own terms
     }
 
 
@@ -204,7 +221,7 @@ class Run:
     ctx: Context = None
     optimizer: torch.optim.Optimizer = None
     history: list = field(default_factory=list)  # one row per epoch trained
-    best: dict = field(default_factory=lambda: {"val_acc": -1.0, "epoch": 0, "models": None})
+    best: dict = field(default_factory=lambda: {VAL_ACC: -1.0, EPOCH: 0, "models": None})
     epoch_sums: dict = None
 
 
@@ -299,9 +316,9 @@ def train_epochs(run, tracker):
     while len(run.history) < epochs and not patience_spent(run):
         t0 = time.perf_counter()
         row = train_epoch(run)
-        row.update(validate(run, row["epoch"]))
+        row.update(validate(run, row[EPOCH]))
         seconds = time.perf_counter() - t0
-        row.update(epoch_seconds=seconds, images_per_second=len(run.run_data.train) / seconds)
+        row.update({EPOCH_SECONDS: seconds, IMAGES_PER_SECOND: len(run.run_data.train) / seconds})
         run.history.append(row)
         keep_best(run, row)
         done = len(run.history) - start
@@ -316,18 +333,18 @@ def train_epochs(run, tracker):
 
 def patience_spent(run):
     """Early stopping: ``patience`` epochs trained since the best validation accuracy."""
-    return bool(run.history) and len(run.history) - 1 - run.best["epoch"] >= run.cfg["patience"]
+    return bool(run.history) and len(run.history) - 1 - run.best[EPOCH] >= run.cfg["patience"]
 
 
 def train_epoch(run):
     """One epoch on the noisy labels; its history row so far. A loss that is no longer finite stops the run."""
     epoch = len(run.history)
-    row = {"epoch": epoch, **run_epoch(run.ctx, LOSSES[run.cfg["method"]], run.run_data, run.cfg, run.optimizer,
+    row = {EPOCH: epoch, **run_epoch(run.ctx, LOSSES[run.cfg["method"]], run.run_data, run.cfg, run.optimizer,
                                        run.generator, run.epoch_sums)}
-    for term in ("train_loss", "q_loss", "mu_sq_norm"):
-        if row[term] is not None and not math.isfinite(row[term]):
+    for term in (TRAIN_LOSS, *LOSS_TERMS):
+        if term in row and not math.isfinite(row[term]):
             raise TrainingError(f"epoch {epoch}: {term} became {row[term]}; the run stopped "
-                                f"(state.pt keeps the last complete epoch, {epoch - 1})")
+                                f"({rundir.STATE} keeps the last complete epoch, {epoch - 1})")
     return row
 
 
@@ -340,13 +357,13 @@ def validate(run, epoch):
     curve_labels = data.test_labels[:len(data.test_curve)]
     test_acc = (test_accuracy(run.ctx.classifier, data.test_curve, curve_labels, cfg["batch_size"])[0]
                 if cfg["test_curve"] and epoch % cfg["test_curve_every"] == 0 else float("nan"))
-    return {"val_acc": val_acc, "test_acc": test_acc}
+    return {VAL_ACC: val_acc, TEST_ACC: test_acc}
 
 
 def keep_best(run, row):
     """A better validation accuracy than any before: its networks and epoch sums become the run's best (best.pt)."""
-    if row["val_acc"] > run.best["val_acc"]:
-        run.best = {"val_acc": row["val_acc"], "epoch": row["epoch"],
+    if row[VAL_ACC] > run.best[VAL_ACC]:
+        run.best = {VAL_ACC: row[VAL_ACC], EPOCH: row[EPOCH],
                     "models": {k: {n: t.detach().cpu().clone() for n, t in m.state_dict().items()}
                                for k, m in _models(run.ctx).items()},
                     "epoch_sums": {k: v.detach().cpu().clone() for k, v in run.epoch_sums.items()}}
@@ -366,7 +383,7 @@ def save_state(run):
 
 def write_history(out, history):
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=HISTORY_COLUMNS)
+    writer = csv.DictWriter(text, fieldnames=rundir.HISTORY_COLUMNS)  # a method's missing terms: empty
     writer.writeheader()
     writer.writerows(history)
     rundir.write_text(out / rundir.HISTORY, text.getvalue())
@@ -374,7 +391,7 @@ def write_history(out, history):
 
 def save_best(best, out):
     """best.pt: the best-validation networks (what FW, DMI and +init start from) and their epoch."""
-    runtime.save_torch(out / rundir.BEST, {**best["models"], "epoch": best["epoch"]})
+    runtime.save_torch(out / rundir.BEST, {**best["models"], EPOCH: best[EPOCH]})
 
 
 def finish(run, tracker):
@@ -406,12 +423,12 @@ def finish(run, tracker):
 def run_metrics(run, test_acc, test_idx):
     """metrics.json: the selected epoch, its validation and test accuracy, and what the run cost."""
     data, history = run.run_data, run.history
-    metrics = {"best_epoch": run.best["epoch"], "best_val_acc": run.best["val_acc"], "test_acc": test_acc,
-               "test_examples": len(test_idx), "epochs_run": len(history),
-               "wall_seconds": sum(r["epoch_seconds"] for r in history)}
+    metrics = {BEST_EPOCH: run.best[EPOCH], BEST_VAL_ACC: run.best[VAL_ACC], TEST_ACC: test_acc,
+               TEST_EXAMPLES: len(test_idx), EPOCHS_RUN: len(history),
+               WALL_SECONDS: sum(r[EPOCH_SECONDS] for r in history)}
     if dataset_info(run.cfg["dataset"]).streamed:  # images skipped because they cannot be decoded (datasets.clothing1m)
-        metrics["test_unreadable"] = len(data.test) - len(test_idx)
-        metrics["unreadable_images"] = len({p for split in (data.train, data.val, data.test) for p in split.unreadable})
+        metrics[TEST_UNREADABLE] = len(data.test) - len(test_idx)
+        metrics[UNREADABLE_IMAGES] = len({p for split in (data.train, data.val, data.test) for p in split.unreadable})
     return metrics
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from limit.methods import LOSSES, Context, forward_correction_matrix
 from limit.models import build_model, copy_parameters, mnist_cnn, resnet34_cifar
 from limit.registry import METHODS
+from limit.runs import rundir
 
 K, B = 4, 6
 
@@ -126,13 +127,18 @@ def test_soft_reg_matches_equation_11():
     y = torch.randint(0, K, (B,), generator=g)
     ctx = Context(classifier, Logits(r))
     lamb, beta = 0.03, 10.0
-    objective, _, _ = LOSSES["soft_reg"](ctx, torch.arange(B), y, {"lamb": lamb, "beta": beta})
+    objective, _, terms = LOSSES["soft_reg"](ctx, torch.arange(B), y, {"lamb": lamb, "beta": beta})
     a = head(z)
     s_r = r.softmax(1)
     z2 = (z ** 2).sum(1)
-    expected = (F.cross_entropy(a, y) + lamb * (z2 * ((F.one_hot(y, K) - s_r) ** 2).sum(1)).mean()
-                + beta * (z2 * ((a.softmax(1) - s_r) ** 2).sum(1)).mean())
+    label_term = (z2 * ((F.one_hot(y, K) - s_r) ** 2).sum(1)).mean()
+    grad_term = (z2 * ((a.softmax(1) - s_r) ** 2).sum(1)).mean()
+    expected = F.cross_entropy(a, y) + lamb * label_term + beta * grad_term
     assert objective.item() == pytest.approx(expected.item(), rel=1e-6)
+    # its history columns are its own terms, not LIMIT's q loss and ||mu||^2
+    assert set(terms) == {"loss", rundir.SOFT_LABEL_TERM, rundir.SOFT_GRAD_TERM}
+    assert terms[rundir.SOFT_LABEL_TERM].item() == pytest.approx(label_term.item(), rel=1e-6)
+    assert terms[rundir.SOFT_GRAD_TERM].item() == pytest.approx(grad_term.item(), rel=1e-6)
     objective.backward()
     assert ctx.q.a.grad is not None and head.weight.grad is not None  # no detach in Eq. (11)
 

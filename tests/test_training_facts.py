@@ -130,6 +130,11 @@ def test_every_method_trains_end_to_end(method, ce_run, fmnist_dir, make_labels,
     history = pd.read_csv(tmp_path / "run/history.csv")
     assert len(history) == 1 and np.isfinite(history["train_loss"]).all()
     assert 0 <= metrics["test_acc"] <= 1 and metrics["epochs_run"] == 1
+    # a history column holds one thing: a method's own terms, empty for the others
+    own = {"soft_reg": {"soft_label_term", "soft_grad_term"}}.get(method, {"q_loss", "mu_sq_norm"}
+                                                                    if get_method(method).scores_labels else set())
+    assert {c for c in ("q_loss", "mu_sq_norm", "soft_label_term", "soft_grad_term")
+            if np.isfinite(history[c]).all()} == own
     assert (tmp_path / "run/train_scores.npz").exists() == method.startswith("limit_")
 
 

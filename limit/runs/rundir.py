@@ -52,6 +52,7 @@ SOFT_LABEL_TERM = "soft_label_term"  # Soft reg. (Eq. 11): ||z||^2 ||y - s(r)||^
 SOFT_GRAD_TERM = "soft_grad_term"  # Soft reg. (Eq. 11): ||z||^2 ||s(a) - s(r)||^2, beta's term
 EPOCH_SECONDS = "epoch_seconds"
 IMAGES_PER_SECOND = "images_per_second"
+LOSS_TERMS = (Q_LOSS, MU_SQ_NORM, SOFT_LABEL_TERM, SOFT_GRAD_TERM)  # a method's own terms; empty for the others
 HISTORY_COLUMNS = (EPOCH, TRAIN_LOSS, TRAIN_ACC, TRAIN_ACC_TRUE, TRAIN_ACC_CORRUPTED, VAL_ACC, TEST_ACC, Q_LOSS,
                    MU_SQ_NORM, SOFT_LABEL_TERM, SOFT_GRAD_TERM, EPOCH_SECONDS, IMAGES_PER_SECOND)
 # metrics.json's keys besides TEST_ACC: a run's row of the run table
