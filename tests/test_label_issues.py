@@ -305,5 +305,5 @@ def test_the_workflow_ranks_each_seed_once_with_the_run_noisy_validation_selects
     assert result.returncode == 0, result.stderr[-3000:]
     runs = "results/runs/own/shapes/given-0/nall/seed1/limit_l"
     assert result.stdout.count("python -m limit find-label-issues") == 1
-    assert (f"find-label-issues {runs}/beta1 {runs}/beta10 --out $(dirname "
-            "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv)") in result.stdout
+    assert (f"find-label-issues {runs}/beta1 {runs}/beta10 --out \"$(dirname "
+            "results/label_issues/own/shapes/given-0/nall/seed1/limit_l/label_issues.csv)\"") in result.stdout

@@ -48,7 +48,7 @@ def write_standin_data(data_dir):
 def rehearsal_command(workdir, data_dir):
     # as docs/cluster.md gives it, from the repository root; the local cluster has no accounting (squeue) and its
     # GPU-less node runs at most 8 jobs at once on this machine's 2 cores. Its limit: on 2 cores beside the rest of the
-    # suite it reached 56 of 106 jobs in 15 minutes (its 6-minute target is not met yet)
+    # suite its 58 jobs took 19.6 minutes (its 6-minute target is not met yet)
     return ["timeout", "--foreground", "-s", "INT", "-k", "30", "3000", "snakemake", "--profile", "slurm",
             "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1", "--jobs", "8",
             "--keep-going",

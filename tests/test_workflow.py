@@ -405,10 +405,11 @@ def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_e
     import time
     work = tmp_path / "work"
     work.mkdir()
-    # one CE run of 40 epochs, no MLflow: long enough to be stopped in the middle
+    # one CE run of 150 epochs, no MLflow: long enough to be stopped in the middle (an epoch takes 0.15 s idle; 40
+    # epochs once ended before this test, starved on a loaded machine, had read its second)
     overlay = tmp_path / "one_run.yaml"
-    overlay.write_text(json.dumps({"mlflow": {"enabled": False}, "training": {"fashion_mnist": {"epochs": 40,
-                                   "patience": 40}}, "experiments": {"main": {"seeds": [1], "methods": {"ce": {}}}}}))
+    overlay.write_text(json.dumps({"mlflow": {"enabled": False}, "training": {"fashion_mnist": {"epochs": 150,
+                                   "patience": 150}}, "experiments": {"main": {"seeds": [1], "methods": {"ce": {}}}}}))
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1", "--configfile",
                str(REPO / "config/test.yaml"), str(overlay), "--config", f"data_dir={fmnist_dir}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -433,6 +434,6 @@ def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_e
                            text=True, env=env, timeout=900)  # the same command, for that run's result alone
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = log.read_text().splitlines()
-    assert re.fullmatch(rf"results/runs/{run}: resuming at epoch [1-9]\d* of 40 from results/runs/{run}/state\.pt",
+    assert re.fullmatch(rf"results/runs/{run}: resuming at epoch [1-9]\d* of 150 from results/runs/{run}/state\.pt",
                         resumed[0]), resumed[:3]
     assert attempts.read_text().startswith(first) and resumed[0] in attempts.read_text()  # both attempts kept

@@ -29,7 +29,7 @@ rule import_images:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit import-images {params.args:q} --out $(dirname {output.info:q}) > {log:q} 2>&1"
+        "python -m limit import-images {params.args:q} --out \"$(dirname {output.info:q})\" > {log:q} 2>&1"
 
 
 rule corrupt_labels:

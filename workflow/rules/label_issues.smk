@@ -14,7 +14,7 @@ rule find_label_issues:
         "../../envs/report.yaml"
     shell:
         "python -m limit find-label-issues {params.run_dirs:q} "
-        "--out $(dirname {output.issues:q}) > {log:q} 2>&1"
+        "--out \"$(dirname {output.issues:q})\" > {log:q} 2>&1"
 
 
 rule label_issues:

@@ -17,7 +17,7 @@ rule select:
     conda:
         "../../envs/train.yaml"
     shell:
-        "python -m limit select {params.tracking:q} --out-dir $(dirname {output:q}) {params.run_dirs:q} > {log:q} 2>&1"
+        "python -m limit select {params.tracking:q} --out-dir \"$(dirname {output:q})\" {params.run_dirs:q} > {log:q} 2>&1"
 
 
 rule aggregate:
