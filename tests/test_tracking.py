@@ -299,6 +299,43 @@ def test_epochs_go_live_in_one_request_per_interval_from_a_background_thread(tmp
     assert run.info.status == "FINISHED" and run.data.metrics["final_test_acc"] == 0.5
 
 
+def test_a_batch_stored_but_its_answer_lost_is_sent_again_and_kept_once(tmp_path, monkeypatch):
+    """The server stores a request of epochs, then dies before it answers (killed, timed out): the sender sends
+    those epochs again in its next round, and MLflow keeps each once."""
+    from limit.tracking import client as tracking
+    uri, run_dir, resent = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run", []
+    real_client = tracking._client
+
+    class AnswerLost:
+        def __init__(self, client):
+            self.client = client
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        def log_batch(self, run_id, metrics=(), **kwargs):
+            self.client.log_batch(run_id, metrics=metrics, **kwargs)
+            if metrics and metrics[0].key in ROW_KEYS and not resent:
+                resent.append({m.step for m in metrics})
+                raise ConnectionError("the server died before it answered")
+
+    monkeypatch.setattr(tracking, "_client", lambda u: AnswerLost(real_client(u)))
+    _write_run(run_dir, CONFIG, [])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tracker = Tracker(run_dir, uri, interval=0.2)
+        tracker.start(CONFIG, [])
+        rows, _ = _timed_epochs(tracker, 0, 1.0, period=0.02, until=lambda: bool(resent))
+        time.sleep(0.5)  # the next round, which sends them again
+        _write_run(run_dir, CONFIG, rows, finished=True)
+        tracker.finish(run_dir)
+    run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
+    client = MlflowClient(uri)
+    assert resent and resent[0]
+    for key in ROW_KEYS:
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == list(range(len(rows))), key
+
+
 def test_a_server_that_never_answers_never_stalls_an_epoch(tmp_path, monkeypatch):
     from limit.tracking.server import free_port
 

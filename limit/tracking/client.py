@@ -72,6 +72,10 @@ ROWS_PER_REQUEST = 80  # whole epoch rows (up to 12 metrics each) per log_batch:
 
 
 
+def _now_ms():
+    return int(time.time() * 1000)
+
+
 def artifact_root(uri):
     """Where a SQLite store keeps artifacts: ``mlartifacts/`` next to the database file."""
     parsed = urlparse(uri)
@@ -97,7 +101,7 @@ def get_or_create_experiment(client, name, uri):
             _set_experiment_tag(client, found.experiment_id, key, value)
     view_key = f"mlflow.sharedViewState.{SAVED_VIEW}"
     if json.loads(json.loads(found.tags.get(view_key, '{"state": "{}"}'))["state"]) != VIEW_STATE:
-        now = int(time.time() * 1000)
+        now = _now_ms()
         _set_experiment_tag(client, found.experiment_id, view_key, json.dumps(
             {"name": SAVED_VIEW, "createdAt": now, "updatedAt": now, "state": json.dumps(VIEW_STATE)}))
     return found.experiment_id
@@ -159,7 +163,7 @@ def _log_missing(client, run_id, run, params=None, tags=None, metrics=None):
     from mlflow.entities import Metric, Param, RunTag
     params = [Param(k, str(v)[:6000]) for k, v in (params or {}).items() if k not in run.data.params]
     tags = [RunTag(k, str(v)) for k, v in (tags or {}).items() if run.data.tags.get(k) != str(v)]
-    now = int(time.time() * 1000)
+    now = _now_ms()
     metrics = [Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
                if v is not None and not math.isnan(float(v)) and run.data.metrics.get(k) != float(v)]
     for start in range(0, max(len(params), 1), 100):
@@ -246,9 +250,11 @@ def _client(uri):
     return MlflowClient(tracking_uri=uri)
 
 
-def _metrics_of(row, step):
+def _metrics_of(row, step, timestamp=None):
+    """A row's metrics at ``step``. ``timestamp`` (ms) fixed when the row was made: a request that is sent again
+    (the server stored it but its answer was lost) then repeats the same metrics, which the store keeps once."""
     from mlflow.entities import Metric
-    now = int(time.time() * 1000)
+    now = _now_ms() if timestamp is None else timestamp
     values = {k: float(v) for k, v in row.items() if k != rundir.EPOCH and v is not None and v != ""}
     # NaN (e.g. "nan" in history.csv) means "not measured": skipped, whether live or synced later
     return [Metric(k, v, now, step) for k, v in values.items() if not math.isnan(v)]
@@ -377,7 +383,7 @@ class Tracker:
         self.experiment = self.run_name = self.tags = self.config = None
         self.client = self.run = self.thread = None
         self.rows = queue.Queue(maxsize=QUEUE_ROWS)
-        self.unsent = []  # rows taken from the queue that MLflow does not have yet
+        self.unsent = []  # (row, its time) taken from the queue that MLflow does not have yet
         self.stopping = threading.Event()
         self.warned = False
         _mlflow_environment(self.uri)  # here, not in the thread: os.environ is not thread-safe
@@ -394,14 +400,16 @@ class Tracker:
         self.experiment = {"id": self.experiment_id, "name": config["run"]["experiment"]}
         self.run_name = rundir.run_name(rundir.identity(config))
         self.tags = rundir.run_tags(config)
-        self.unsent = [dict(row) for row in history]  # a resumed run's epochs so far (sent unless MLflow has them)
+        # (row, its time) of a resumed run's epochs so far: sent unless MLflow has them
+        now = _now_ms()
+        self.unsent = [(dict(row), now) for row in history]
         self.resumed_at = len(history)
         self.thread = threading.Thread(target=self._send, name="mlflow-tracker", daemon=True)
         self.thread.start()
 
     def log_epoch(self, row):
         try:
-            self.rows.put_nowait(dict(row))
+            self.rows.put_nowait((dict(row), _now_ms()))
         except queue.Full:  # the server is far behind: history.csv keeps the row for finish's sync
             pass
 
@@ -433,12 +441,12 @@ class Tracker:
                 self.client.update_run(run.info.run_id, status="RUNNING")
             if self.unsent and run.data.metrics:  # a resumed run that continues its MLflow run
                 logged = {m.step for m in self.client.get_metric_history(run.info.run_id, MARKER_METRIC)}
-                self.unsent = [row for row in self.unsent if row[rundir.EPOCH] not in logged]
+                self.unsent = [(row, ms) for row, ms in self.unsent if row[rundir.EPOCH] not in logged]
             self.run = run
         while self.unsent:
             rows = self.unsent[:ROWS_PER_REQUEST]
-            self.client.log_batch(self.run.info.run_id, metrics=[m for row in rows
-                                                                 for m in _metrics_of(row, row[rundir.EPOCH])])
+            self.client.log_batch(self.run.info.run_id, metrics=[m for row, ms in rows
+                                                                 for m in _metrics_of(row, row[rundir.EPOCH], ms)])
             del self.unsent[:len(rows)]
 
     def finish(self, run_dir):
