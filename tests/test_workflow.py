@@ -401,27 +401,26 @@ def test_a_labels_file_made_by_hand_at_the_pipelines_path_is_refused_before_any_
 @pytest.mark.pipeline
 def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_each_attempts_log(fmnist_dir,
                                                                                                   tmp_path):
-    import signal
-    import time
     work = tmp_path / "work"
     work.mkdir()
-    # one CE run of 150 epochs, no MLflow: long enough to be stopped in the middle (an epoch takes 0.15 s idle; 40
-    # epochs once ended before this test, starved on a loaded machine, had read its second)
+    # one CE run of 200 epochs, no MLflow: long enough to be stopped in the middle (an epoch takes 0.15 s idle)
     overlay = tmp_path / "one_run.yaml"
-    overlay.write_text(json.dumps({"mlflow": {"enabled": False}, "training": {"fashion_mnist": {"epochs": 150,
-                                   "patience": 150}}, "experiments": {"main": {"seeds": [1], "methods": {"ce": {}}}}}))
-    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), "--cores", "1", "--configfile",
-               str(REPO / "config/test.yaml"), str(overlay), "--config", f"data_dir={fmnist_dir}"]
+    overlay.write_text(json.dumps({"mlflow": {"enabled": False}, "training": {"fashion_mnist": {"epochs": 200,
+                                   "patience": 200}}, "experiments": {"main": {"seeds": [1], "methods": {"ce": {}}}}}))
+    run = "main/fashion_mnist/uniform-0.5/n256/seed1/ce/default"
+    log, attempts = work / "results/logs/train" / f"{run}.log", work / "results/logs/train" / f"{run}.attempts.log"
+    command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), f"results/runs/{run}/metrics.json",
+               "--cores", "1", "--configfile", str(REPO / "config/test.yaml"), str(overlay), "--config",
+               f"data_dir={fmnist_dir}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     pipeline = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 start_new_session=True)
-    run = "main/fashion_mnist/uniform-0.5/n256/seed1/ce/default"
-    log, attempts = work / "results/logs/train" / f"{run}.log", work / "results/logs/train" / f"{run}.attempts.log"
-    deadline = time.time() + 600
-    while time.time() < deadline and pipeline.poll() is None and not (
-            attempts.exists() and "default epoch 1:" in attempts.read_text()):  # two epochs, checkpointed
-        time.sleep(0.2)
-    os.killpg(pipeline.pid, signal.SIGINT)  # Ctrl-C: the terminal signals Snakemake and its jobs
+    # Ctrl-C (the terminal signals Snakemake and its jobs) once two epochs are checkpointed, sent by a watcher of
+    # its own: this test's process, starved on a loaded machine, once looked only after the run had ended
+    watcher = subprocess.Popen(["bash", "-c", 'while kill -0 -- "-$2" 2>/dev/null; do '
+                                'if grep -qs "default epoch 1:" "$1"; then kill -INT -- "-$2"; exit 0; fi; sleep 0.1; '
+                                'done; exit 1', "watch", str(attempts), str(pipeline.pid)])
+    assert watcher.wait(timeout=600) == 0, "the pipeline ended before it was interrupted"
     output = pipeline.communicate(timeout=300)[0]
     assert pipeline.returncode != 0 and not (work / "results/runs" / run / "metrics.json").exists(), output[-3000:]
     assert output.rstrip().splitlines()[-1].startswith(
@@ -430,10 +429,9 @@ def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_e
     first = attempts.read_text()
     assert "default epoch 1:" in first and "Traceback" not in first, first
 
-    again = subprocess.run([*command[:5], f"results/runs/{run}/metrics.json", *command[5:]], capture_output=True,
-                           text=True, env=env, timeout=900)  # the same command, for that run's result alone
+    again = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)  # the same command
     assert again.returncode == 0, again.stderr[-3000:]
     resumed = log.read_text().splitlines()
-    assert re.fullmatch(rf"results/runs/{run}: resuming at epoch [1-9]\d* of 150 from results/runs/{run}/state\.pt",
+    assert re.fullmatch(rf"results/runs/{run}: resuming at epoch [1-9]\d* of 200 from results/runs/{run}/state\.pt",
                         resumed[0]), resumed[:3]
     assert attempts.read_text().startswith(first) and resumed[0] in attempts.read_text()  # both attempts kept
