@@ -18,13 +18,13 @@ from limit.tools.label_issues import SPLITS, within_split
 CLASSES = ["bottom", "left", "top"]
 
 
-def pattern(cls, rng, side=28):
-    """A greyscale image: the brighter half of the class (top, bottom or left) under strong pixel noise (a task
-    the CNN needs a few epochs for, so that validation selects a trained checkpoint)."""
+def pattern(cls, rng, side=28, strength=50):
+    """A greyscale image: the brighter half of the class (top, bottom, left or right) under strong pixel noise (a
+    task the CNN needs a few epochs for, so that validation selects a trained checkpoint)."""
     image = rng.integers(0, 200, (side, side))
     half = {"top": (slice(0, side // 2), slice(None)), "bottom": (slice(side // 2, None), slice(None)),
-            "left": (slice(None), slice(0, side // 2))}[cls]
-    image[half] += 50
+            "left": (slice(None), slice(0, side // 2)), "right": (slice(None), slice(side // 2, None))}[cls]
+    image[half] += strength
     return Image.fromarray(image.astype(np.uint8), mode="L")
 
 
@@ -241,6 +241,38 @@ def test_the_default_score_ranks_class_dependent_flips_above_the_given_label_los
     # confusion by how often the labels make it
     assert by_loss["roc_auc"] < 0.9 and by_default["roc_auc"] > by_loss["roc_auc"] + 0.05, (by_loss, by_default)
     assert by_default["average_precision"] > by_loss["average_precision"] + 0.3, (by_loss, by_default)
+
+
+def test_the_default_score_ranks_class_dependent_flips_of_an_image_tree_above_the_given_label_loss(tmp_path):
+    """Class-dependent noise in your own images: about 40% of the "top" images filed under "bottom", a flip
+    consistent enough for the classifier to learn, beside "left" and "right" images too faint to tell apart (hard
+    clean images, large losses). Through import-images, corrupt, a LIMIT run and find-label-issues, as the docs give
+    them: on the training split, where the run saw the flips, the default score ranks them above the loss does."""
+    rng, root, flipped = np.random.default_rng(0), tmp_path / "images", set()
+    for cls, strength in (("top", 50), ("bottom", 50), ("left", 15), ("right", 15)):
+        for i in range(60):
+            given = "bottom" if cls == "top" and rng.random() < 0.4 else cls
+            (root / given).mkdir(parents=True, exist_ok=True)
+            pattern(cls, rng, strength=strength).save(root / given / f"{cls}{i:03d}.png")
+            if given != cls:
+                flipped.add(f"{cls}{i:03d}.png")
+    cache, labels, run = tmp_path / "cache", tmp_path / "labels.npz", tmp_path / "run"
+    assert main(["import-images", str(root), "--out", str(cache)]) == 0
+    assert main(["corrupt", "--dataset", str(cache), "--noise", "given", "--rate", "0", "--seed", "3",
+                 "--out", str(labels)]) == 0
+    assert main(["train", "--dataset", str(cache), "--labels", str(labels), "--method", "limit_l", "--beta=1",
+                 "--epochs", "10", "--patience", "10", "--batch-size", "32", "--seed", "1", "--out", str(run),
+                 "--no-tracking"]) == 0
+    assert main(["find-label-issues", str(run), "--out", str(tmp_path / "issues")]) == 0
+    rows = [r for r in read_rows(tmp_path / "issues" / "label_issues.csv") if r["split"] == "train"]
+    is_flipped = np.array([Path(r["path"]).name in flipped for r in rows])
+    assert 10 < is_flipped.sum() < len(rows) / 4
+    by_loss, by_default = (detection_metrics(np.array([float(r[name]) for r in rows]), is_flipped)
+                           for name in ("ce_loss", DEFAULT_SCORE))
+    # measured (2-core AMD EPYC): ROC AUC 0.941 against 0.999, AP 0.666 against 0.989; with training seeds 2 to 4
+    # the default score led by 0.04 to 0.11 in AUC and 0.12 to 0.62 in AP
+    assert by_default["roc_auc"] > by_loss["roc_auc"] + 0.02, (by_loss, by_default)
+    assert by_default["average_precision"] > by_loss["average_precision"] + 0.1, (by_loss, by_default)
 
 
 def test_noise_transition_reads_the_flips_and_uniform_noise_keeps_the_loss_ranking():
