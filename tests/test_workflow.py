@@ -330,7 +330,7 @@ def test_a_changed_config_trains_exactly_its_new_runs_in_one_invocation(tiny_pip
     assert job_counts(plan.stdout)["train"] == len(new)
     assert "Params have changed" not in plan.stdout  # nothing that ran before is planned again
 
-    run = snakemake(work, "--cores", "2", configfile=str(path))
+    run = snakemake(work, "--cores", "2", configfile=str(path), timeout=1500)  # 12 runs: 10 min once under load
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     runs = pd.read_csv(work / "results/runs.csv")
     assert set(runs.run_id) == before | new and set(runs.rate) == {0.2, 0.5}
@@ -401,6 +401,7 @@ def test_a_labels_file_made_by_hand_at_the_pipelines_path_is_refused_before_any_
 @pytest.mark.pipeline
 def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_each_attempts_log(fmnist_dir,
                                                                                                   tmp_path):
+    import signal
     work = tmp_path / "work"
     work.mkdir()
     # one CE run of 200 epochs, no MLflow: long enough to be stopped in the middle (an epoch takes 0.15 s idle)
@@ -413,8 +414,9 @@ def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_e
                "--cores", "1", "--configfile", str(REPO / "config/test.yaml"), str(overlay), "--config",
                f"data_dir={fmnist_dir}"]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # as from a terminal: SIGINT at its default (a CI started in the background ignores it; children inherit that)
     pipeline = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     # Ctrl-C (the terminal signals Snakemake and its jobs) once two epochs are checkpointed, sent by a watcher of
     # its own: this test's process, starved on a loaded machine, once looked only after the run had ended
     watcher = subprocess.Popen(["bash", "-c", 'while kill -0 -- "-$2" 2>/dev/null; do '
