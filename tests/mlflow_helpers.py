@@ -81,6 +81,16 @@ def postgres():
         yield uri
 
 
+class PassThroughClient:
+    """An MLflow client whose calls pass through to ``client``: a test subclasses it to make one call fail or count."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
 class HungServer:
     """Accepts TCP connections on 127.0.0.1 and never answers (a wedged proxy or server)."""
 

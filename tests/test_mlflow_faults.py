@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from limit.runs.rundir import run_tags
 from limit.tracking.server import free_port, start_server, stop_server
 
-from mlflow_helpers import HungServer
+from mlflow_helpers import HungServer, PassThroughClient
 from pipeline_helpers import pipeline_env, snakemake_command
 
 pytestmark = pytest.mark.pipeline  # Snakemake or the command line in subprocesses
@@ -202,13 +202,7 @@ def test_a_lost_answer_to_create_run_creates_no_duplicate(tmp_path, monkeypatch)
                                           "rate": 0.5, "n": "256"}}))
     real_client = tracking._client
 
-    class LosesCreateAnswer:
-        def __init__(self, client):
-            self.client = client
-
-        def __getattr__(self, name):
-            return getattr(self.client, name)
-
+    class LosesCreateAnswer(PassThroughClient):
         def create_run(self, *args, **kwargs):
             self.client.create_run(*args, **kwargs)
             raise MlflowException("connection reset while reading the answer")

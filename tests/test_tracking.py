@@ -13,6 +13,8 @@ from limit.tracking.client import Tracker, flatten, get_or_create_experiment, sy
 from limit.tracking.uri import redact
 from limit.train import train
 
+from mlflow_helpers import PassThroughClient
+
 
 def small_run(fmnist_dir, labels, out, tracker, epochs=3):
     cfg = {"dataset": "fashion_mnist", "data_dir": str(fmnist_dir), "labels": str(labels), "method": "limit_l",
@@ -239,13 +241,7 @@ def test_epochs_go_live_in_one_request_per_interval_from_a_background_thread(tmp
     requests, rounds = [], []  # rows of each request with epoch metrics; (began, ended, its requests) of each round
     real_client, real_round = tracking._client, Tracker._round
 
-    class Counted:
-        def __init__(self, client):
-            self.client = client
-
-        def __getattr__(self, name):
-            return getattr(self.client, name)
-
+    class Counted(PassThroughClient):
         def log_batch(self, run_id, metrics=(), **kwargs):
             if metrics and metrics[0].key in ROW_KEYS:
                 requests.append(len({m.step for m in metrics}))
@@ -306,13 +302,7 @@ def test_a_batch_stored_but_its_answer_lost_is_sent_again_and_kept_once(tmp_path
     uri, run_dir, resent = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run", []
     real_client = tracking._client
 
-    class AnswerLost:
-        def __init__(self, client):
-            self.client = client
-
-        def __getattr__(self, name):
-            return getattr(self.client, name)
-
+    class AnswerLost(PassThroughClient):
         def log_batch(self, run_id, metrics=(), **kwargs):
             self.client.log_batch(run_id, metrics=metrics, **kwargs)
             if metrics and metrics[0].key in ROW_KEYS and not resent:
