@@ -146,6 +146,16 @@ def test_select_writes_the_selection_of_each_group_of_its_runs(tmp_path, capsys)
     assert not (tmp_path / "one.json").exists()
 
 
+
+def test_a_block_of_one_run_selects_it_under_its_group_name(tmp_path):
+    """One seed, one variant, one value (a block added to try a setting): the file is the group's, as for many."""
+    from limit.cli import main
+    run_dir = _finished_run_dir(tmp_path / "only", 1, 0.0, 0.7)
+    out = tmp_path / "selected"
+    assert main(["select", "--no-tracking", "--out-dir", str(out), str(run_dir)]) == 0
+    written = [p.relative_to(out).as_posix() for p in out.rglob("*.json")]
+    assert written == ["main/fashion_mnist/uniform-0.5/n256/limit_g.json"]
+
 def test_grid_runs_nest_under_one_parent_per_group_with_tags_artifacts_and_selection(tmp_path):
     from limit.cli import main
     uri = f"sqlite:///{tmp_path}/mlflow.db"

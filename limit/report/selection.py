@@ -96,9 +96,11 @@ def run_select(args):
     """Pick, per group (data setting and method variant), the hyperparameters with the best mean noisy-validation
     accuracy over seeds."""
     runs = run_table(args.run_dirs)
-    groups = [rundir.group_key(*(row[c] for c in SETTING)) for row in runs.to_dict("records")]
-    if args.out and len(set(groups)) > 1:
-        raise ValueError(f"--out takes the runs of one group, these are of {len(set(groups))}: give --out-dir")
+    # a Series, not a list: pandas takes a one-item list for a list of groupers, and its keys for 1-tuples
+    groups = pd.Series([rundir.group_key(*(row[c] for c in SETTING)) for row in runs.to_dict("records")],
+                       index=runs.index)
+    if args.out and groups.nunique() > 1:
+        raise ValueError(f"--out takes the runs of one group, these are of {groups.nunique()}: give --out-dir")
     for group, runs_of_group in runs.groupby(groups, sort=True):
         select_group(runs_of_group, args.out or os.path.join(args.out_dir, f"{group}.json"), args)
 
