@@ -4,8 +4,10 @@ Stand-in data for every dataset of config/paper.yaml, in its real on-disk layout
 (MNIST's IDX files, CIFAR-10/100's pickles, a Clothing1M release tree with one truncated JPEG in each split);
 ``snakemake --profile slurm --configfile config/paper.yaml config/rehearsal.yaml`` from the repository root, with
 tests/data/rehearsal-ci.yaml for what this 2-core machine without a GPU cannot give; every training job a Slurm
-job that tracks to an MLflow server on PostgreSQL. Checked: every job ran, every paper table and figure is
-rendered with a number in each cell the grid fills, the unreadable images are counted, nothing wrote SQLite.
+job that tracks to an MLflow server on PostgreSQL. Checked: every job ran, with its config's resources; every run
+is in MLflow once, with every epoch, its tags, selection and files, and its rows are in PostgreSQL; every paper
+table and figure is rendered with a number in each cell the grid fills; the unreadable images are counted;
+nothing wrote SQLite.
 """
 import csv
 import json
@@ -21,10 +23,14 @@ from mlflow.tracking import MlflowClient
 
 from limit.datasets.clothing1m import write_synthetic_release
 from limit.report.tables import setting_key
+from limit.runs import rundir
 from limit.runs.grid import expand_runs, pack_runs
 from limit.runs.plan import merged_config
+from limit.runs.rundir import run_tags
+from limit.tools.tracking_bench import EPOCH_METRICS
 from limit.tracking.server import start_server, stop_server
 
+from mlflow_helpers import psycopg2_driver
 from pipeline_helpers import jobcomp, pipeline_env
 from standin_data import standin_env, write_cifar, write_mnist_idx
 
@@ -67,6 +73,51 @@ def filled_cells(table_csv, run_cells):
             if cell_key(c["row"], c["dataset"], c["noise"], c["rate"], c["n"]) in run_cells]
 
 
+def check_tracked(client, results, runs, artifacts, postgres):
+    """Every run in MLflow once, finished, under its group's parent, with its tags, selection, per-epoch history,
+    final test accuracy and files; the artifacts in the server's directory, the rows in PostgreSQL."""
+    everything = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
+    tracked = {r.info.run_id: r for r in everything if "limit.group" not in r.data.tags}
+    parents = {r.info.run_id for r in everything if "limit.group" in r.data.tags}
+    with open(results / "runs.csv", newline="") as f:
+        table = {r["run_dir"]: r for r in csv.DictReader(f)}
+    run_dirs = sorted(p.parent for p in (results / "runs").rglob(rundir.METRICS))
+    assert len(tracked) == len(run_dirs) == runs == len(table)
+    epochs = 0
+    for run_dir in run_dirs:
+        run = tracked[rundir.read_json(run_dir / rundir.MLFLOW)["run_id"]]
+        assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] in parents
+        tags = run_tags(rundir.read_json(run_dir / rundir.CONFIG))
+        assert {k: run.data.tags.get(k) for k in tags} == tags
+        assert run.data.tags["selected"] == table[str(run_dir.relative_to(results.parent))]["selected"].lower()
+        with open(run_dir / rundir.HISTORY, newline="") as f:
+            history = list(csv.DictReader(f))
+        epochs += len(history)
+        for key in set(history[0]) & set(EPOCH_METRICS):
+            logged = sorted(client.get_metric_history(run.info.run_id, key), key=lambda m: m.step)
+            values = [(int(r[rundir.EPOCH]), float(r[key])) for r in history if r[key]]
+            assert [(m.step, m.value) for m in logged] == [(e, pytest.approx(v)) for e, v in values
+                                                           if not math.isnan(v)], (run_dir, key)  # NaN: not sent
+        assert run.data.metrics["final_test_acc"] == pytest.approx(
+            rundir.read_json(run_dir / rundir.METRICS)[rundir.TEST_ACC])
+        assert {rundir.HISTORY, rundir.METRICS, rundir.TEST_OUTPUTS, rundir.CONFIG} <= {
+            a.path for a in client.list_artifacts(run.info.run_id)}
+    assert len(list(artifacts.rglob(rundir.HISTORY))) == runs  # through the server, into its directory
+    db = psycopg2_driver().connect(postgres)
+    try:
+        cur = db.cursor()
+        cur.execute("SELECT COUNT(*) FROM runs WHERE lifecycle_stage = 'active'")
+        assert cur.fetchone()[0] == runs + len(parents)
+        # jobs of a group that start together may each create its parent: all but one are deleted
+        cur.execute("SELECT COUNT(*) FROM runs r WHERE lifecycle_stage = 'deleted' AND NOT EXISTS "
+                    "(SELECT 1 FROM tags t WHERE t.run_uuid = r.run_uuid AND t.key = 'limit.group')")
+        assert cur.fetchone()[0] == 0
+        cur.execute("SELECT COUNT(*) FROM metrics WHERE key = 'val_acc'")
+        assert cur.fetchone()[0] == epochs  # each epoch once
+    finally:
+        db.close()
+
+
 def test_the_rehearsal_keeps_every_kind_of_job_of_the_paper_grid():
     """config/rehearsal.yaml over config/paper.yaml: every block, dataset, noise model and method variant, the same
     CE runs to start from, each dataset's resources, partition, device and tracking as the paper's; one epoch."""
@@ -98,20 +149,23 @@ def test_the_paper_grid_rehearsed_on_slurm_with_postgres_tracking(slurm_cluster,
     jobs = len(rows) - sum(len(m) for m in packs.values()) + len(packs)
     assert max(len(m) for m in packs.values()) == 16  # a full pack
 
-    server, url = start_server(postgres, tmp_path / "mlartifacts", log=tmp_path / "server.log", timeout=180)
+    artifacts = tmp_path / "mlartifacts"
+    server, url = start_server(postgres, artifacts, log=tmp_path / "server.log", timeout=180)
     try:
+        env = standin_env(data_dir, pipeline_env(MLFLOW_TRACKING_URI=url))
+        for key in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                    "MLFLOW_HTTP_REQUEST_TIMEOUT"):
+            env.pop(key, None)  # the project's defaults (3 retries, backoff 1, 30 s), as on a cluster
         start = time.monotonic()
         done = subprocess.run(rehearsal_command(workdir, data_dir), cwd=REPO, capture_output=True, text=True,
-                              env=standin_env(data_dir, pipeline_env(MLFLOW_TRACKING_URI=url)),
-                              stdin=subprocess.DEVNULL)
+                              env=env, stdin=subprocess.DEVNULL)
         wall = time.monotonic() - start
         output = done.stdout + done.stderr
         assert done.returncode == 0, output[-8000:]
-        client = MlflowClient(url)
-        tracked = client.search_runs([e.experiment_id for e in client.search_experiments()], max_results=5000)
+        results = workdir / config["results"]
+        check_tracked(MlflowClient(url), results, len(rows), artifacts, postgres)
     finally:
         stop_server(server)
-    results = workdir / config["results"]
 
     # every job ran, each training job as its own Slurm job
     assert re.search(r"(\d+) of \1 steps \(100%\) done", output), output[-3000:]
@@ -131,9 +185,7 @@ def test_the_paper_grid_rehearsed_on_slurm_with_postgres_tracking(slurm_cluster,
         assert f"cpu={members[0]['threads']}," in record["Tres"], record
         assert f"mem={members[0]['mem_mb']}M" in record["Tres"], record
 
-    # every run tracked to the server (no SQLite anywhere), each group under its parent run
-    runs_tracked = [r for r in tracked if "limit.group" not in r.data.tags]
-    assert len(runs_tracked) == len(rows) and all(r.info.status == "FINISHED" for r in runs_tracked)
+    # no SQLite anywhere (every run went to the server: check_tracked)
     assert not [p for p in (*workdir.rglob("*.db"), *REPO.glob("*.db"), *data_dir.rglob("*.db"))]
 
     # Clothing1M: one unreadable JPEG in each split, counted by every run
