@@ -408,10 +408,11 @@ def test_an_interrupted_pipeline_says_how_to_go_on_and_its_run_resumes_keeping_e
     import signal
     work = tmp_path / "work"
     work.mkdir()
-    # one CE run of 200 epochs, no MLflow: long enough to be stopped in the middle (an epoch takes 0.15 s idle)
+    # one CE run of 200 epochs, no MLflow, no test curve: long enough to be stopped in the middle
     overlay = tmp_path / "one_run.yaml"
-    overlay.write_text(json.dumps({"mlflow": {"enabled": False}, "training": {"fashion_mnist": {"epochs": 200,
-                                   "patience": 200}}, "experiments": {"main": {"seeds": [1], "methods": {"ce": {}}}}}))
+    overlay.write_text(json.dumps({"mlflow": {"enabled": False}, "training": {"fashion_mnist": {
+        "epochs": 200, "patience": 200, "test_curve_every": 1000}}, "experiments": {"main": {
+            "seeds": [1], "methods": {"ce": {}}}}}))
     run = "main/fashion_mnist/uniform-0.5/n256/seed1/ce/default"
     log, attempts = work / "results/logs/train" / f"{run}.log", work / "results/logs/train" / f"{run}.attempts.log"
     command = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(work), f"results/runs/{run}/metrics.json",
