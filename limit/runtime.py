@@ -327,11 +327,15 @@ def load_checkpoint(path):
 
 
 def save_state(run_dir, state):
-    """Write state.pt, keeping the previous one as state.prev.pt."""
+    """Write state.pt, keeping the previous one as state.prev.pt. The new state is written whole before the old
+    one moves: a run stopped while it writes (the slow part: Ctrl-C, kill -9) still has state.pt as it was."""
     run_dir = Path(run_dir)
+    new = run_dir / f".{rundir.STATE}.new"
+    save_torch(new, state)
     if (run_dir / rundir.STATE).exists():
         os.replace(run_dir / rundir.STATE, run_dir / rundir.STATE_PREV)
-    save_torch(run_dir / rundir.STATE, state)
+    os.replace(new, run_dir / rundir.STATE)
+    rundir.sync_directory(run_dir)
 
 
 def load_state(run_dir):

@@ -202,6 +202,24 @@ def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fm
     assert_same_outputs(outputs(tmp_path / "whole"), outputs(tmp_path / "torn"))
 
 
+def test_a_run_stopped_while_writing_its_state_keeps_the_last_one(tmp_path, monkeypatch):
+    """Ctrl-C (or kill -9) while state.pt is written, the slow part of a checkpoint: state.pt stays the last complete
+    one, so the run resumes from it, not from the one before."""
+    from limit import runtime
+    runtime.save_state(tmp_path, {"history": [0]})
+    runtime.save_state(tmp_path, {"history": [0, 1]})
+
+    def stopped(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        runtime.save_state(tmp_path, {"history": [0, 1, 2]})
+    state, path, error = runtime.load_state(tmp_path)
+    assert (state["history"], path.name, error) == ([0, 1], "state.pt", None)
+    assert torch.load(tmp_path / "state.prev.pt", weights_only=True)["history"] == [0]
+
 def test_a_changed_ce_model_restarts_the_runs_initialised_from_it(fmnist_dir, make_labels, tmp_path):
     labels, fast = make_labels(rate=0.5), {"epochs": 2, "test_curve": False}
     fw = config(fmnist_dir, labels, method="fw", init_from=str(tmp_path / "ce"), keep_state=True, **fast)
