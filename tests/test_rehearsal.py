@@ -26,7 +26,6 @@ from limit.report.tables import setting_key
 from limit.runs import rundir
 from limit.runs.grid import expand_runs, pack_runs
 from limit.runs.plan import merged_config
-from limit.runs.rundir import run_tags
 from limit.tools.tracking_bench import EPOCH_METRICS
 from limit.tracking.server import start_server, stop_server
 
@@ -87,7 +86,7 @@ def check_tracked(client, results, runs, artifacts, postgres):
     for run_dir in run_dirs:
         run = tracked[rundir.read_json(run_dir / rundir.MLFLOW)["run_id"]]
         assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] in parents
-        tags = run_tags(rundir.read_json(run_dir / rundir.CONFIG))
+        tags = rundir.run_tags(rundir.read_json(run_dir / rundir.CONFIG))
         assert {k: run.data.tags.get(k) for k in tags} == tags
         assert run.data.tags["selected"] == table[str(run_dir.relative_to(results.parent))]["selected"].lower()
         with open(run_dir / rundir.HISTORY, newline="") as f:
