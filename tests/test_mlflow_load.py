@@ -41,7 +41,7 @@ def test_32_live_runs_ride_out_a_server_restart_without_waiting_or_losing_an_epo
     artifacts = tmp_path / "mlartifacts"
     server, url = start_server(postgres, artifacts, log=tmp_path / "server.log", timeout=180, extra=SERVER)
     port = int(url.rsplit(":", 1)[1])
-    args = argparse.Namespace(experiment="load", interval=INTERVAL, epochs_per_second=2.0, seconds=180.0)
+    args = argparse.Namespace(experiment="load", interval=INTERVAL, epochs_per_second=2.0, seconds=120.0)
     results, start_at = [], time.time()
     runs = [threading.Thread(target=simulate_run, args=(tmp_path / f"run{i}", url, i, args, start_at, results))
             for i in range(RUNS)]
