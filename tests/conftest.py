@@ -6,10 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from limit import data as D
+# The suite runs many processes at once on few cores (two workers, their training subprocesses, Slurm jobs). An
+# OpenMP thread that waits for work spins by default, burning the CPU the other processes need: 4 two-thread
+# trainings at once took 31-37 s and 61-73 CPU seconds on 2 cores, 12 s and 23-24 CPU seconds with waiting threads
+# asleep. Set before torch loads its OpenMP runtime, and inherited by every process a test starts. The numbers
+# trained are the same (when a thread waits, not what it computes).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from mlflow_helpers import postgres  # noqa: F401 (the fixture, for every test module)
-from pipeline_helpers import git
+from limit import data as D  # noqa: E402
+
+from mlflow_helpers import postgres  # noqa: E402, F401 (the fixture, for every test module)
+from pipeline_helpers import git  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "tests" / "cluster"
