@@ -97,10 +97,10 @@ def hostile_run(fmnist_dir, tmp_path_factory):
         client = MlflowClient(url)
         done["before"] = store_snapshot(client)
         sync = [sys.executable, "-m", "limit", "mlflow-sync", *map(str, run_dirs)]
-        done["syncs"] = []
+        done["syncs"], done["after_sync"] = [], []
         for _ in range(2):
             done["syncs"].append(subprocess.run(sync, cwd=work, env=env, capture_output=True, text=True, timeout=300))
-            done["syncs"][-1].snapshot = store_snapshot(client)
+            done["after_sync"].append(store_snapshot(client))
         done["experiment_id"] = client.get_experiment_by_name("main").experiment_id
     finally:
         stop_server(server)
@@ -121,7 +121,7 @@ def test_hostile_paths_run_the_pipeline_and_nothing_else(hostile_run):
 def test_a_tracking_password_is_in_no_file_and_no_log(hostile_run):
     work, run_dirs, done = hostile_run
     assert done["returncode"] == 0, done["output"][-5000:]
-    children = [r for r in done["syncs"][-1].snapshot.values() if "mlflow.parentRunId" in r["tags"]]
+    children = [r for r in done["after_sync"][-1].values() if "mlflow.parentRunId" in r["tags"]]
     assert len(children) == 5 and all(r["status"] == "FINISHED" for r in children)  # the URI was used
     files = [p for p in [*(work / RESULTS).rglob("*"), *(work / ".snakemake").rglob("*")] if p.is_file()]
     assert len(files) > 100
@@ -169,10 +169,11 @@ def test_a_server_killed_mid_pipeline_costs_no_result_and_two_syncs_fill_in_once
     added = int(re.search(r"synced 5 runs, (\d+) epochs added", first.stdout).group(1))
     assert added > 0 and WARNING not in first.stderr
     assert second.returncode == 0 and "synced 5 runs, 0 epochs added" in second.stdout
-    assert second.snapshot == first.snapshot  # the second sync changed nothing
+    after_first, after_second = done["after_sync"]
+    assert after_second == after_first  # the second sync changed nothing
 
-    by_name = {r["name"]: (run_id, r) for run_id, r in first.snapshot.items() if "limit.group" not in r["tags"]}
-    assert len(by_name) == 5 and len(first.snapshot) == 5 + 4  # one run per run directory and per group
+    by_name = {r["name"]: (run_id, r) for run_id, r in after_first.items() if "limit.group" not in r["tags"]}
+    assert len(by_name) == 5 and len(after_first) == 5 + 4  # one run per run directory and per group
     for run_dir in run_dirs:
         run_id, run = by_name[str(run_dir.relative_to(results / "runs/main"))]
         assert run["experiment"] == done["experiment_id"] and run["status"] == "FINISHED"
