@@ -328,7 +328,7 @@ def test_a_batch_stored_but_its_answer_lost_is_sent_again_and_kept_once(tmp_path
         rows, _ = _timed_epochs(tracker, 0, 1.0, period=0.02, until=lambda: bool(resent))
         time.sleep(0.5)  # the next round, which sends them again
         _write_run(run_dir, CONFIG, rows, finished=True)
-        tracker.finish(run_dir)
+        assert tracker.finish(run_dir)  # MLflow has the whole run
     run_id = json.loads((run_dir / "mlflow.json").read_text())["run_id"]
     client = MlflowClient(uri)
     assert resent and resent[0]
@@ -352,7 +352,7 @@ def test_a_server_that_never_answers_never_stalls_an_epoch(tmp_path, monkeypatch
             tracker.start(CONFIG, [])
             rows, slowest = _timed_epochs(tracker, 0, 3.0)
             _write_run(run_dir, CONFIG, rows, finished=True)
-            tracker.finish(run_dir)
+            assert not tracker.finish(run_dir)  # the run is left for mlflow-sync
     finally:
         hung.close()
     assert hung.connections and slowest < 0.5, f"log_epoch took {slowest * 1e3:.1f} ms"  # a request: 2 s

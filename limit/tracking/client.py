@@ -451,7 +451,8 @@ class Tracker:
 
     def finish(self, run_dir):
         """Stop the sender, then sync the finished run directory: params, final metrics, artifacts and every
-        epoch MLflow lacks, in one idempotent pass."""
+        epoch MLflow lacks, in one idempotent pass. Returns whether MLflow has the whole run now; where not, the
+        run directory is complete and ``mlflow-sync`` (or the select stage) puts it there later."""
         if self.thread is not None:
             self.stopping.set()
             self.thread.join()
@@ -459,6 +460,8 @@ class Tracker:
             sync_run(run_dir, self.uri, self.experiment, self.run_name, self.tags)
         except Exception as exc:
             self._warn(exc)
+            return False
+        return True
 
 
 def tag_selection(run_dirs, selected, chosen, uri=None):
