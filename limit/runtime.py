@@ -23,6 +23,7 @@ Provenance: ``job.json`` names the device model and the environment (the sha256 
 ``requirements.lock``, which ``./project`` installs) of every attempt; a change of either between attempts is
 recorded and warned about, since numbers are bit-identical only on one device model with one set of libraries.
 """
+import ctypes
 import hashlib
 import importlib.metadata
 import os
@@ -165,6 +166,27 @@ def configure(device=torch.device("cpu"), deterministic=True, precision="fp32"):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not deterministic
         torch.backends.cudnn.deterministic = deterministic
+    else:
+        keep_freed_memory()
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory(mmap_below=256 << 20, trim_above=1 << 30):
+    """Let the C library's malloc keep what a CPU run frees, for its next batch; False where it cannot (not glibc).
+
+    glibc maps each block above a threshold (128 KiB, raised as blocks are freed, to 32 MiB at most) afresh and
+    unmaps it when freed, and returns the heap's free top to the system once it passes twice that threshold. On a
+    CPU, a batch's activations and gradients (tens of MB) were then faulted in page by page at every step: a tenth
+    of a run's CPU time, in the kernel (docs/default-pipeline-time.md). Blocks below ``mmap_below`` now come from
+    the heap, which keeps up to ``trim_above`` of free memory.
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_below)) and bool(mallopt(M_TRIM_THRESHOLD, trim_above))
 
 
 def set_precision(model, precision, device):

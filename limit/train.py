@@ -1,10 +1,10 @@
 """The training loop: one run = one (data setting, method, hyperparameters, seed), resumable.
 
 A run directory (file names: ``limit.runs.rundir``) holds the resolved config, ``state.pt`` (the full training state,
-rewritten atomically every ``checkpoint_every`` epochs or minutes and when training ends; the one before is kept
-as ``state.prev.pt``, the fallback if a crash tears it; both are removed once ``metrics.json`` is written, unless
-``keep_state``), ``history.csv`` (every epoch up to the last checkpoint), ``job.json`` (where each attempt ran),
-``best.pt`` (rewritten when validation improves), and when the run is complete ``test_outputs.npz``,
+rewritten atomically every ``checkpoint_every`` epochs or minutes, and when training ends with ``keep_state``; the
+one before is kept as ``state.prev.pt``, the fallback if a crash tears it; both are removed once ``metrics.json`` is
+written, unless ``keep_state``), ``history.csv`` (every epoch up to the last checkpoint), ``job.json`` (where each
+attempt ran), ``best.pt`` (rewritten when validation improves), and when the run is complete ``test_outputs.npz``,
 ``epoch_scores.npz``, ``train_scores.npz`` (LIMIT runs) and, last, ``metrics.json``.
 
 ``epoch_scores.npz`` holds, per training and validation example, the classifier's cross-entropy loss and margin
@@ -223,6 +223,7 @@ class Run:
     history: list = field(default_factory=list)  # one row per epoch trained
     best: dict = field(default_factory=lambda: {VAL_ACC: -1.0, EPOCH: 0, "models": None})
     epoch_sums: dict = None
+    best_saved: bool = False  # best.pt holds ``best`` (written by this attempt)
 
 
 def train(run_config, out_dir, tracker=None, overwrite=False):
@@ -308,7 +309,8 @@ def warn_batches_missing_a_class(cfg, run_data):
 
 def train_epochs(run, tracker):
     """Epoch -> validate -> keep the best -> stop early, up to the epoch budget; ``state.pt`` at the cadence
-    ``checkpoint_every`` sets and when training ends."""
+    ``checkpoint_every`` sets, but after the last epoch only when ``keep_state`` keeps it: otherwise the finished
+    run would remove it at once (a kill before ``metrics.json`` resumes from the checkpoint before)."""
     epochs = run.cfg["epochs"]
     start = len(run.history)
     reporter = runtime.EpochReporter(epochs, run.out.name, start)
@@ -322,7 +324,8 @@ def train_epochs(run, tracker):
         run.history.append(row)
         keep_best(run, row)
         done = len(run.history) - start
-        if cadence.due(done) or patience_spent(run) or len(run.history) == epochs:
+        last = patience_spent(run) or len(run.history) == epochs
+        if run.cfg["keep_state"] if last else cadence.due(done):
             save_state(run)
             cadence.saved(done)
         if tracker is not None:
@@ -368,6 +371,7 @@ def keep_best(run, row):
                                for k, m in _models(run.ctx).items()},
                     "epoch_sums": {k: v.detach().cpu().clone() for k, v in run.epoch_sums.items()}}
         save_best(run.best, run.out)
+        run.best_saved = True
 
 
 def save_state(run):
@@ -399,7 +403,8 @@ def finish(run, tracker):
     cfg, out, data, best = run.cfg, run.out, run.run_data, run.best
     for name, model in _models(run.ctx).items():
         model.load_state_dict(best["models"][name])
-    save_best(best, out)  # again: a resumed run may have rewritten it for an epoch after its checkpoint
+    if not run.best_saved:  # a resumed run may have rewritten best.pt for an epoch after its checkpoint
+        save_best(best, out)
     acc, idx, logits = test_accuracy(run.ctx.classifier, data.test, data.test_labels, cfg["batch_size"])
     rundir.save_npz(out / rundir.TEST_OUTPUTS, logits=logits.cpu().numpy().astype(np.float32),
                     labels=data.test_labels[idx].cpu().numpy(), index=idx.cpu().numpy())

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-from limit import methods, registry
+from limit import methods, registry, runtime
 from limit.train import TrainingError, train
 
 TIMING = ["epoch_seconds", "images_per_second"]
@@ -101,6 +101,28 @@ def test_kill_9_and_resume_equals_an_uninterrupted_run(fmnist_dir, make_labels, 
     assert not (killed / "state.pt").exists() and not (killed / "state.prev.pt").exists()
     job = json.loads((killed / "job.json").read_text())
     assert len(job["attempts"]) == 2 and job["device"] == "cpu" and "device_change" not in job
+
+
+def test_a_run_writes_each_checkpoint_once_and_no_training_state_it_would_remove(fmnist_dir, make_labels, tmp_path,
+                                                                               monkeypatch):
+    """Its last epoch's state.pt only with keep_state (otherwise the finished run removes it at once), best.pt once
+    per better epoch (finish does not write it again), and a resumed run's best.pt rewritten by finish."""
+    written = []
+    save_torch = runtime.save_torch
+    monkeypatch.setattr(runtime, "save_torch", lambda path, obj: (written.append(path.name), save_torch(path, obj)))
+    scripted = iter([0.2, 0.9, 0.5])  # the best epoch: 1 of 3
+    monkeypatch.setattr("limit.train.validation_accuracy", lambda *args: next(scripted))
+    labels = make_labels(n=256, val_size=256)
+    train(config(fmnist_dir, labels, checkpoint_every="1000min"), tmp_path / "run")
+    assert written == ["best.pt", "best.pt"]
+    written.clear()
+    scripted = iter([0.2, 0.9, 0.5])
+    train(config(fmnist_dir, labels, checkpoint_every="1000min", keep_state=True), tmp_path / "kept")
+    assert written == ["best.pt", "best.pt", ".state.pt.new"]
+    written.clear()
+    scripted = iter([0.5])  # resumed after its 2 epochs, with a lower validation accuracy than its best
+    train(config(fmnist_dir, labels, checkpoint_every="1000min", keep_state=True, epochs=4), tmp_path / "kept")
+    assert written == [".state.pt.new", "best.pt"]
 
 
 def test_keep_state_keeps_the_training_state_of_a_finished_run(fmnist_dir, make_labels, tmp_path):
@@ -205,7 +227,6 @@ def test_torn_state_resumes_from_the_previous_one_with_the_same_final_numbers(fm
 def test_a_run_stopped_while_writing_its_state_keeps_the_last_one(tmp_path, monkeypatch):
     """Ctrl-C (or kill -9) while state.pt is written, the slow part of a checkpoint: state.pt stays the last complete
     one, so the run resumes from it, not from the one before."""
-    from limit import runtime
     runtime.save_state(tmp_path, {"history": [0]})
     runtime.save_state(tmp_path, {"history": [0, 1]})
 
@@ -325,3 +346,28 @@ def test_a_resumed_run_says_so_in_its_first_line(fmnist_dir, make_labels, tmp_pa
     train({**cfg, "epochs": 3}, tmp_path / "run")  # a longer budget: it trains on from its state
     first = capsys.readouterr().out.splitlines()[0]
     assert first == f"{tmp_path / 'run'}: resuming at epoch 2 of 3 from {tmp_path / 'run' / 'state.pt'}"
+
+
+# A batch's blocks, each above 32 MiB (glibc's largest dynamic threshold): mapped afresh and faulted in page by page
+# every time, unless the run keeps freed memory; then only the first is, and the later ones (no larger: an aligned
+# block of the same size does not fit in the hole of the one freed when a small allocation sits after it) reuse it.
+# In a fresh process, as a training job is: the heap of a worker that has run other tests is not.
+FAULTS_OF_FREED_BLOCKS = """
+import resource, sys, torch
+from limit import runtime
+mib, times = 1 << 20, 10
+kept = runtime.keep_freed_memory() if sys.argv[1] == "keep" else None
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for i in range(times):
+    torch.empty((64 - i) * mib, dtype=torch.uint8).fill_(1)
+pages = sum((64 - i) * mib for i in range(times)) // resource.getpagesize()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, pages)
+"""
+
+
+@pytest.mark.pipeline  # a process of its own
+def test_a_cpu_run_keeps_the_memory_it_frees_instead_of_faulting_it_in_again():
+    done = subprocess.run([sys.executable, "-c", FAULTS_OF_FREED_BLOCKS, "keep"], capture_output=True, text=True,
+                          check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    kept, faults, pages = done.stdout.split()
+    assert kept == "True" and int(faults) < 0.3 * int(pages), done.stdout  # without the call: every page
