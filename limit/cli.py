@@ -16,9 +16,9 @@ from limit.tracking.uri import check_no_password, redact
 
 # name: (the module that holds the command, one-line help)
 COMMANDS = {
-    "prepare": ("limit.data", "check (or download) a dataset's files"),
+    "prepare": ("limit.datasets.standard", "check (or download) a dataset's files"),
     "import-images": ("limit.datasets.images", "check your own images and decode them once into a dataset cache"),
-    "corrupt": ("limit.data", "split and corrupt the labels of one data setting into a labels file"),
+    "corrupt": ("limit.labels", "split and corrupt the labels of one data setting into a labels file"),
     "train": ("limit.train", "train one run (exactly as the workflow does)"),
     "train-pack": ("limit.pack", "train several runs in one job: at the same time (a GPU) or in one process"),
     "select": ("limit.report.selection", "select the hyperparameters of one setting and method variant"),

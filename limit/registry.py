@@ -93,7 +93,7 @@ VAL_RATIO = 0.2  # the authors' split: a seeded permutation, the first 80% train
 
 
 def split_sizes(num_train):
-    """(training, validation) examples of the split of ``num_train`` labelled images (limit.data.split_indices)."""
+    """(training, validation) examples of the split of ``num_train`` labelled images (limit.labels.split_indices)."""
     cut = int((1.0 - VAL_RATIO) * num_train)
     return cut, num_train - cut
 

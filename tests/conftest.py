@@ -13,7 +13,8 @@ import pytest
 # trained are the same (when a thread waits, not what it computes).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from limit import data as D  # noqa: E402
+from limit import labels as L  # noqa: E402
+from limit.datasets import standard as S  # noqa: E402
 
 from mlflow_helpers import postgres  # noqa: E402, F401 (the fixture, for every test module)
 from pipeline_helpers import git  # noqa: E402
@@ -22,6 +23,12 @@ REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "tests" / "cluster"
 # Tests marked `system` start Slurm, PostgreSQL or Chromium as root: only on opt-in (.ci/run opts in).
 SYSTEM_TESTS = os.environ.get("LIMIT_SYSTEM_TESTS") == "1"
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto``: a worker per CPU and one more. The pipeline and system tests spend part of their time waiting on
+    Slurm's polling, a tracking server's restart or a Snakemake shutdown; the extra worker's tests use it."""
+    return (os.cpu_count() or 1) + 1
 
 
 def pytest_configure(config):
@@ -105,10 +112,10 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture(scope="session")
 def fmnist_dir(tmp_path_factory):
     """Real Fashion-MNIST from Debian's dataset-fashion-mnist package."""
-    if not D.DEBIAN_FASHION_MNIST.exists():
+    if not S.DEBIAN_FASHION_MNIST.exists():
         pytest.skip("Debian's dataset-fashion-mnist is not installed (apt-get install dataset-fashion-mnist)")
     root = tmp_path_factory.mktemp("data")
-    D.prepare_dataset("fashion_mnist", root)
+    S.prepare_dataset("fashion_mnist", root)
     return root
 
 
@@ -117,14 +124,14 @@ def make_labels(fmnist_dir, tmp_path_factory):
     """Write (once per setting) a labels file for a small Fashion-MNIST setting."""
     cache = {}
     out_dir = tmp_path_factory.mktemp("labels")
-    train_y = D.load_arrays("fashion_mnist", fmnist_dir).train_y.numpy()
+    train_y = S.read_arrays("fashion_mnist", fmnist_dir).train_y
 
     def make(rate=0.5, n=512, seed=42, val_size=512, noise="uniform"):
         key = (rate, n, seed, val_size, noise)
         if key not in cache:
-            arrays = D.make_noisy_labels(train_y, 10, "fashion_mnist", noise, rate, seed, n=n, val_size=val_size)
+            arrays = L.make_noisy_labels(train_y, 10, "fashion_mnist", noise, rate, seed, n=n, val_size=val_size)
             path = out_dir / f"{noise}-{rate}-{n}-{seed}-{val_size}.npz"
-            D.write_labels_file(path, arrays, {"dataset": "fashion_mnist", "noise": noise, "rate": rate, "n": n,
+            L.write_labels_file(path, arrays, {"dataset": "fashion_mnist", "noise": noise, "rate": rate, "n": n,
                                                "seed": seed, "val_size": val_size})
             cache[key] = path
         return cache[key]

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from limit import data as D
+from limit import labels as L
 from limit.cli import main
 from limit.runs.grid import ConfigError, expand_runs, load_config
 
@@ -117,12 +117,12 @@ def inputs(fmnist_dir, make_labels, tmp_path_factory):
     """Good and bad input files, shared by every case (none of them is written to)."""
     root = tmp_path_factory.mktemp("inputs")
     good = make_labels(n=256, val_size=256)
-    arrays, meta = D.read_labels_file(good)
+    arrays, meta = L.read_labels_file(good)
     (root / "empty.npz").write_bytes(b"")
     (root / "truncated.npz").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     np.savez(root / "foreign.npz", weights=np.arange(10))
-    D.write_labels_file(root / "mnist.npz", arrays, {**meta, "dataset": "mnist"})
-    D.write_labels_file(root / "other_data.npz", arrays, {**meta, "data_sha256": "0" * 64})
+    L.write_labels_file(root / "mnist.npz", arrays, {**meta, "dataset": "mnist"})
+    L.write_labels_file(root / "other_data.npz", arrays, {**meta, "data_sha256": "0" * 64})
     files = {name: root / f"{name}.npz" for name in ("empty", "truncated", "foreign", "mnist", "missing", "other_data")}
     return {"data": fmnist_dir, "labels": good, **files}
 

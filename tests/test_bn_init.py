@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from limit import data as D
+from limit import labels as L
 from limit import models
 from limit.config import resolve_config
 from limit.datasets.clothing1m import _JpegDataset, clothing1m_labels, write_synthetic_release
@@ -78,7 +79,7 @@ def test_clothing1m_training_crops_and_flips_through_train(tmp_path, monkeypatch
     root = tmp_path / "clothing1m"
     write_synthetic_release(root)
     labels = tmp_path / "labels.npz"
-    D.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
+    L.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
                                                           "n": "all", "seed": 1, "val_size": None})
     seeds = {"train": [], "other": []}
     getitem = _JpegDataset.__getitem__

@@ -4,7 +4,7 @@ import pytest
 import torch
 from test_data_loaders import write_fake_cifar
 
-from limit import data as D
+from limit import labels as L
 from limit.cli import main
 from limit.runs.grid import ConfigError, expand_runs
 
@@ -32,7 +32,7 @@ def test_cifar10n_noise_types_take_the_human_labels_and_keep_the_true_ones(tmp_p
     out = tmp_path / "labels.npz"
     assert main(["corrupt", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--noise", noise, "--rate", "0",
                  "--seed", "3", "--out", str(out)]) == 0
-    arrays, meta = D.read_labels_file(out)
+    arrays, meta = L.read_labels_file(out)
     assert meta["noise"] == noise
     idx = np.concatenate([arrays["train_idx"], arrays["val_idx"]])
     assert len(idx) == 40 and len(set(idx)) == 40  # the usual 80/20 split of the 40 images
@@ -50,7 +50,7 @@ def test_cifar100n_human_noise(tmp_path, monkeypatch):
     out = tmp_path / "labels.npz"
     assert main(["corrupt", "--dataset", "cifar100", "--data-dir", str(tmp_path), "--noise", "human", "--rate", "0",
                  "--seed", "1", "--out", str(out)]) == 0
-    arrays, _ = D.read_labels_file(out)
+    arrays, _ = L.read_labels_file(out)
     assert np.array_equal(arrays["train_noisy"], human["noisy_label"][arrays["train_idx"]])
     assert np.array_equal(arrays["train_true"], np.asarray(train_y)[arrays["train_idx"]])
 
@@ -89,7 +89,7 @@ def test_bad_cifar_n_files_give_one_error_line(tmp_path, monkeypatch, capsys, ca
 ])
 def test_human_noise_types_belong_to_their_dataset(dataset, noise, rate, message):
     with pytest.raises(ValueError, match=message):
-        D.make_noisy_labels(np.zeros(50, dtype=np.int64), 10, dataset, noise, rate, seed=0,
+        L.make_noisy_labels(np.zeros(50, dtype=np.int64), 10, dataset, noise, rate, seed=0,
                             human_labels=np.zeros(50, dtype=np.int64))
 
 

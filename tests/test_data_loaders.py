@@ -13,6 +13,7 @@ from PIL import Image
 from limit import cli
 from limit import data as D
 from limit.data import DataError
+from limit.datasets import standard as S
 from limit.datasets.clothing1m import (
     KEY_LISTS,
     NUM_CLASSES,
@@ -33,12 +34,17 @@ def write_idx(raw_dir, prefix, images, labels):
     (raw_dir / f"{prefix}-labels-idx1-ubyte").write_bytes(struct.pack(">II", 0x801, n) + labels.tobytes())
 
 
+def write_mnist(data_dir, rng, sizes=(20, 10)):
+    """Random MNIST IDX files of ``sizes`` (training, test) images: (train_x, train_y, test_x, test_y)."""
+    train_x, test_x = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for n in sizes)
+    train_y, test_y = (rng.integers(0, 10, n, dtype=np.uint8) for n in sizes)
+    write_idx(data_dir / "MNIST" / "raw", "train", train_x, train_y)
+    write_idx(data_dir / "MNIST" / "raw", "t10k", test_x, test_y)
+    return train_x, train_y, test_x, test_y
+
+
 def test_mnist_reads_exact_pixels_and_labels(tmp_path):
-    rng = np.random.default_rng(0)
-    train_x, test_x = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8) for n in (20, 10))
-    train_y, test_y = (rng.integers(0, 10, n, dtype=np.uint8) for n in (20, 10))
-    write_idx(tmp_path / "MNIST" / "raw", "train", train_x, train_y)
-    write_idx(tmp_path / "MNIST" / "raw", "t10k", test_x, test_y)
+    train_x, train_y, test_x, test_y = write_mnist(tmp_path, np.random.default_rng(0))
     arrays = D.load_arrays("mnist", tmp_path)
     assert arrays.train_x.dtype == torch.uint8 and arrays.train_x.shape == (20, 1, 28, 28)
     assert arrays.test_x.shape == (10, 1, 28, 28)
@@ -46,6 +52,24 @@ def test_mnist_reads_exact_pixels_and_labels(tmp_path):
     assert np.array_equal(arrays.test_x[:, 0].numpy(), test_x)
     assert arrays.train_y.dtype == torch.int64 and np.array_equal(arrays.train_y.numpy(), train_y)
     assert np.array_equal(arrays.test_y.numpy(), test_y)
+
+
+def test_a_truncated_idx_file_is_a_data_error(tmp_path):
+    write_mnist(tmp_path, np.random.default_rng(0))
+    images = tmp_path / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(DataError, match="truncated: 15580 values, its header says"):
+        S.read_arrays("mnist", tmp_path)
+
+
+def test_a_process_reads_a_dataset_once_until_its_files_change(tmp_path):
+    rng = np.random.default_rng(0)
+    write_mnist(tmp_path, rng)
+    first, sha = D.dataset_in_memory("mnist", tmp_path)
+    assert D.dataset_in_memory("mnist", tmp_path)[0] is first  # a pack's next run: the same tensors
+    write_mnist(tmp_path, rng, sizes=(20, 11))
+    again, other_sha = D.dataset_in_memory("mnist", tmp_path)
+    assert again is not first and len(again.test_x) == 11 and other_sha != sha
 
 
 def write_pickle(path, obj):
@@ -103,9 +127,9 @@ def test_cifar_reads_exact_pixels_and_labels(tmp_path, monkeypatch, name):
 
 
 def test_fashion_mnist_from_debian(tmp_path):
-    if not D.DEBIAN_FASHION_MNIST.is_dir():
-        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({D.DEBIAN_FASHION_MNIST} absent)")
-    D.prepare_dataset("fashion_mnist", tmp_path)
+    if not S.DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({S.DEBIAN_FASHION_MNIST} absent)")
+    S.prepare_dataset("fashion_mnist", tmp_path)
     arrays = D.load_arrays("fashion_mnist", tmp_path)
     assert arrays.train_x.shape == (60000, 1, 28, 28) and arrays.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(arrays.train_y).tolist() == [6000] * 10
@@ -115,24 +139,24 @@ def test_fashion_mnist_from_debian(tmp_path):
 def test_prepare_says_where_the_files_came_from(tmp_path, capsys):
     """Into a directory that does not exist, `limit prepare` copies Debian's files and says so; it does not claim
     they were there."""
-    if not D.DEBIAN_FASHION_MNIST.is_dir():
-        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({D.DEBIAN_FASHION_MNIST} absent)")
+    if not S.DEBIAN_FASHION_MNIST.is_dir():
+        pytest.skip(f"Debian's dataset-fashion-mnist is not installed ({S.DEBIAN_FASHION_MNIST} absent)")
     target = tmp_path / "nonexistent"
     assert cli.main(["prepare", "--dataset", "fashion_mnist", "--data-dir", str(target)]) == 0
     assert capsys.readouterr().out == (f"fashion_mnist: 4 files decompressed from Debian's package "
-                                       f"({D.DEBIAN_FASHION_MNIST}) into {target / 'FashionMNIST' / 'raw'}\n")
+                                       f"({S.DEBIAN_FASHION_MNIST}) into {target / 'FashionMNIST' / 'raw'}\n")
     assert cli.main(["prepare", "--dataset", "fashion_mnist", "--data-dir", str(target)]) == 0
     assert capsys.readouterr().out == f"fashion_mnist: files present in {target}\n"
 
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar100"])
 def test_incomplete_dir_names_each_missing_file(tmp_path, name):
-    required = D._REQUIRED_FILES[name]
+    required = S._REQUIRED_FILES[name]
     present, missing = required[0], required[1:]
     (tmp_path / present).parent.mkdir(parents=True)
     (tmp_path / present).write_bytes(b"")
     with pytest.raises(DataError) as err:
-        D.prepare_dataset(name, tmp_path)
+        S.prepare_dataset(name, tmp_path)
     message = str(err.value)
     assert all(f in message for f in missing)
     assert present not in message
@@ -140,7 +164,7 @@ def test_incomplete_dir_names_each_missing_file(tmp_path, name):
 
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset"):
-        D.prepare_dataset("imagenet", "/nonexistent")
+        S.prepare_dataset("imagenet", "/nonexistent")
 
 
 CLOTHING_ENTRIES = ["images", "noisy_label_kv.txt", "clean_label_kv.txt", *KEY_LISTS.values()]

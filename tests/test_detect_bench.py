@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from limit import data as D
+from limit import labels as L
 from limit.cli import main
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
@@ -18,7 +18,7 @@ def test_detect_bench_quick_scores_three_detectors_under_one_budget_rule(fmnist_
     assert main(args) == 0
     setting = out / "uniform-0.5-n300" / "seed7"
     result = json.loads((setting / "result.json").read_text())
-    labels, _ = D.read_labels_file(setting / "labels.npz")
+    labels, _ = L.read_labels_file(setting / "labels.npz")
     corrupted = int(labels["is_corrupted"].sum())
     assert result["corrupted"] == corrupted and 100 < corrupted < 200 and len(labels["val_idx"]) == 60
     metrics = [result["cleanlab"], result["ce_loss"], *result["limit"]["scores"].values()]
@@ -36,7 +36,7 @@ def test_detect_bench_quick_scores_three_detectors_under_one_budget_rule(fmnist_
         cfg = json.loads((setting / run / "config.json").read_text())
         assert (cfg["epochs"], cfg["patience"]) == (QUICK["epochs"], math.ceil(QUICK["epochs"] / 4))
     # cleanlab's probabilities are out of sample: the folds' training parts partition the training split
-    folds = [D.read_labels_file(setting / f"fold{i}.npz")[0]["train_idx"] for i in range(2)]
+    folds = [L.read_labels_file(setting / f"fold{i}.npz")[0]["train_idx"] for i in range(2)]
     assert not set(folds[0]) & set(folds[1])
     assert sorted(np.concatenate(folds)) == sorted(labels["train_idx"])
     table = (out / "detect_bench.md").read_text()

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from scipy.stats import rankdata
 
-from limit import data as D
+from limit import labels as L
 from limit.cli import main
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
@@ -191,7 +191,7 @@ def test_find_label_issues_on_a_clothing1m_layout_run_reads_its_gallery_from_dis
     from limit.models import Classifier
     root, labels, run, out = tmp_path / "clothing1m", tmp_path / "labels.npz", tmp_path / "run", tmp_path / "o"
     lists, _ = write_synthetic_release(root)
-    D.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
+    L.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
                                                           "n": "all", "seed": 1, "val_size": None})
     # A pooled linear model stands in for ResNet-50 (classifier and q): this test is about the data path.
     monkeypatch.setattr(models, "build_model", lambda *a, **k: Classifier(

@@ -48,7 +48,7 @@ LAYERS = [
     ("facts", ("limit", "limit.registry", "limit.runs.rundir", "limit.tracking.uri"),
      "datasets, methods and hyperparameters; a run directory's files; tracking URIs: plain data"),
     ("tracking", ("limit.tracking",), "mirrors run directories into MLflow, for the loop and the report alike"),
-    ("settings", ("limit.config", "limit.noise", "limit.datasets"),
+    ("settings", ("limit.config", "limit.noise", "limit.datasets", "limit.labels"),
      "a run's settings, its TrainingError, the label noise and the dataset sources: torch-free when imported"),
     ("runs", ("limit.runs",), "the workflow's grid and plan: it parses with them"),
     ("core", ("limit.runtime", "limit.data", "limit.models", "limit.methods", "limit.train", "limit.pack"),

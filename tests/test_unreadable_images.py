@@ -8,7 +8,7 @@ import pytest
 from test_label_issues import read_rows
 from torch import nn
 
-from limit import data as D
+from limit import labels as L
 from limit import models
 from limit import train as T
 from limit.cli import main
@@ -21,7 +21,7 @@ def clothing_run(tmp_path, monkeypatch):
     """One LIMIT epoch on a synthetic release with one truncated JPEG in each split, the test curve on."""
     root, labels, run = tmp_path / "clothing1m", tmp_path / "labels.npz", tmp_path / "run"
     _, unreadable = write_synthetic_release(root, unreadable_per_split=1)
-    D.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
+    L.write_labels_file(labels, clothing1m_labels(root), {"dataset": "clothing1m", "noise": "real", "rate": None,
                                                           "n": "all", "seed": 1, "val_size": None})
     # A pooled linear model stands in for ResNet-50 (classifier and q): this test is about the data path.
     monkeypatch.setattr(models, "build_model", lambda *a, **k: Classifier(

@@ -136,7 +136,7 @@ def read_clothing1m_split(root, split):
 
 
 def clothing1m_labels(root):
-    """The labels-file arrays of Clothing1M (the same keys as ``limit.data.make_noisy_labels``).
+    """The labels-file arrays of Clothing1M (the same keys as ``limit.labels.make_noisy_labels``).
 
     Train keeps its real noisy labels; ``is_corrupted`` is True only where a clean label is known and
     differs (``train_true`` is -1 where unknown). Validation is the clean validation set, as the authors'.

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from limit import data as D
+from limit import labels as L
 from limit.models import predict
 from limit.registry import DEFAULT_SCORE, SCORES
 from limit.report.stats import detection_metrics
@@ -83,7 +84,7 @@ def cross_validated_probabilities(arrays, labels_meta, base, out, folds, device)
     splitter = StratifiedKFold(folds, shuffle=True, random_state=base["seed"])
     for fold, (train_part, held_out) in enumerate(splitter.split(np.zeros(len(noisy)), noisy)):
         labels = out / f"fold{fold}.npz"
-        D.write_labels_file(labels, fold_labels(arrays, train_part), dict(labels_meta, fold=fold))
+        L.write_labels_file(labels, fold_labels(arrays, train_part), dict(labels_meta, fold=fold))
         run_dir = out / f"fold{fold}"
         train({**base, "method": "ce", "labels": str(labels)}, run_dir)
         cfg, classifier, _ = load_models(run_dir, device)
@@ -125,7 +126,7 @@ def cleanlab_ranking(given, probs):
 
 def planted_labels(train_y, planted, n, seed):
     """n labelled images (a fifth for validation) with ``planted`` of them, in either split, given another class."""
-    arrays = D.make_noisy_labels(train_y, 10, DATASET, "uniform", 0.0, seed, n=n - n // 5, val_size=n // 5)
+    arrays = L.make_noisy_labels(train_y, 10, DATASET, "uniform", 0.0, seed, n=n - n // 5, val_size=n // 5)
     rng = np.random.default_rng(seed)
     for i in rng.choice(n, planted, replace=False):
         split, i = ("train", i) if i < n - n // 5 else ("val", i - (n - n // 5))
@@ -165,10 +166,10 @@ def bench_setting(noise, rate, n, seed, args, out):
     planted = noise == "planted"
     val_size = n // 5
     arrays = (planted_labels(train_y, int(rate), n, seed) if planted else
-              D.make_noisy_labels(train_y, 10, DATASET, noise, rate, seed, n=n, val_size=val_size))
+              L.make_noisy_labels(train_y, 10, DATASET, noise, rate, seed, n=n, val_size=val_size))
     meta = {"dataset": DATASET, "noise": noise, "rate": rate, "n": len(arrays["train_idx"]), "seed": seed,
             "val_size": val_size}
-    D.write_labels_file(out / "labels.npz", arrays, meta)
+    L.write_labels_file(out / "labels.npz", arrays, meta)
     base = {"dataset": DATASET, "data_dir": args.data_dir, "labels": str(out / "labels.npz"), "arch": "cnn",
             "epochs": args.epochs, "patience": args.patience, "batch_size": args.batch_size, "seed": seed,
             "device": args.device, "test_curve": False}

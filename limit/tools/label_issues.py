@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from scipy.stats import rankdata
 
 from limit import data as D
+from limit import labels as L
 from limit.methods import loss_and_margin, mislabel_posterior, noise_transition
 from limit.models import build_networks
 from limit.registry import DEFAULT_SCORE, SCORES
@@ -112,7 +113,7 @@ def example_scores(run_dir, device="cpu"):
     device = pick_device(device)
     cfg, classifier, q = load_models(run_dir, device)
     run_data = D.load_run_data({**cfg, "device": str(device)}, device)
-    arrays, _ = D.read_labels_file(cfg["labels"])
+    arrays, _ = L.read_labels_file(cfg["labels"])
     given = {"train": arrays["train_noisy"], "val": arrays["val_noisy"]}
     parts = []
     for name, split in zip(SPLITS, (run_data.train, run_data.val)):
@@ -154,11 +155,11 @@ def fold_labels(arrays, folds, seed):
 
 def train_folds(config, run, folds):
     """One run per fold (``run/fold<k>``, each resumable) from a training config; returns their directories."""
-    arrays, meta = D.read_labels_file(config["labels"])
+    arrays, meta = L.read_labels_file(config["labels"])
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     for k, part in enumerate(fold_labels(arrays, folds, config.get("seed", 42))):
-        D.write_labels_file(run / f"fold{k}.npz", part, dict(meta, fold=k, folds=folds))
+        L.write_labels_file(run / f"fold{k}.npz", part, dict(meta, fold=k, folds=folds))
         train({**config, "labels": str(run / f"fold{k}.npz")}, run / f"fold{k}")
     return [run / f"fold{k}" for k in range(folds)]
 
@@ -196,7 +197,7 @@ def class_names(dataset, num_classes):
 
 def true_labels_known(labels_path):
     """Synthetic (or CIFAR-N) noise: the labels file knows which labels were changed."""
-    _, meta = D.read_labels_file(labels_path)
+    _, meta = L.read_labels_file(labels_path)
     return meta.get("noise") != "given"
 
 
@@ -205,7 +206,7 @@ def image_paths(cfg, run_data):
     if cfg["dataset"] not in D.DATASETS:
         from limit.datasets.images import read_cache
         paths = read_cache(cfg["dataset"]).train_paths
-        val_idx = D.read_labels_file(cfg["labels"])[0]["val_idx"]
+        val_idx = L.read_labels_file(cfg["labels"])[0]["val_idx"]
         return {name: [paths[i] for i in idx] for name, idx in (("train", run_data.train_idx), ("val", val_idx))}
     if hasattr(run_data.train, "paths"):  # streamed from disk (Clothing1M): relative to the release
         return {name: [str(split.root / p) for p in split.paths]
