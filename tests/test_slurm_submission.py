@@ -44,6 +44,8 @@ def test_training_settings_become_sbatch_options(fmnist_dir, tmp_path):
     env.pop("SNAKEMAKE_PROFILE", None)
     done = subprocess.run(["snakemake", f"results/runs/{run}/metrics.json", "--profile", "slurm",
                            "--slurm-status-command", "squeue", "--directory", str(tmp_path / "work"),
+                           # the plugin's shutdown waits out its first status check (the profile's: 40 s)
+                           "--slurm-init-seconds-before-status-checks", "1",
                            "--configfile", "config/test.yaml", str(config), "--config", f"data_dir={fmnist_dir}"],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
     output = done.stdout + done.stderr

@@ -1,5 +1,6 @@
 """The Snakemake workflow: the DAG of the paper and tiny configs, bad configs, and a local end-to-end run."""
 import collections
+import itertools
 import json
 import os
 import re
@@ -216,6 +217,29 @@ def test_invalid_config_fails_before_any_job_naming_the_key(tmp_path, edit, mess
 
 
 @pytest.mark.pipeline
+def test_the_default_pipeline_makes_labels_first_and_the_longest_training_next(tmp_path):
+    """More jobs are ready than the 2 cores take, and Snakemake starts them by priority: every labels file before
+    any training; then the packs by their runs' epoch caps times training examples, longest first (Figure 1's
+    4 runs x 30 epochs x 5,000 examples first), those whose runs start from a CE run after all others; so that
+    short jobs fill the end (docs/default-pipeline-time.md). The dry run shows each job's priority."""
+    result = snakemake(tmp_path, "-n", "--cores", "2", configfile="config/config.yaml")
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = re.findall(r"^rule (\w+):\n(?:\s+.*\n)*?\s+wildcards: \w+=(\S+)\n\s+priority: (\d+)", result.stdout,
+                      re.M)
+    labels = [int(p) for rule, _, p in jobs if rule == "corrupt_labels"]
+    priority = {name: int(p) for rule, name, p in jobs if rule == "train_pack"}
+    config = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    packs = pack_runs(expand_runs({"results": "results", **config}))
+    assert len(labels) == 10 and priority.keys() == packs.keys()  # every job of these rules
+    assert min(labels) > max(priority.values())
+    order = {name: (not runs[0]["init_from"], sum(r["epochs"] * int(r["n"]) for r in runs))
+             for name, runs in packs.items()}
+    assert len(set(order.values())) == 4  # (the test sees four kinds: Figure 1's, main, from CE, 8 or 3 runs)
+    for a, b in itertools.permutations(packs, 2):
+        assert order[a] <= order[b] or priority[a] > priority[b], (a, b)
+
+
+@pytest.mark.pipeline
 def test_the_mlflow_store_follows_the_results_directory(tmp_path, monkeypatch):
     """A config with its own ``results:`` tracks into RESULTS/mlflow.db, not the default results/mlflow.db: the
     select jobs of a dry run (mlflow.live off) pass that store."""
@@ -380,7 +404,7 @@ def test_moving_the_data_trains_nothing_again(tiny_pipeline, fmnist_dir, tmp_pat
 @pytest.mark.pipeline
 def test_a_labels_file_made_by_hand_at_the_pipelines_path_is_refused_before_any_job(tiny_pipeline, fmnist_dir,
                                                                                      tmp_path):
-    from limit.data import read_labels_file
+    from limit.labels import read_labels_file
     work = copy_pipeline(tiny_pipeline, tmp_path / "work")
     labels = "results/labels/fashion_mnist/uniform-0.5/n256/seed1.npz"
     by_hand = subprocess.run([sys.executable, "-m", "limit", "corrupt", "--dataset", "fashion_mnist", "--data-dir",

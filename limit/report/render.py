@@ -1,6 +1,7 @@
 """The report stage: every table and figure the run table can fill (``python -m limit report``)."""
 import html
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -55,21 +56,24 @@ def _noisiest_settings(runs):
             .itertuples(index=False))
 
 
-def render_figures(runs, out_dir, data_dir):
-    """Figures 1, 2, 3, A0, A1/A2 and 4/A3 for whatever the run table holds."""
+def render_figures(runs, out_dir, data_dir, jobs=1):
+    """Figures 1, 2, 3, A0, A1/A2 and 4/A3 for whatever the run table holds; ``jobs`` figures at a time, each in
+    its own process when more than one."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    figures.figure_fano(out / "figure2_fano")
+    tasks = [(figures.figure_fano, out / "figure2_fano")]
     figure1 = runs[runs[rundir.FIGURE1]]
     if not figure1.empty:
-        figures.figure_memorisation(runs, out / "figure1_memorisation", rate=float(figure1["rate"].max()))
+        tasks.append((figures.figure_memorisation, runs, out / "figure1_memorisation", float(figure1["rate"].max())))
     settings = list(_noisiest_settings(runs))
     for i, (dataset, noise, n, rate) in enumerate(settings):
         name = rundir.setting_text(dataset, noise, rate, n, style="name")
-        figures.figure_curves(runs, out / f"figure3_curves{'' if i == 0 else '_' + name}", dataset, noise, rate, n)
+        tasks.append((figures.figure_curves, runs, out / f"figure3_curves{'' if i == 0 else '_' + name}", dataset,
+                      noise, rate, n))
         limit_variants = tuple(v for v in ("limit_g", "limit_l") if v in set(runs["variant"]))
         if limit_variants:
-            figures.figure_beta(runs, out / f"figureA0_beta_{name}", dataset, noise, rate, n, limit_variants)
+            tasks.append((figures.figure_beta, runs, out / f"figureA0_beta_{name}", dataset, noise, rate, n,
+                          limit_variants))
     chosen = selected_runs(runs)
     for setting in chosen[["dataset", "noise", "rate", "n"]].drop_duplicates().itertuples(index=False):
         run = best_limit_run(runs, *setting)
@@ -79,19 +83,29 @@ def render_figures(runs, out_dir, data_dir):
         title = math_label(f"{rundir.setting_text(*setting, style='title')}: "
                            f"{configuration_label(run.variant, run.method, figures.run_hparams(run))}, seed {run.seed}")
         if setting.rate > 0:
-            figures.figure_histograms(run.run_dir, out / f"figureA1A2_histograms_{name}",
-                                      title=f"Training set, {title}")
+            tasks.append((figures.figure_histograms, run.run_dir, out / f"figureA1A2_histograms_{name}",
+                          f"Training set, {title}"))
         elif not named_dataset(setting.dataset).streamed:
-            # Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set.
-            from limit.data import load_arrays
-            dataset = rundir.read_json(Path(run.run_dir) / rundir.CONFIG)["dataset"]  # or an image cache
-            arrays = load_arrays(dataset, data_dir)
-            figures.figure_top_examples(run.run_dir, arrays.train_x.numpy(), out / f"figure4_top_examples_{name}",
-                                        class_names=arrays.classes,
-                                        title=f"Largest ‖μ − g$_{{CE}}$‖ per given label: {title}")
+            tasks.append((_figure_top_examples, run.run_dir, data_dir, out / f"figure4_top_examples_{name}",
+                          f"Largest ‖μ − g$_{{CE}}$‖ per given label: {title}"))
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as pool:
+            for done in [pool.submit(*task) for task in tasks]:
+                done.result()
+    else:
+        for function, *args in tasks:
+            function(*args)
 
 
-def render_report(runs_csv, tables_dir, figures_dir, data_dir):
+def _figure_top_examples(run_dir, data_dir, out_prefix, title):
+    """Figure 4 / A3: the most suspicious labels of the original (uncorrupted) training set."""
+    from limit.data import load_arrays
+    dataset = rundir.read_json(Path(run_dir) / rundir.CONFIG)["dataset"]  # or an image cache
+    arrays = load_arrays(dataset, data_dir)
+    figures.figure_top_examples(run_dir, arrays.train_x.numpy(), out_prefix, class_names=arrays.classes, title=title)
+
+
+def render_report(runs_csv, tables_dir, figures_dir, data_dir, jobs=1):
     """Render every table and figure beside ``tables_dir`` and ``figures_dir``, then swap them in: a report that
     fails, or is killed, leaves the previous ones as they were."""
     runs = normalise_runs(pd.read_csv(runs_csv))
@@ -99,7 +113,7 @@ def render_report(runs_csv, tables_dir, figures_dir, data_dir):
     for new in staged.values():
         shutil.rmtree(new, ignore_errors=True)
     render_tables(runs, staged[Path(tables_dir)])
-    render_figures(runs, staged[Path(figures_dir)], data_dir)
+    render_figures(runs, staged[Path(figures_dir)], data_dir, jobs)
     for final, new in staged.items():
         old = final.with_name(f".{final.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -115,8 +129,9 @@ def add_report_arguments(parser):
     parser.add_argument("--tables", required=True, help="output directory of the tables")
     parser.add_argument("--figures", required=True, help="output directory of the figures")
     parser.add_argument("--data-dir", default="data", help="dataset directory (images of Figure 4)")
+    parser.add_argument("--jobs", type=int, default=1, help="figures rendered at a time, each in its own process")
 
 
 def run_report(args):
-    written = render_report(args.runs, args.tables, args.figures, args.data_dir)
+    written = render_report(args.runs, args.tables, args.figures, args.data_dir, args.jobs)
     print(f"{len(written)} table and figure files in {args.tables} and {args.figures}")

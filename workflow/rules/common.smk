@@ -1,6 +1,7 @@
 import atexit
 import hashlib
 import inspect
+import math
 import os
 import shlex
 import sys
@@ -183,7 +184,7 @@ def data_ready(dataset):
 
 def data_dir(wildcards, output):
     """Where the data is read, not what it is: derived from the output (as ``tracking_arguments``), so moving the
-    data reruns nothing (undocumented Snakemake behaviour: pyproject.toml pins the versions tested); a labels file records its data's content (limit.data.data_sha256) and a run checks it."""
+    data reruns nothing (undocumented Snakemake behaviour: pyproject.toml pins the versions tested); a labels file records its data's content (limit.datasets.standard.data_sha256) and a run checks it."""
     return DATA_DIR
 
 
@@ -231,6 +232,29 @@ def pack_inputs(wildcards):
 def members(wildcards):
     """The runs of a train job: its one run, or a pack's members."""
     return PACKS[wildcards.pack] if "pack" in wildcards.keys() else [RUNS[wildcards.run]]
+
+
+def _train_job_ranks():
+    """Where ready jobs outnumber the cores (the default pipeline's 2), Snakemake starts those of highest priority
+    first. Train jobs: the longest first (their runs' epoch caps times training examples), so that short ones
+    fill the end instead of a long one running alone there; those whose runs start from a CE run's network after
+    all others (short, and waiting for CE runs that other jobs hold). {pack or run: rank}, 1 the last."""
+    jobs = {**PACKS, **{run: [row] for run, row in RUNS.items() if run not in PACK_OF}}
+
+    def order(name):
+        runs = jobs[name]
+        work = sum(r["epochs"] * (math.inf if r["n"] == "all" else int(r["n"])) for r in runs)
+        return not runs[0]["init_from"], work
+
+    return {name: rank for rank, name in enumerate(sorted(jobs, key=order), start=1)}
+
+
+TRAIN_JOB_RANKS = _train_job_ranks()
+PRIORITY_LABELS = len(TRAIN_JOB_RANKS) + 1  # every train job waits for its labels
+
+
+def training_priority(wildcards):
+    return TRAIN_JOB_RANKS[wildcards.pack if "pack" in wildcards.keys() else wildcards.run]
 
 
 def job_resource(key, scale_with_attempt=False):

@@ -49,6 +49,7 @@ rule corrupt_labels:
         val_size=lambda wc: (
             ["--val-size", SETTINGS[wc.setting]["val_size"]] if SETTINGS[wc.setting]["val_size"] else []
         ),
+    priority: PRIORITY_LABELS
     localrule: True
     conda:
         "../../envs/train.yaml"

@@ -21,12 +21,14 @@ rule report:
     params:
         data_dir=data_dir,
         facts=figure_facts(RUN_ROWS),  # for the figure captions
+    # the pipeline's last job, with the cores to itself: its figures two at a time (capped at --cores)
+    threads: 2
     localrule: True
     conda:
         "../../envs/report.yaml"
     shell:
         "python -m limit report --runs {input.runs:q} --tables {output.tables:q} "
-        "--figures {output.figures:q} --data-dir {params.data_dir:q} > {log:q} 2>&1"
+        "--figures {output.figures:q} --data-dir {params.data_dir:q} --jobs {threads} > {log:q} 2>&1"
 
 
 rule readme_figures:

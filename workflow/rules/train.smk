@@ -22,6 +22,7 @@ rule train:
         # where to track is not what to train: derived from the output, so a changed store retrains nothing
         tracking=lambda wc, output: shlex.join(tracking_arguments(RUNS[wc.run])),
     threads: job_resource("threads")
+    priority: training_priority
     resources:
         # sbatch --cpus-per-task: the config's threads, whatever --cores says (Snakemake caps {threads} at the
         # login node's cores, the profile's cores: all; the executor plugin passes cpus_per_task as it is)
@@ -66,6 +67,7 @@ rule train_pack:
         # how the members share the job changes no number: derived from the output, so not compared
         in_process=lambda wc, output: "--in-process" if PACKS[wc.pack][0]["pack_in_process"] else "",
     threads: job_resource("threads")
+    priority: training_priority
     resources:
         cpus_per_task=job_resource("threads"),
         mem_mb=job_resource("mem_mb", scale_with_attempt=True),
